@@ -1,0 +1,258 @@
+"""Softmax attention (MHA / GQA / MQA) against an independent numpy reference."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from purerl.attention import KVCache, SoftmaxAttention, init_kv_cache
+
+ATOL = 1e-5
+MODEL_DIM = 24
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def rope_reference(x, positions, base=10_000.0):
+    """Rotate (x_i, x_{i+d/2}) as the complex number x_i + i·x_{i+d/2}. x [T, H, d]."""
+    half = x.shape[-1] // 2
+    freq = base ** (-np.arange(half) * 2.0 / x.shape[-1])
+    z = (x[..., :half] + 1j * x[..., half:]) * np.exp(1j * positions[:, None, None] * freq)
+    return np.concatenate([z.real, z.imag], axis=-1)
+
+
+def rms_norm_reference(x, scale, eps=1e-6):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * scale
+
+
+def attention_reference(params, x, num_heads, num_kv_heads, *, rope=True, qk_norm=False,
+                        causal=True, valid=None):
+    """Plain numpy, one sequence at a time, K/V heads explicitly repeated. x [B, T, D]."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+    x = np.asarray(x, np.float64)
+    batch, steps, _ = x.shape
+    group = num_heads // num_kv_heads
+    outputs = []
+    for b in range(batch):
+        q = np.einsum("td,dhe->the", x[b], p["q_proj"]["kernel"])
+        k = np.einsum("td,dhe->the", x[b], p["k_proj"]["kernel"])
+        v = np.einsum("td,dhe->the", x[b], p["v_proj"]["kernel"])
+        if qk_norm:
+            q = rms_norm_reference(q, p["q_norm"]["scale"])
+            k = rms_norm_reference(k, p["k_norm"]["scale"])
+        if rope:
+            q = rope_reference(q, np.arange(steps))
+            k = rope_reference(k, np.arange(steps))
+        k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+        logits = np.einsum("the,she->hts", q, k) / np.sqrt(q.shape[-1])
+        allowed = np.ones((steps, steps), bool)
+        if causal:
+            allowed &= np.tril(allowed)
+        if valid is not None:
+            allowed &= valid[b][None, :]
+        logits = np.where(allowed[None], logits, -np.inf)
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        heads = np.einsum("hts,she->the", weights, v)
+        outputs.append(np.einsum("the,hed->td", heads, p["o_proj"]["kernel"]))
+    return np.stack(outputs)
+
+
+def make(num_heads=4, num_kv_heads=2, head_dim=8, **kw):
+    return SoftmaxAttention(model_dim=MODEL_DIM, num_heads=num_heads,
+                            num_kv_heads=num_kv_heads, head_dim=head_dim, **kw)
+
+
+def setup_module_params(module, batch=2, steps=11, seed=0):
+    x = jax.random.normal(jax.random.PRNGKey(seed), (batch, steps, MODEL_DIM))
+    params = module.init(jax.random.PRNGKey(seed + 1), x)
+    if module.qk_norm:
+        # Non-trivial norm scales, so a missing or misplaced norm shows up.
+        for name in ("q_norm", "k_norm"):
+            scale = params["params"][name]["scale"]
+            params["params"][name]["scale"] = 1.0 + 0.3 * jax.random.normal(
+                jax.random.PRNGKey(seed + 7), scale.shape)
+    return x, params
+
+
+KINDS = [pytest.param(4, id="MHA"), pytest.param(2, id="GQA"), pytest.param(1, id="MQA")]
+
+
+# ----------------------------------------------------------------------------- full forward
+
+
+@pytest.mark.parametrize("num_kv_heads", KINDS)
+@pytest.mark.parametrize("rope,qk_norm", [(True, False), (False, False), (True, True)])
+def test_forward_matches_reference(num_kv_heads, rope, qk_norm):
+    module = make(num_kv_heads=num_kv_heads, use_rope=rope, qk_norm=qk_norm)
+    x, params = setup_module_params(module)
+    out = module.apply(params, x)
+    ref = attention_reference(params, x, 4, num_kv_heads, rope=rope, qk_norm=qk_norm)
+    np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+
+
+def test_grouped_kv_projections_are_not_repeated():
+    module = make(num_heads=8, num_kv_heads=2)
+    _, params = setup_module_params(module)
+    assert params["params"]["k_proj"]["kernel"].shape == (MODEL_DIM, 2, 8)
+    assert params["params"]["v_proj"]["kernel"].shape == (MODEL_DIM, 2, 8)
+    assert params["params"]["q_proj"]["kernel"].shape == (MODEL_DIM, 8, 8)
+
+
+@pytest.mark.parametrize("num_kv_heads", KINDS)
+def test_non_causal_matches_reference(num_kv_heads):
+    module = make(num_kv_heads=num_kv_heads)
+    x, params = setup_module_params(module)
+    out = module.apply(params, x, causal=False)
+    ref = attention_reference(params, x, 4, num_kv_heads, causal=False)
+    np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("num_kv_heads", KINDS)
+def test_padding_lengths_and_mask_match_reference(num_kv_heads):
+    module = make(num_kv_heads=num_kv_heads)
+    x, params = setup_module_params(module, batch=3)
+    lengths = np.array([11, 6, 1])
+    valid = np.arange(11)[None, :] < lengths[:, None]
+    ref = attention_reference(params, x, 4, num_kv_heads, valid=valid)
+    by_lengths = module.apply(params, x, lengths=jnp.asarray(lengths))
+    by_mask = module.apply(params, x, padding_mask=jnp.asarray(valid))
+    for b, n in enumerate(lengths):  # outputs at padded positions are unspecified
+        np.testing.assert_allclose(by_lengths[b, :n], ref[b, :n], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(by_mask[b, :n], ref[b, :n], atol=ATOL, rtol=0)
+
+
+def test_arbitrary_padding_mask_non_causal():
+    module = make(num_kv_heads=2)
+    x, params = setup_module_params(module)
+    valid = np.ones((2, 11), bool)
+    valid[0, [0, 4, 5]] = False  # holes anywhere, not just right padding
+    out = module.apply(params, x, padding_mask=jnp.asarray(valid), causal=False)
+    ref = attention_reference(params, x, 4, 2, causal=False, valid=valid)
+    np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+def decode_all(module, params, x, prompt_len, max_len, cache=None):
+    """Prefill x[:, :prompt_len], then decode the rest one token at a time."""
+    batch, steps, _ = x.shape
+    cache = module.init_cache(batch, max_len) if cache is None else cache
+    prefill = jax.jit(partial(module.apply, method="prefill"))
+    decode = jax.jit(partial(module.apply, method="decode"), donate_argnums=(2,))
+    out, cache = prefill(params, x[:, :prompt_len], cache)
+    outs = [out]
+    for t in range(prompt_len, steps):
+        step_out, cache = decode(params, x[:, t], cache)
+        outs.append(step_out[:, None])
+    return jnp.concatenate(outs, axis=1), cache
+
+
+@pytest.mark.parametrize("num_kv_heads", KINDS)
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_decode_matches_full_forward_up_to_full_cache(num_kv_heads, qk_norm):
+    module = make(num_kv_heads=num_kv_heads, qk_norm=qk_norm)
+    x, params = setup_module_params(module, steps=12)
+    full = module.apply(params, x)
+    # max_len == sequence length: the last decode step fills the cache completely.
+    decoded, cache = decode_all(module, params, x, prompt_len=5, max_len=12)
+    np.testing.assert_allclose(decoded, full, atol=ATOL, rtol=0)
+    np.testing.assert_array_equal(cache.lengths, [12, 12])
+
+
+def test_decode_from_single_token_prompt():
+    module = make(num_kv_heads=1)
+    x, params = setup_module_params(module, steps=7)
+    decoded, _ = decode_all(module, params, x, prompt_len=1, max_len=9)
+    np.testing.assert_allclose(decoded, module.apply(params, x), atol=ATOL, rtol=0)
+
+
+def test_cache_contents_match_projected_keys_and_values():
+    module = make(num_kv_heads=2, use_rope=False)
+    x, params = setup_module_params(module, steps=6)
+    _, cache = decode_all(module, params, x, prompt_len=3, max_len=8)
+    p = params["params"]
+    k = np.einsum("btd,dhe->bhte", x, p["k_proj"]["kernel"])
+    v = np.einsum("btd,dhe->bhte", x, p["v_proj"]["kernel"])
+    np.testing.assert_allclose(cache.keys_by_head()[:, :, :6], k, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(cache.values_by_head()[:, :, :6], v, atol=ATOL, rtol=0)
+    np.testing.assert_array_equal(cache.values_by_head()[:, :, 6:], 0.0)
+
+
+def test_decode_masks_by_cache_index_not_by_contents():
+    """Garbage beyond each sequence's length must not leak into the output."""
+    module = make(num_kv_heads=2)
+    x, params = setup_module_params(module, steps=9)
+    garbage = init_kv_cache(2, 16, 2, 8)
+    noise = jax.random.normal(jax.random.PRNGKey(3), garbage.keys_t.shape) * 50
+    garbage = garbage.replace(keys_t=noise, values=noise.reshape(garbage.values.shape))
+    decoded, _ = decode_all(module, params, x, prompt_len=4, max_len=16, cache=garbage)
+    np.testing.assert_allclose(decoded, module.apply(params, x), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("num_kv_heads", KINDS)
+def test_ragged_prefill_then_decode_matches_each_sequence_alone(num_kv_heads):
+    module = make(num_kv_heads=num_kv_heads)
+    x, params = setup_module_params(module, batch=2, steps=10)
+    lengths = jnp.array([6, 3])
+    prefill = jax.jit(partial(module.apply, method="prefill"))
+    decode = jax.jit(partial(module.apply, method="decode"))
+    forward = jax.jit(module.apply)
+    out, cache = prefill(params, x[:, :6], module.init_cache(2, 10), lengths)
+    extra = jax.random.normal(jax.random.PRNGKey(9), (2, 3, MODEL_DIM))
+    steps = []
+    for t in range(3):
+        y, cache = decode(params, extra[:, t], cache)
+        steps.append(y)
+    for b in range(2):
+        n = int(lengths[b])
+        seq = jnp.concatenate([x[b : b + 1, :n], extra[b : b + 1]], axis=1)
+        full = forward(params, seq)
+        np.testing.assert_allclose(out[b, :n], full[0, :n], atol=ATOL, rtol=0)
+        for t in range(3):
+            np.testing.assert_allclose(steps[t][b], full[0, n + t], atol=ATOL, rtol=0)
+
+
+def test_cache_is_head_major_and_sized_by_kv_heads():
+    cache = make(num_kv_heads=2).init_cache(3, 20)
+    assert isinstance(cache, KVCache)
+    assert cache.keys_by_head().shape == (3, 2, 20, 8)
+    assert cache.values_by_head().shape == (3, 2, 20, 8)
+    assert cache.keys_t.nbytes + cache.values.nbytes == 2 * 3 * 2 * 20 * 8 * 4
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_kv_heads_must_divide_query_heads():
+    with pytest.raises(ValueError, match=r"num_kv_heads=3 must divide num_heads=8.*\[1, 2, 4, 8\]"):
+        make(num_heads=8, num_kv_heads=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        (dict(num_heads=0), r"num_heads must be a positive integer, got 0"),
+        (dict(num_kv_heads=-1), r"num_kv_heads must be a positive integer, got -1"),
+        (dict(head_dim=7), r"head_dim must be even when use_rope=True, got head_dim=7"),
+        (dict(implementation="flash"), r"implementation must be one of .*'cudnn'.*got 'flash'"),
+    ],
+)
+def test_bad_config_raises_before_compiling(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make(**kwargs)
+
+
+def test_bad_input_shape_raises():
+    module = make()
+    x, params = setup_module_params(module)
+    with pytest.raises(ValueError, match=r"model_dim=24.*got shape \(2, 11, 5\)"):
+        module.apply(params, jnp.zeros((2, 11, 5)))
+    with pytest.raises(ValueError, match=r"cache batch=3 does not match x batch=2"):
+        module.apply(params, x[:, 0], module.init_cache(3, 4), method="decode")
+    with pytest.raises(ValueError, match=r"prompt length 11 exceeds cache max_len=4"):
+        module.apply(params, x, module.init_cache(2, 4), method="prefill")
