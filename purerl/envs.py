@@ -1,0 +1,246 @@
+"""gymnax environments and the wrappers every algorithm uses.
+
+gymnax 1.x `step` returns `(obs, state, reward, terminated, truncated, info)` and
+auto-resets: the returned `obs` is already the first observation of the next episode
+when the episode ended, and `info["final_observation"]` holds the real last
+observation. Every wrapper here keeps both flags and that final observation, because
+advantage estimation bootstraps from V(final observation) on truncation.
+
+Stack built by `make_vec_env` (innermost first):
+    gymnax env -> FlattenObservation (image-like obs) -> ClipAction / RescaleAction
+    (continuous) -> EpisodeStatistics -> VecEnv (num_envs copies, vmapped)
+    -> NormalizeObservation (optional; statistics shared by all copies)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from gymnax.environments import spaces
+
+ENV_NAMES: tuple[str, ...] = tuple(gymnax.registered_envs)
+
+
+def make_env(name: str, **env_kwargs: Any) -> tuple[Any, Any]:
+    """Create a registered gymnax environment and its default parameters.
+
+    `env_kwargs` are passed to the environment constructor (e.g. `use_minimal_action_set`
+    for MinAtar). Unknown names raise a ValueError that lists every valid name.
+    """
+    if name not in ENV_NAMES:
+        raise ValueError(
+            f"env: unknown gymnax environment {name!r}; allowed: {', '.join(ENV_NAMES)}"
+        )
+    env, params = gymnax.make(name, **env_kwargs)
+    return env, params
+
+
+def is_discrete(env: Any, params: Any) -> bool:
+    return isinstance(env.action_space(params), spaces.Discrete)
+
+
+def action_dim(env: Any, params: Any) -> int:
+    """Number of logits (discrete) or action components (continuous)."""
+    space = env.action_space(params)
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, spaces.Box):
+        return int(np.prod(space.shape))
+    raise ValueError(f"unsupported action space {space!r}: only Discrete and Box are handled")
+
+
+class Wrapper:
+    """Forwards everything it does not override to the wrapped environment."""
+
+    def __init__(self, env: Any):
+        self._env = env
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)
+
+
+class FlattenObservation(Wrapper):
+    """Flattens image-like observations (MinAtar's [10, 10, C]) to vectors for MLPs."""
+
+    def observation_space(self, params: Any) -> spaces.Box:
+        space = self._env.observation_space(params)
+        return spaces.Box(
+            low=np.ravel(np.broadcast_to(space.low, space.shape)),
+            high=np.ravel(np.broadcast_to(space.high, space.shape)),
+            shape=(int(np.prod(space.shape)),),
+            dtype=space.dtype,
+        )
+
+    def reset(self, key, params=None):
+        obs, state = self._env.reset(key, params)
+        return jnp.reshape(obs, (-1,)), state
+
+    def step(self, key, state, action, params=None):
+        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
+        info = {**info, "final_observation": jnp.reshape(info["final_observation"], (-1,))}
+        return jnp.reshape(obs, (-1,)), state, reward, terminated, truncated, info
+
+
+class ClipAction(Wrapper):
+    """Clips continuous actions to the Box bounds (the policy's Gaussian is unbounded)."""
+
+    def step(self, key, state, action, params=None):
+        space = self._env.action_space(params if params is not None else self.default_params)
+        action = jnp.clip(action, space.low, space.high)
+        return self._env.step(key, state, action, params)
+
+
+class RescaleAction(Wrapper):
+    """Maps actions in [-1, 1] affinely onto the Box bounds (then clips)."""
+
+    def step(self, key, state, action, params=None):
+        space = self._env.action_space(params if params is not None else self.default_params)
+        low, high = jnp.asarray(space.low), jnp.asarray(space.high)
+        action = low + (jnp.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
+        return self._env.step(key, state, action, params)
+
+
+@struct.dataclass
+class EpisodeStatisticsState:
+    env_state: Any
+    episode_return: jax.Array
+    episode_length: jax.Array
+
+
+class EpisodeStatistics(Wrapper):
+    """Tracks the return and length of the running episode across auto-resets.
+
+    On the step that ends an episode, `info["episode_return"]` / `info["episode_length"]`
+    hold that episode's totals and `info["episode_done"]` is True; algorithms reduce these
+    to one number per update rather than storing them per step.
+    """
+
+    def reset(self, key, params=None):
+        obs, env_state = self._env.reset(key, params)
+        return obs, EpisodeStatisticsState(env_state, jnp.float32(0.0), jnp.int32(0))
+
+    def step(self, key, state, action, params=None):
+        obs, env_state, reward, terminated, truncated, info = self._env.step(
+            key, state.env_state, action, params
+        )
+        done = jnp.logical_or(terminated, truncated)
+        episode_return = state.episode_return + reward.astype(jnp.float32)
+        episode_length = state.episode_length + 1
+        info = {
+            **info,
+            "episode_done": done,
+            "episode_return": episode_return,
+            "episode_length": episode_length,
+        }
+        new_state = EpisodeStatisticsState(
+            env_state,
+            jnp.where(done, 0.0, episode_return),
+            jnp.where(done, 0, episode_length),
+        )
+        return obs, new_state, reward, terminated, truncated, info
+
+
+class VecEnv(Wrapper):
+    """`num_envs` independent copies stepped in lock-step with `vmap`."""
+
+    def __init__(self, env: Any, num_envs: int):
+        super().__init__(env)
+        self.num_envs = num_envs
+
+    def reset(self, key, params=None):
+        keys = jax.random.split(key, self.num_envs)
+        return jax.vmap(self._env.reset, in_axes=(0, None))(keys, params)
+
+    def step(self, key, state, action, params=None):
+        keys = jax.random.split(key, self.num_envs)
+        return jax.vmap(self._env.step, in_axes=(0, 0, 0, None))(keys, state, action, params)
+
+
+@struct.dataclass
+class NormalizeObservationState:
+    env_state: Any
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+
+class NormalizeObservation(Wrapper):
+    """Normalises batched observations with running mean/variance kept in the state.
+
+    Wraps a `VecEnv`: the statistics are shared by all copies and updated with each
+    batch (parallel Welford merge), so they live in the (vmappable) state rather than
+    in Python. `final_observation` is normalised with the same statistics so that
+    bootstrapped values see the same input distribution as the policy.
+    """
+
+    def __init__(self, env: Any, epsilon: float = 1e-8, clip: float = 10.0):
+        super().__init__(env)
+        self.epsilon = epsilon
+        self.clip = clip
+
+    def _update(self, state: NormalizeObservationState, obs: jax.Array):
+        batch_mean = jnp.mean(obs, axis=0)
+        batch_var = jnp.var(obs, axis=0)
+        batch_count = obs.shape[0]
+        delta = batch_mean - state.mean
+        total = state.count + batch_count
+        mean = state.mean + delta * batch_count / total
+        m2 = state.var * state.count + batch_var * batch_count
+        m2 = m2 + jnp.square(delta) * state.count * batch_count / total
+        return state.replace(mean=mean, var=m2 / total, count=total)
+
+    def _normalize(self, state: NormalizeObservationState, obs: jax.Array) -> jax.Array:
+        normalized = (obs - state.mean) / jnp.sqrt(state.var + self.epsilon)
+        return jnp.clip(normalized, -self.clip, self.clip)
+
+    def reset(self, key, params=None):
+        obs, env_state = self._env.reset(key, params)
+        state = NormalizeObservationState(
+            env_state,
+            mean=jnp.zeros(obs.shape[1:], jnp.float32),
+            var=jnp.ones(obs.shape[1:], jnp.float32),
+            count=jnp.float32(1e-4),
+        )
+        state = self._update(state, obs)
+        return self._normalize(state, obs), state
+
+    def step(self, key, state, action, params=None):
+        obs, env_state, reward, terminated, truncated, info = self._env.step(
+            key, state.env_state, action, params
+        )
+        state = self._update(state.replace(env_state=env_state), obs)
+        info = {**info, "final_observation": self._normalize(state, info["final_observation"])}
+        return self._normalize(state, obs), state, reward, terminated, truncated, info
+
+
+def make_vec_env(
+    name: str,
+    num_envs: int,
+    env_kwargs: dict[str, Any] | None = None,
+    normalize_obs: bool = False,
+    action_transform: str = "clip",
+) -> tuple[Any, Any]:
+    """Build the standard wrapper stack; returns (vec_env, env_params).
+
+    `action_transform` is "clip" (clip Gaussian samples to the bounds) or "rescale"
+    (treat the policy's outputs as [-1, 1] and map them onto the bounds); it is ignored
+    for discrete action spaces.
+    """
+    if action_transform not in ("clip", "rescale"):
+        raise ValueError(
+            f"action_transform: got {action_transform!r}; allowed: 'clip', 'rescale'"
+        )
+    env, params = make_env(name, **(env_kwargs or {}))
+    if len(env.observation_space(params).shape) > 1:
+        env = FlattenObservation(env)
+    if not is_discrete(env, params):
+        env = ClipAction(env) if action_transform == "clip" else RescaleAction(env)
+    env = VecEnv(EpisodeStatistics(env), num_envs)
+    if normalize_obs:
+        env = NormalizeObservation(env)
+    return env, params

@@ -1,0 +1,123 @@
+"""Flax networks: MLP torso, policy heads, value and Q networks.
+
+Actor and critic never share parameters: `ActorCritic` holds two sub-trees,
+`params["actor"]` and `params["critic"]`, so trust-region methods can differentiate
+the policy alone, while PPO/A2C can still evaluate both in one `apply`.
+Initialisation follows the usual PPO details (Huang et al. 2022): orthogonal weights,
+gain √2 in hidden layers, 0.01 on the policy output, 1.0 on the value output, zero biases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS = {
+    "tanh": nn.tanh,
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "elu": nn.elu,
+}
+
+
+def check_activation(name: str, field: str = "activation") -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{field}: unknown activation {name!r}; allowed: {sorted(ACTIVATIONS)}")
+
+
+def _dense(features: int, gain: float) -> nn.Dense:
+    return nn.Dense(
+        features,
+        kernel_init=nn.initializers.orthogonal(gain),
+        bias_init=nn.initializers.zeros,
+    )
+
+
+class MLP(nn.Module):
+    """Hidden layers only (no output layer)."""
+
+    hidden_sizes: Sequence[int]
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        for size in self.hidden_sizes:
+            x = act(_dense(size, np.sqrt(2.0))(x))
+        return x
+
+
+class PolicyHead(nn.Module):
+    """MLP policy: categorical over `action_dim` logits, or a diagonal Gaussian whose
+    log-std is a state-independent parameter."""
+
+    action_dim: int
+    discrete: bool
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    init_log_std: float = 0.0
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> distrax.Distribution:
+        h = MLP(self.hidden_sizes, self.activation)(obs)
+        out = _dense(self.action_dim, 0.01)(h)
+        if self.discrete:
+            return distrax.Categorical(logits=out)
+        log_std = self.param(
+            "log_std", nn.initializers.constant(self.init_log_std), (self.action_dim,)
+        )
+        return distrax.MultivariateNormalDiag(out, jnp.exp(log_std))
+
+
+class ValueHead(nn.Module):
+    """MLP state-value function V(s); returns shape obs.shape[:-1]."""
+
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        h = MLP(self.hidden_sizes, self.activation)(obs)
+        return jnp.squeeze(_dense(1, 1.0)(h), axis=-1)
+
+
+class QHead(nn.Module):
+    """MLP action-value function Q(s, ·) for discrete actions; returns [..., num_actions]."""
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        h = MLP(self.hidden_sizes, self.activation)(obs)
+        return _dense(self.num_actions, 1.0)(h)
+
+
+class ActorCritic(nn.Module):
+    """Separate policy and value networks evaluated together."""
+
+    action_dim: int
+    discrete: bool
+    actor_hidden: Sequence[int] = (64, 64)
+    critic_hidden: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    def setup(self) -> None:
+        self.actor = PolicyHead(self.action_dim, self.discrete, self.actor_hidden, self.activation)
+        self.critic = ValueHead(self.critic_hidden, self.activation)
+
+    def __call__(self, obs: jax.Array) -> tuple[distrax.Distribution, jax.Array]:
+        return self.actor(obs), self.critic(obs)
+
+    def policy(self, obs: jax.Array) -> distrax.Distribution:
+        return self.actor(obs)
+
+    def value(self, obs: jax.Array) -> jax.Array:
+        return self.critic(obs)

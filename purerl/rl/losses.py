@@ -1,0 +1,66 @@
+"""Policy and value losses shared by the policy-gradient algorithms.
+
+All return a scalar loss (to minimise) and, where useful, diagnostics. Inputs are flat
+batches [B] of per-sample quantities.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """Zero mean, unit standard deviation over the batch (PPO's per-minibatch advantage
+    normalisation)."""
+    return (x - jnp.mean(x)) / (jnp.std(x) + eps)
+
+
+def policy_gradient_loss(log_prob: jax.Array, advantages: jax.Array) -> jax.Array:
+    """Vanilla score-function loss −E[log π(a|s) · Â] (REINFORCE, A2C)."""
+    return -jnp.mean(log_prob * jax.lax.stop_gradient(advantages))
+
+
+def clipped_surrogate(
+    log_prob: jax.Array,
+    old_log_prob: jax.Array,
+    advantages: jax.Array,
+    clip_eps: float | jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """PPO's pessimistic clipped objective, negated.
+
+    L = −E[min(r Â, clip(r, 1 − ε, 1 + ε) Â)] with r = π/π_old. The min makes the bound
+    pessimistic: once r leaves the band in the direction Â favours, the gradient is zero.
+    Diagnostics: approx_kl uses the low-variance estimator (r − 1) − log r of KL(old‖new);
+    clip_frac is the fraction of samples with |r − 1| > ε.
+    """
+    log_ratio = log_prob - old_log_prob
+    ratio = jnp.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    loss = -jnp.mean(jnp.minimum(unclipped, clipped))
+    stats = {
+        "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+        "clip_frac": jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32)),
+    }
+    return loss, stats
+
+
+def value_loss(
+    values: jax.Array,
+    targets: jax.Array,
+    old_values: jax.Array | None = None,
+    clip_eps: float | jax.Array | None = None,
+) -> jax.Array:
+    """½ E[(V − target)²]; with `old_values` and `clip_eps`, PPO's clipped variant
+    ½ E[max((V − G)², (V_old + clip(V − V_old, ±ε) − G)²)]."""
+    squared = jnp.square(values - targets)
+    if old_values is not None and clip_eps is not None:
+        clipped_values = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
+        squared = jnp.maximum(squared, jnp.square(clipped_values - targets))
+    return 0.5 * jnp.mean(squared)
+
+
+def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """1 − Var(target − prediction) / Var(target): 1 is perfect, ≤ 0 is no better than a constant."""
+    return 1.0 - jnp.var(targets - predictions) / (jnp.var(targets) + 1e-8)

@@ -1,0 +1,71 @@
+"""Optimisers, schedules and the shuffled-minibatch epoch loop, shared by all algorithms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+
+def linear_decay(
+    initial: jax.Array | float, steps_per_update: int, num_updates: int
+) -> Callable[[jax.Array], jax.Array]:
+    """Learning rate decaying linearly from `initial` to 0 over `num_updates` updates,
+    constant within an update (optimizer count → update index)."""
+
+    def schedule(count: jax.Array) -> jax.Array:
+        fraction = 1.0 - (count // steps_per_update) / num_updates
+        return initial * fraction
+
+    return schedule
+
+
+def adam_clipped(
+    learning_rate: float | jax.Array | Callable[[jax.Array], jax.Array],
+    max_grad_norm: float | jax.Array,
+    eps: float = 1e-5,
+) -> optax.GradientTransformation:
+    """Adam after global-norm gradient clipping (not element-wise clipping).
+
+    Hyperparameters may be tracers: the optimiser is built inside `train`, so a vmapped
+    batch of learning rates or clip norms is just data.
+    """
+    return optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        optax.adam(learning_rate, eps=eps),
+    )
+
+
+def shuffled_minibatch_epochs(
+    key: jax.Array,
+    carry: Any,
+    batch: Any,
+    num_epochs: int,
+    num_minibatches: int,
+    step_fn: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]],
+) -> tuple[Any, dict[str, jax.Array]]:
+    """Run `step_fn(carry, minibatch) -> (carry, metrics)` over `num_epochs` passes of
+    freshly shuffled minibatches of a flat batch (leading axis B). Returns the final
+    carry and every metric averaged over all gradient steps."""
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    if batch_size % num_minibatches:
+        raise ValueError(
+            f"num_minibatches: {num_minibatches} does not divide the batch size {batch_size}"
+        )
+
+    def epoch(carry, epoch_key):
+        permutation = jax.random.permutation(epoch_key, batch_size)
+        minibatches = jax.tree.map(
+            lambda x: jnp.take(x, permutation, axis=0).reshape(
+                (num_minibatches, -1) + x.shape[1:]
+            ),
+            batch,
+        )
+        return lax.scan(step_fn, carry, minibatches)
+
+    carry, metrics = lax.scan(epoch, carry, jax.random.split(key, num_epochs))
+    return carry, jax.tree.map(jnp.mean, metrics)

@@ -1,0 +1,263 @@
+"""Hyperparameter grids -> one batched, chunked, sharded `jit(vmap(train))`.
+
+Every field of an algorithm's `Hyper` is data, so S settings × K seeds are a batch of
+B = S·K independent runs of the same compiled program:
+
+    sweep = grid(ppo.Hyper(), clip_eps=[0.1, 0.2, 0.3])
+    result = run(ppo.make_train(ppo.Config()), sweep, seeds=8)
+    result.metrics["episode_return"].shape  # [setting, seed, update]
+
+Run (s, k) uses key `PRNGKey(seeds[k])` and setting s, so it equals
+`train(PRNGKey(seeds[k]), setting_s)` trained alone. `max_batch` bounds memory by
+splitting B into equal chunks (padded) that reuse one compiled executable; with several
+visible devices each chunk is sharded over all of them along the batch axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from purerl.config import validate_hyper
+
+
+# ---------------------------------------------------------------- building batches
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A batch of S settings: `hypers` has leading axis S; `settings[s]` names the swept values."""
+
+    hypers: Any
+    settings: tuple[dict[str, float], ...]
+
+    def __len__(self) -> int:
+        return len(self.settings)
+
+
+def _check_axes(base: Any, axes: dict[str, Any]) -> None:
+    names = [f.name for f in dataclasses.fields(base)]
+    for name, values in axes.items():
+        if name not in names:
+            raise ValueError(
+                f"sweep axis {name!r} is not a field of {type(base).__name__}; "
+                f"allowed: {', '.join(names)}"
+            )
+        if np.ndim(values) != 1 or len(values) == 0:
+            raise ValueError(f"sweep axis {name!r}: expected a non-empty list of values")
+
+
+def from_settings(base: Any, settings: Sequence[dict[str, float]]) -> Sweep:
+    """Stack `base.replace(**setting)` for every setting into one batched Hyper."""
+    settings = tuple(dict(s) for s in settings)
+    if not settings:
+        raise ValueError("a sweep needs at least one setting")
+    _check_axes(base, {k: [v] for s in settings for k, v in s.items()})
+    columns = {
+        f.name: np.asarray(
+            [s.get(f.name, getattr(base, f.name)) for s in settings], dtype=np.float32
+        )
+        for f in dataclasses.fields(base)
+    }
+    hypers = base.replace(**{k: jnp.asarray(v) for k, v in columns.items()})
+    validate_hyper(hypers)
+    return Sweep(hypers, settings)
+
+
+def grid(base: Any, **axes: Sequence[float]) -> Sweep:
+    """Cartesian product of the axes (the last axis varies fastest)."""
+    _check_axes(base, axes)
+    names = list(axes)
+    combos = itertools.product(*(list(axes[n]) for n in names))
+    return from_settings(base, [dict(zip(names, map(float, c))) for c in combos])
+
+
+def zipped(base: Any, **axes: Sequence[float]) -> Sweep:
+    """Settings taken element-wise from equally long lists."""
+    _check_axes(base, axes)
+    lengths = {n: len(v) for n, v in axes.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"zipped sweep axes must have equal lengths, got {lengths}")
+    names = list(axes)
+    return from_settings(
+        base, [dict(zip(names, map(float, c))) for c in zip(*(axes[n] for n in names))]
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.uniform(self.low, self.high, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogUniform:
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low < self.high:
+            raise ValueError(f"LogUniform needs 0 < low < high, got ({self.low}, {self.high})")
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.exp(rng.uniform(np.log(self.low), np.log(self.high), n))
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    values: tuple[float, ...]
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.choice(np.asarray(self.values, dtype=np.float64), n)
+
+
+def random_search(base: Any, num_settings: int, seed: int = 0, **distributions: Any) -> Sweep:
+    """`num_settings` independent draws from per-field distributions (Uniform, LogUniform, Choice)."""
+    _check_axes(base, {n: [0.0] for n in distributions})
+    rng = np.random.default_rng(seed)
+    draws = {n: d.sample(rng, num_settings) for n, d in distributions.items()}
+    return from_settings(
+        base, [{n: float(draws[n][i]) for n in draws} for i in range(num_settings)]
+    )
+
+
+# ---------------------------------------------------------------- running batches
+@dataclasses.dataclass
+class SweepResult:
+    """Per-update metrics of every run, as host arrays shaped [setting, seed, update]."""
+
+    metrics: dict[str, np.ndarray]
+    settings: tuple[dict[str, float], ...]
+    seeds: np.ndarray
+    hypers: Any
+    final_state: Any | None
+    compile_seconds: float
+    run_seconds: float
+
+    def final(self, metric: str = "episode_return", last: int = 10) -> np.ndarray:
+        """[setting, seed]: mean of `metric` over the last `last` updates (NaN-aware,
+        since updates in which no episode finished report NaN returns)."""
+        values = self.metrics[metric][..., -last:]
+        with np.errstate(all="ignore"):
+            return np.nanmean(values, axis=-1)
+
+    def table(self, metric: str = "episode_return", last: int = 10):
+        """pandas DataFrame: one row per setting with mean/std/min/max over seeds."""
+        import pandas as pd
+
+        finals = self.final(metric, last)
+        rows = []
+        for s, setting in enumerate(self.settings):
+            rows.append(
+                {
+                    **setting,
+                    "seeds": finals.shape[1],
+                    f"{metric}_mean": float(np.mean(finals[s])),
+                    f"{metric}_std": float(np.std(finals[s])),
+                    f"{metric}_min": float(np.min(finals[s])),
+                    f"{metric}_max": float(np.max(finals[s])),
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def _seed_array(seeds: int | Sequence[int]) -> np.ndarray:
+    if isinstance(seeds, (int, np.integer)):
+        if seeds <= 0:
+            raise ValueError(f"seeds: got {seeds}; allowed: a positive count or a list of ints")
+        return np.arange(seeds)
+    seeds = np.asarray(seeds)
+    if seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer):
+        raise ValueError("seeds: allowed: a positive count or a non-empty list of integers")
+    return seeds
+
+
+def run(
+    train: Callable[[jax.Array, Any], tuple[Any, dict[str, jax.Array]]],
+    sweep: Sweep | Any,
+    seeds: int | Sequence[int] = 1,
+    *,
+    max_batch: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = False,
+    return_state: bool = False,
+) -> SweepResult:
+    """Train every setting × seed in one compiled `jit(vmap(train))`.
+
+    `sweep` is a `Sweep` or a single (unbatched) Hyper. `max_batch` caps the number of
+    runs per call (memory); chunks are padded to equal size so one executable serves all.
+    `devices` defaults to all local devices; the batch axis is sharded over them.
+    """
+    if not isinstance(sweep, Sweep):
+        sweep = from_settings(sweep, [{}])
+    validate_hyper(sweep.hypers)
+    seed_values = _seed_array(seeds)
+    num_settings, num_seeds = len(sweep), len(seed_values)
+    total = num_settings * num_seeds
+    devices = list(devices) if devices is not None else jax.local_devices()
+    if max_batch is not None and max_batch <= 0:
+        raise ValueError(f"max_batch: got {max_batch}; allowed: a positive integer or None")
+
+    # Chunk size: as large as allowed, a multiple of the device count.
+    chunk = min(max_batch or total, total)
+    chunk = max(len(devices), math.ceil(chunk / len(devices)) * len(devices))
+    num_chunks = math.ceil(total / chunk)
+    padded = num_chunks * chunk
+
+    # Flat run index r = s * K + k; padding repeats the last run and is dropped afterwards.
+    run_setting = np.minimum(np.arange(padded) // num_seeds, num_settings - 1)
+    run_seed = seed_values[np.minimum(np.arange(padded), total - 1) % num_seeds]
+    flat_hypers = jax.tree.map(lambda x: np.asarray(x)[run_setting], sweep.hypers)
+    flat_keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(run_seed))
+
+    mesh = Mesh(np.asarray(devices), ("batch",))
+    sharding = NamedSharding(mesh, PartitionSpec("batch"))
+
+    def chunk_inputs(c: int):
+        part = slice(c * chunk, (c + 1) * chunk)
+        inputs = (flat_keys[part], jax.tree.map(lambda x: x[part], flat_hypers))
+        return jax.device_put(inputs, sharding)
+
+    def batched(keys, hypers):
+        state, metrics = jax.vmap(train)(keys, hypers)
+        return (state if return_state else None), metrics
+
+    start = time.perf_counter()
+    compiled = jax.jit(batched).lower(*chunk_inputs(0)).compile()
+    compile_seconds = time.perf_counter() - start
+
+    chunks = range(num_chunks)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=f"sweep ({total} runs, {num_chunks} chunks)", unit="chunk")
+    start = time.perf_counter()
+    outputs = [jax.device_get(compiled(*chunk_inputs(c))) for c in chunks]
+    run_seconds = time.perf_counter() - start
+
+    def gather(*parts):
+        flat = np.concatenate(parts, axis=0)[:total]
+        return flat.reshape((num_settings, num_seeds) + flat.shape[1:])
+
+    states = [o[0] for o in outputs]
+    metrics = jax.tree.map(gather, *[o[1] for o in outputs])
+    final_state = jax.tree.map(gather, *states) if return_state else None
+    return SweepResult(
+        metrics=metrics,
+        settings=sweep.settings,
+        seeds=seed_values,
+        hypers=sweep.hypers,
+        final_state=final_state,
+        compile_seconds=compile_seconds,
+        run_seconds=run_seconds,
+    )
