@@ -1,0 +1,18 @@
+"""One module per algorithm, each exposing `Config`, `Hyper` and `make_train(config)`."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# name -> module path; modules are imported lazily so `import purerl.algos` stays cheap.
+ALGORITHMS: dict[str, str] = {
+    "ppo": "purerl.algos.ppo",
+}
+
+
+def get_algorithm(name: str) -> ModuleType:
+    """The algorithm module for `name` (has Config, Hyper, make_train)."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"algo: unknown algorithm {name!r}; allowed: {', '.join(sorted(ALGORITHMS))}")
+    return importlib.import_module(ALGORITHMS[name])
