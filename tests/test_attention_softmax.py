@@ -61,20 +61,29 @@ def attention_reference(params, x, num_heads, num_kv_heads, *, rope=True, qk_nor
     return np.stack(outputs)
 
 
+def jitted(module):
+    """module.apply under jit: eager dispatch compiles every small op separately (slow)."""
+    return jax.jit(module.apply, static_argnames=("causal", "method"))
+
+
+def normal(seed, shape):
+    """Test inputs from numpy: a jax.random call would compile once per shape."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
 def make(num_heads=4, num_kv_heads=2, head_dim=8, **kw):
     return SoftmaxAttention(model_dim=MODEL_DIM, num_heads=num_heads,
                             num_kv_heads=num_kv_heads, head_dim=head_dim, **kw)
 
 
 def setup_module_params(module, batch=2, steps=11, seed=0):
-    x = jax.random.normal(jax.random.PRNGKey(seed), (batch, steps, MODEL_DIM))
-    params = module.init(jax.random.PRNGKey(seed + 1), x)
+    x = normal(seed, (batch, steps, MODEL_DIM))
+    params = jax.jit(module.init)(jax.random.PRNGKey(seed + 1), x)
     if module.qk_norm:
         # Non-trivial norm scales, so a missing or misplaced norm shows up.
         for name in ("q_norm", "k_norm"):
             scale = params["params"][name]["scale"]
-            params["params"][name]["scale"] = 1.0 + 0.3 * jax.random.normal(
-                jax.random.PRNGKey(seed + 7), scale.shape)
+            params["params"][name]["scale"] = 1.0 + 0.3 * normal(seed + 7, scale.shape)
     return x, params
 
 
@@ -89,7 +98,7 @@ KINDS = [pytest.param(4, id="MHA"), pytest.param(2, id="GQA"), pytest.param(1, i
 def test_forward_matches_reference(num_kv_heads, rope, qk_norm):
     module = make(num_kv_heads=num_kv_heads, use_rope=rope, qk_norm=qk_norm)
     x, params = setup_module_params(module)
-    out = module.apply(params, x)
+    out = jitted(module)(params, x)
     ref = attention_reference(params, x, 4, num_kv_heads, rope=rope, qk_norm=qk_norm)
     np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
 
@@ -106,7 +115,7 @@ def test_grouped_kv_projections_are_not_repeated():
 def test_non_causal_matches_reference(num_kv_heads):
     module = make(num_kv_heads=num_kv_heads)
     x, params = setup_module_params(module)
-    out = module.apply(params, x, causal=False)
+    out = jitted(module)(params, x, causal=False)
     ref = attention_reference(params, x, 4, num_kv_heads, causal=False)
     np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
 
@@ -118,8 +127,8 @@ def test_padding_lengths_and_mask_match_reference(num_kv_heads):
     lengths = np.array([11, 6, 1])
     valid = np.arange(11)[None, :] < lengths[:, None]
     ref = attention_reference(params, x, 4, num_kv_heads, valid=valid)
-    by_lengths = module.apply(params, x, lengths=jnp.asarray(lengths))
-    by_mask = module.apply(params, x, padding_mask=jnp.asarray(valid))
+    by_lengths = jitted(module)(params, x, lengths=jnp.asarray(lengths))
+    by_mask = jitted(module)(params, x, padding_mask=jnp.asarray(valid))
     for b, n in enumerate(lengths):  # outputs at padded positions are unspecified
         np.testing.assert_allclose(by_lengths[b, :n], ref[b, :n], atol=ATOL, rtol=0)
         np.testing.assert_allclose(by_mask[b, :n], ref[b, :n], atol=ATOL, rtol=0)
@@ -130,7 +139,7 @@ def test_arbitrary_padding_mask_non_causal():
     x, params = setup_module_params(module)
     valid = np.ones((2, 11), bool)
     valid[0, [0, 4, 5]] = False  # holes anywhere, not just right padding
-    out = module.apply(params, x, padding_mask=jnp.asarray(valid), causal=False)
+    out = jitted(module)(params, x, padding_mask=jnp.asarray(valid), causal=False)
     ref = attention_reference(params, x, 4, 2, causal=False, valid=valid)
     np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
 
@@ -157,7 +166,7 @@ def decode_all(module, params, x, prompt_len, max_len, cache=None):
 def test_decode_matches_full_forward_up_to_full_cache(num_kv_heads, qk_norm):
     module = make(num_kv_heads=num_kv_heads, qk_norm=qk_norm)
     x, params = setup_module_params(module, steps=12)
-    full = module.apply(params, x)
+    full = jitted(module)(params, x)
     # max_len == sequence length: the last decode step fills the cache completely.
     decoded, cache = decode_all(module, params, x, prompt_len=5, max_len=12)
     np.testing.assert_allclose(decoded, full, atol=ATOL, rtol=0)
@@ -168,7 +177,7 @@ def test_decode_from_single_token_prompt():
     module = make(num_kv_heads=1)
     x, params = setup_module_params(module, steps=7)
     decoded, _ = decode_all(module, params, x, prompt_len=1, max_len=9)
-    np.testing.assert_allclose(decoded, module.apply(params, x), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(decoded, jitted(module)(params, x), atol=ATOL, rtol=0)
 
 
 def test_cache_contents_match_projected_keys_and_values():
@@ -188,10 +197,10 @@ def test_decode_masks_by_cache_index_not_by_contents():
     module = make(num_kv_heads=2)
     x, params = setup_module_params(module, steps=9)
     garbage = init_kv_cache(2, 16, 2, 8)
-    noise = jax.random.normal(jax.random.PRNGKey(3), garbage.keys_t.shape) * 50
+    noise = normal(3, garbage.keys_t.shape) * 50
     garbage = garbage.replace(keys_t=noise, values=noise.reshape(garbage.values.shape))
     decoded, _ = decode_all(module, params, x, prompt_len=4, max_len=16, cache=garbage)
-    np.testing.assert_allclose(decoded, module.apply(params, x), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(decoded, jitted(module)(params, x), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("num_kv_heads", KINDS)
@@ -201,9 +210,9 @@ def test_ragged_prefill_then_decode_matches_each_sequence_alone(num_kv_heads):
     lengths = jnp.array([6, 3])
     prefill = jax.jit(partial(module.apply, method="prefill"))
     decode = jax.jit(partial(module.apply, method="decode"))
-    forward = jax.jit(module.apply)
+    forward = jitted(module)
     out, cache = prefill(params, x[:, :6], module.init_cache(2, 10), lengths)
-    extra = jax.random.normal(jax.random.PRNGKey(9), (2, 3, MODEL_DIM))
+    extra = normal(9, (2, 3, MODEL_DIM))
     steps = []
     for t in range(3):
         y, cache = decode(params, extra[:, t], cache)
@@ -251,8 +260,8 @@ def test_bad_input_shape_raises():
     module = make()
     x, params = setup_module_params(module)
     with pytest.raises(ValueError, match=r"model_dim=24.*got shape \(2, 11, 5\)"):
-        module.apply(params, jnp.zeros((2, 11, 5)))
+        jitted(module)(params, jnp.zeros((2, 11, 5)))
     with pytest.raises(ValueError, match=r"cache batch=3 does not match x batch=2"):
-        module.apply(params, x[:, 0], module.init_cache(3, 4), method="decode")
+        jitted(module)(params, x[:, 0], module.init_cache(3, 4), method="decode")
     with pytest.raises(ValueError, match=r"prompt length 11 exceeds cache max_len=4"):
-        module.apply(params, x, module.init_cache(2, 4), method="prefill")
+        jitted(module)(params, x, module.init_cache(2, 4), method="prefill")

@@ -53,8 +53,9 @@ def performer_projection(head_dim: int, num_features: int, seed: int = 0) -> np.
     rng = np.random.default_rng(seed)
     blocks = []
     for _ in range(-(-num_features // head_dim)):
-        q, _ = np.linalg.qr(rng.standard_normal((head_dim, head_dim)))
-        blocks.append(q.T)
+        basis, upper = np.linalg.qr(rng.standard_normal((head_dim, head_dim)))
+        # Sign fix makes the basis Haar-distributed; raw QR output is not, and biases the kernel.
+        blocks.append((basis * np.sign(np.diag(upper))).T)
     rows = np.concatenate(blocks, axis=0)[:num_features]
     norms = np.linalg.norm(rng.standard_normal((num_features, head_dim)), axis=1)
     return (rows * norms[:, None]).astype(np.float32)
@@ -98,10 +99,17 @@ def _group(phi_q: jax.Array, kv_heads: int) -> jax.Array:
 
 
 def _check_qkv(phi_q: jax.Array, phi_k: jax.Array, v: jax.Array) -> None:
-    chex.assert_rank([phi_q, phi_k, v], 4)
-    chex.assert_equal_shape_prefix([phi_q, phi_k, v], 2)
-    chex.assert_equal_shape_prefix([phi_k, v], 3)
-    chex.assert_equal_shape_suffix([phi_q, phi_k], 1)
+    shapes = f"got phi_q {phi_q.shape}, phi_k {phi_k.shape}, v {v.shape}"
+    if not phi_q.ndim == phi_k.ndim == v.ndim == 4:
+        raise ValueError(f"phi_q, phi_k and v must be 4-D [B, T, heads, width]; {shapes}")
+    if phi_q.shape[:2] != phi_k.shape[:2] or phi_k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"phi_q, phi_k and v must share [B, T], phi_k and v H_kv; {shapes}")
+    if phi_q.shape[-1] != phi_k.shape[-1]:
+        raise ValueError(f"phi_q and phi_k must have the same feature width; {shapes}")
+    if phi_q.shape[2] % phi_k.shape[2]:
+        raise ValueError(
+            f"num_kv_heads={phi_k.shape[2]} must divide num_heads={phi_q.shape[2]}; {shapes}"
+        )
 
 
 def linear_attention_parallel(
