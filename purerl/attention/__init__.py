@@ -1,5 +1,6 @@
 """Attention blocks: softmax MHA/GQA/MQA and linear attention, KV caches, memory accounting."""
 
+from purerl.attention.convert import CONVERSION_METHODS, convert_kv_heads
 from purerl.attention.linear import (
     FEATURE_MAPS,
     FORMS,
@@ -14,24 +15,39 @@ from purerl.attention.linear import (
     linear_attention_step,
     performer_projection,
 )
+from purerl.attention.lm import LMConfig, TinyLM, TrainConfig, evaluate_mqar, train_mqar
+from purerl.attention.memory import kv_cache_bytes, linear_state_bytes
+from purerl.attention.mqar import MQARBatch, MQARConfig, generate_mqar
 from purerl.attention.rope import apply_rope
 from purerl.attention.softmax import KVCache, SoftmaxAttention, init_kv_cache
 
 __all__ = [
+    "CONVERSION_METHODS",
     "FEATURE_MAPS",
     "FORMS",
     "KVCache",
+    "LMConfig",
     "LinearAttention",
     "LinearState",
+    "MQARBatch",
+    "MQARConfig",
     "SoftmaxAttention",
+    "TinyLM",
+    "TrainConfig",
     "apply_feature_map",
     "apply_rope",
+    "convert_kv_heads",
+    "evaluate_mqar",
     "feature_dim",
+    "generate_mqar",
     "init_kv_cache",
     "init_linear_state",
+    "kv_cache_bytes",
     "linear_attention_chunked",
     "linear_attention_parallel",
     "linear_attention_recurrent",
     "linear_attention_step",
+    "linear_state_bytes",
     "performer_projection",
+    "train_mqar",
 ]

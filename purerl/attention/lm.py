@@ -1,0 +1,244 @@
+"""A tiny decoder-only language model whose attention kind and H_kv are configuration.
+
+Token + learned position embeddings, N pre-norm blocks (attention + MLP), final norm, tied or
+untied output. `train_mqar` is a pure function of a PRNG key, so seeds vmap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from purerl.attention._checks import check_choice, check_positive_int
+from purerl.attention.linear import (
+    FEATURE_MAPS,
+    FORMS,
+    LinearAttention,
+    LinearState,
+    feature_dim,
+    init_linear_state,
+)
+from purerl.attention.mqar import MQARBatch, MQARConfig, generate_mqar
+from purerl.attention.softmax import KVCache, SoftmaxAttention, init_kv_cache
+
+ATTENTION_KINDS = ("softmax", "linear")
+LayerCache = KVCache | LinearState
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    vocab_size: int = 128
+    max_len: int = 64
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    head_dim: int | None = None  # default d_model // num_heads
+    mlp_ratio: int = 4
+    attention: Literal["softmax", "linear"] = "softmax"
+    feature_map: str = "elu"  # linear attention only
+    linear_form: str = "chunked"
+    chunk_size: int = 64
+    use_rope: bool = False  # positions already come from the learned embedding
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_len", "d_model", "num_layers", "num_heads",
+                     "num_kv_heads", "mlp_ratio", "chunk_size"):
+            check_positive_int(name, getattr(self, name))
+        check_choice("attention", self.attention, ATTENTION_KINDS)
+        check_choice("feature_map", self.feature_map, FEATURE_MAPS)
+        check_choice("linear_form", self.linear_form, FORMS)
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={self.d_model} must be divisible by num_heads={self.num_heads} "
+                "when head_dim is not given"
+            )
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+
+def make_attention(config: LMConfig, name: str | None = None) -> nn.Module:
+    common = dict(model_dim=config.d_model, num_heads=config.num_heads,
+                  num_kv_heads=config.num_kv_heads, head_dim=config.resolved_head_dim, name=name)
+    if config.attention == "softmax":
+        return SoftmaxAttention(use_rope=config.use_rope, qk_norm=config.qk_norm, **common)
+    return LinearAttention(feature_map=config.feature_map, form=config.linear_form,
+                           chunk_size=config.chunk_size, **common)
+
+
+class Block(nn.Module):
+    config: LMConfig
+
+    def setup(self) -> None:
+        self.attn_norm = nn.RMSNorm()
+        self.attn = make_attention(self.config)
+        self.mlp_norm = nn.RMSNorm()
+        self.mlp_in = nn.Dense(self.config.mlp_ratio * self.config.d_model)
+        self.mlp_out = nn.Dense(self.config.d_model)
+
+    def _mlp(self, x: jax.Array) -> jax.Array:
+        return x + self.mlp_out(nn.gelu(self.mlp_in(self.mlp_norm(x))))
+
+    def __call__(self, x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        h = self.attn_norm(x)
+        if self.config.attention == "softmax":
+            h = self.attn(h, lengths=lengths)
+        else:
+            mask = None if lengths is None else jnp.arange(x.shape[1])[None] < lengths[:, None]
+            h = self.attn(h, padding_mask=mask)
+        return self._mlp(x + h)
+
+    def prefill(self, x, cache, lengths=None):
+        h, cache = self.attn.prefill(self.attn_norm(x), cache, lengths)
+        return self._mlp(x + h), cache
+
+    def decode(self, x, cache):
+        h, cache = self.attn.decode(self.attn_norm(x), cache)
+        return self._mlp(x + h), cache
+
+
+class TinyLM(nn.Module):
+    """tokens [B, T] int -> logits [B, T, vocab]."""
+
+    config: LMConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.token_embed = nn.Embed(cfg.vocab_size, cfg.d_model,
+                                    embedding_init=nn.initializers.normal(0.02))
+        self.position_embed = nn.Embed(cfg.max_len, cfg.d_model,
+                                       embedding_init=nn.initializers.normal(0.02))
+        self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
+        self.final_norm = nn.RMSNorm()
+        if not cfg.tie_embeddings:
+            self.output = nn.Dense(cfg.vocab_size, use_bias=False)
+
+    def _logits(self, h: jax.Array) -> jax.Array:
+        h = self.final_norm(h)
+        if self.config.tie_embeddings:
+            return self.token_embed.attend(h)
+        return self.output(h)
+
+    def _check_tokens(self, tokens: jax.Array, ndim: int) -> None:
+        if tokens.ndim != ndim:
+            raise ValueError(f"tokens must have {ndim} dims, got shape {tokens.shape}")
+        if ndim == 2 and tokens.shape[1] > self.config.max_len:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} exceeds max_len={self.config.max_len}"
+            )
+
+    def __call__(self, tokens: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        self._check_tokens(tokens, 2)
+        h = self.token_embed(tokens) + self.position_embed(jnp.arange(tokens.shape[1]))[None]
+        for block in self.blocks:
+            h = block(h, lengths)
+        return self._logits(h)
+
+    def init_cache(self, batch: int, max_len: int | None = None) -> tuple[LayerCache, ...]:
+        """Per-layer caches: KV caches for softmax attention, constant states for linear."""
+        cfg = self.config
+        if cfg.attention == "softmax":
+            return tuple(init_kv_cache(batch, max_len or cfg.max_len, cfg.num_kv_heads,
+                                       cfg.resolved_head_dim) for _ in range(cfg.num_layers))
+        width = feature_dim(cfg.feature_map, cfg.resolved_head_dim)
+        return tuple(init_linear_state(batch, cfg.num_kv_heads, width, cfg.resolved_head_dim)
+                     for _ in range(cfg.num_layers))
+
+    def prefill(self, tokens: jax.Array, caches: tuple[LayerCache, ...],
+                lengths: jax.Array | None = None) -> tuple[jax.Array, tuple[LayerCache, ...]]:
+        self._check_tokens(tokens, 2)
+        h = self.token_embed(tokens) + self.position_embed(jnp.arange(tokens.shape[1]))[None]
+        new_caches = []
+        for block, cache in zip(self.blocks, caches, strict=True):
+            h, cache = block.prefill(h, cache, lengths)
+            new_caches.append(cache)
+        return self._logits(h), tuple(new_caches)
+
+    def decode(self, token: jax.Array, caches: tuple[LayerCache, ...]
+               ) -> tuple[jax.Array, tuple[LayerCache, ...]]:
+        """token [B] at position caches[0].lengths -> logits [B, vocab]."""
+        self._check_tokens(token, 1)
+        h = self.token_embed(token) + self.position_embed(caches[0].lengths)
+        new_caches = []
+        for block, cache in zip(self.blocks, caches, strict=True):
+            h, cache = block.decode(h, cache)
+            new_caches.append(cache)
+        return self._logits(h), tuple(new_caches)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    mqar: MQARConfig = field(default_factory=MQARConfig)
+
+
+def masked_loss_and_accuracy(logits: jax.Array, batch: MQARBatch) -> tuple[jax.Array, jax.Array]:
+    """Cross-entropy and accuracy over answer positions only."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets)
+    weights = batch.loss_mask.astype(jnp.float32)
+    count = jnp.maximum(weights.sum(), 1.0)
+    correct = (jnp.argmax(logits, -1) == batch.targets).astype(jnp.float32)
+    return (losses * weights).sum() / count, (correct * weights).sum() / count
+
+
+def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, train.learning_rate, train.warmup_steps, train.steps, train.learning_rate * 0.1)
+    return optax.chain(optax.clip_by_global_norm(train.grad_clip),
+                       optax.adamw(schedule, weight_decay=train.weight_decay))
+
+
+def train_mqar(key: jax.Array, lm: LMConfig, train: TrainConfig) -> tuple[Any, dict[str, Any]]:
+    """Train a TinyLM on fresh MQAR batches; returns (params, {"loss", "accuracy"} per step).
+
+    Pure in `key`: `jax.vmap(lambda k: train_mqar(k, lm, train))(keys)` trains seeds together.
+    """
+    if train.mqar.seq_len > lm.max_len or train.mqar.vocab_size > lm.vocab_size:
+        raise ValueError(
+            f"MQAR seq_len={train.mqar.seq_len} / vocab_size={train.mqar.vocab_size} must fit "
+            f"the model's max_len={lm.max_len} / vocab_size={lm.vocab_size}"
+        )
+    model = TinyLM(lm)
+    optimizer = make_optimizer(train)
+    init_key, data_key = jax.random.split(key)
+    dummy = jnp.zeros((1, train.mqar.seq_len), jnp.int32)
+    params = model.init(init_key, dummy)
+    opt_state = optimizer.init(params)
+
+    def loss_fn(params, batch):
+        return masked_loss_and_accuracy(model.apply(params, batch.tokens), batch)
+
+    def step(carry, step_key):
+        params, opt_state = carry
+        batch = generate_mqar(step_key, train.mqar, train.batch_size)
+        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), (loss, accuracy)
+
+    step_keys = jax.random.split(data_key, train.steps)
+    (params, _), (losses, accuracies) = jax.lax.scan(step, (params, opt_state), step_keys)
+    return params, {"loss": losses, "accuracy": accuracies}
+
+
+def evaluate_mqar(params: Any, key: jax.Array, lm: LMConfig, mqar: MQARConfig,
+                  batch_size: int = 256) -> jax.Array:
+    """Answer accuracy on a fresh batch."""
+    batch = generate_mqar(key, mqar, batch_size)
+    return masked_loss_and_accuracy(TinyLM(lm).apply(params, batch.tokens), batch)[1]

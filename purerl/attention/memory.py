@@ -1,0 +1,161 @@
+"""Memory accounting for KV caches and linear-attention states, and the `purerl-memory` CLI.
+
+KV cache bytes = 2 (K and V) × layers × H_kv × head_dim × bytes/element × tokens × batch.
+Linear state bytes = layers × heads × (f × d + f) × bytes/element × batch (S plus normaliser z),
+independent of context length. The per-sequence int32 length counters (4 bytes × batch per
+layer) are bookkeeping and not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+
+from purerl.attention._checks import check_positive_int, divisors
+
+DTYPE_ALIASES = {
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp16": "float16", "f16": "float16", "float16": "float16",
+    "fp32": "float32", "f32": "float32", "float32": "float32",
+    "fp8": "float8_e4m3fn", "float8_e4m3fn": "float8_e4m3fn",
+}
+_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+def dtype_bytes(dtype: Any) -> int:
+    """Bytes per element; accepts numpy/jax dtypes and the names in DTYPE_ALIASES."""
+    if isinstance(dtype, str):
+        if dtype.lower() not in DTYPE_ALIASES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPE_ALIASES)}, got {dtype!r}")
+        dtype = DTYPE_ALIASES[dtype.lower()]
+    return jnp.dtype(dtype).itemsize
+
+
+def kv_cache_bytes(
+    layers: int,
+    num_kv_heads: int,
+    head_dim: int,
+    seq_len: int,
+    batch: int = 1,
+    dtype: Any = "bfloat16",
+) -> int:
+    """Bytes of K and V for `batch` sequences of `seq_len` tokens."""
+    for name, value in [("layers", layers), ("num_kv_heads", num_kv_heads),
+                        ("head_dim", head_dim), ("seq_len", seq_len), ("batch", batch)]:
+        check_positive_int(name, value)
+    return 2 * layers * num_kv_heads * head_dim * seq_len * batch * dtype_bytes(dtype)
+
+
+def linear_state_bytes(
+    layers: int,
+    heads: int,
+    feature_dim: int,
+    head_dim: int,
+    batch: int = 1,
+    dtype: Any = "float32",
+) -> int:
+    """Bytes of the recurrent state (S [f, d] and z [f] per head): constant in context length."""
+    for name, value in [("layers", layers), ("heads", heads), ("feature_dim", feature_dim),
+                        ("head_dim", head_dim), ("batch", batch)]:
+        check_positive_int(name, value)
+    return layers * heads * (feature_dim * head_dim + feature_dim) * batch * dtype_bytes(dtype)
+
+
+def format_bytes(num_bytes: float) -> str:
+    """Binary units, trailing zeros dropped: 524288 -> '512 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(num_bytes) < 1024 or unit == "TiB":
+            text = f"{num_bytes:.2f}".rstrip("0").rstrip(".")
+            return f"{text} {unit}"
+        num_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_bytes(text: str) -> int:
+    """'80GiB', '80 GB', '1.5TiB', '1024' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(
+            f"budget must be a number with an optional unit in {sorted(_UNITS)}, got {text!r}"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def memory_table(
+    layers: int,
+    num_heads: int,
+    head_dim: int,
+    seq_len: int,
+    dtype: Any,
+    kv_heads: Sequence[int],
+    budget_bytes: int,
+    feature_dim: int | None = None,
+) -> list[dict[str, Any]]:
+    """One row per softmax variant (H_kv) plus linear attention with one state per head."""
+    check_positive_int("num_heads", num_heads)
+    rows = []
+    for h_kv in kv_heads:
+        check_positive_int("kv_heads", h_kv)
+        if num_heads % h_kv:
+            raise ValueError(
+                f"kv_heads={h_kv} must divide heads={num_heads}; allowed: {divisors(num_heads)}"
+            )
+        name = "MHA" if h_kv == num_heads else "MQA" if h_kv == 1 else "GQA"
+        per_token = kv_cache_bytes(layers, h_kv, head_dim, 1, 1, dtype)
+        per_seq = kv_cache_bytes(layers, h_kv, head_dim, seq_len, 1, dtype)
+        rows.append(dict(attention=f"{name}-{h_kv}" if name == "GQA" else name, kv_heads=h_kv,
+                         per_token=per_token, per_sequence=per_seq,
+                         max_batch=budget_bytes // per_seq))
+    width = feature_dim or head_dim
+    state = linear_state_bytes(layers, num_heads, width, head_dim, 1, dtype)
+    rows.append(dict(attention=f"linear (f={width})", kv_heads=num_heads, per_token=0,
+                     per_sequence=state, max_batch=budget_bytes // state))
+    return rows
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    header = ["attention", "H_kv", "cache/token", "cache/sequence", "max batch in budget"]
+    body = [[r["attention"], str(r["kv_heads"]),
+             format_bytes(r["per_token"]) if r["per_token"] else "0 (constant)",
+             format_bytes(r["per_sequence"]), f"{r['max_batch']:,}"] for r in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(header), rule, *map(fmt, body)])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="purerl-memory",
+        description="KV-cache and linear-attention state memory for a model shape.",
+    )
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--heads", type=int, default=32, help="query heads H_q")
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=8192, help="context length in tokens")
+    parser.add_argument("--dtype", default="bf16", help=f"one of {sorted(DTYPE_ALIASES)}")
+    parser.add_argument("--kv-heads", type=int, nargs="+", default=None,
+                        help="H_kv values to compare (default: H_q, 8, 1)")
+    parser.add_argument("--feature-dim", type=int, default=None,
+                        help="linear-attention feature width f (default: head_dim)")
+    parser.add_argument("--budget", default="80GiB", help="memory budget, e.g. 80GiB")
+    args = parser.parse_args(argv)
+    kv_heads = args.kv_heads or sorted({args.heads, min(8, args.heads), 1}, reverse=True)
+    try:
+        budget = parse_bytes(args.budget)
+        rows = memory_table(args.layers, args.heads, args.head_dim, args.seq_len, args.dtype,
+                            kv_heads, budget, args.feature_dim)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"{args.layers} layers, {args.heads} query heads, head_dim {args.head_dim}, "
+          f"{args.seq_len:,} tokens, {args.dtype}, budget {format_bytes(budget)}")
+    print(render_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""MHA -> GQA/MQA conversion, MQAR data, and the tiny LM (decoding, seeds, learning MQAR)."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from purerl.attention import SoftmaxAttention, convert_kv_heads
+from purerl.attention.lm import LMConfig, TinyLM, TrainConfig, train_mqar
+from purerl.attention.mqar import MQARConfig, generate_mqar
+
+MODEL_DIM = 16
+
+
+def normal(seed, shape):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def mha_with_identical_heads_per_group(group_count, seed=0):
+    """MHA-8 params whose K/V heads are identical within each of `group_count` groups."""
+    module = SoftmaxAttention(model_dim=MODEL_DIM, num_heads=8, num_kv_heads=8, head_dim=4)
+    x = normal(seed, (2, 7, MODEL_DIM))
+    params = jax.jit(module.init)(jax.random.PRNGKey(seed), x)
+    for name in ("k_proj", "v_proj"):
+        kernel = params["params"][name]["kernel"]  # [D, 8, d]
+        per_group = kernel[:, :: 8 // group_count]
+        params["params"][name]["kernel"] = jnp.repeat(per_group, 8 // group_count, axis=1)
+    return x, params
+
+
+@pytest.mark.parametrize("method", ["mean", "first"])
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_conversion_is_exact_for_identical_heads(method, kv_heads):
+    x, params = mha_with_identical_heads_per_group(kv_heads)
+    mha = SoftmaxAttention(model_dim=MODEL_DIM, num_heads=8, num_kv_heads=8, head_dim=4)
+    grouped = SoftmaxAttention(model_dim=MODEL_DIM, num_heads=8, num_kv_heads=kv_heads,
+                               head_dim=4)
+    converted = convert_kv_heads(params, kv_heads, method)
+    assert converted["params"]["k_proj"]["kernel"].shape == (MODEL_DIM, kv_heads, 4)
+    np.testing.assert_allclose(jax.jit(grouped.apply)(converted, x),
+                               jax.jit(mha.apply)(params, x), atol=1e-5, rtol=0)
+
+
+def test_mean_pools_and_first_selects():
+    kernel = normal(1, (MODEL_DIM, 4, 3))
+    params = {"attn": {"k_proj": {"kernel": kernel}, "v_proj": {"kernel": kernel + 1}}}
+    mean = convert_kv_heads(params, 2, "mean")["attn"]["k_proj"]["kernel"]
+    first = convert_kv_heads(params, 2, "first")["attn"]["v_proj"]["kernel"]
+    np.testing.assert_allclose(mean[:, 1], (kernel[:, 2] + kernel[:, 3]) / 2, atol=1e-6)
+    np.testing.assert_allclose(first[:, 1], kernel[:, 2] + 1, atol=1e-6)
+
+
+def test_random_conversion_depends_on_key_and_converts_every_layer():
+    cfg = LMConfig(vocab_size=16, max_len=8, d_model=MODEL_DIM, num_layers=2, num_heads=4,
+                   num_kv_heads=4)
+    params = jax.jit(TinyLM(cfg).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+    a = convert_kv_heads(params, 1, "random", jax.random.PRNGKey(1))
+    b = convert_kv_heads(params, 1, "random", jax.random.PRNGKey(2))
+    for layer in ("blocks_0", "blocks_1"):
+        kernel_a = a["params"][layer]["attn"]["k_proj"]["kernel"]
+        assert kernel_a.shape == (MODEL_DIM, 1, 4)
+        assert not np.allclose(kernel_a, b["params"][layer]["attn"]["k_proj"]["kernel"])
+    # The converted checkpoint runs in an MQA model.
+    mqa = TinyLM(LMConfig(**{**cfg.__dict__, "num_kv_heads": 1}))
+    assert jax.jit(mqa.apply)(a, jnp.zeros((1, 8), jnp.int32)).shape == (1, 8, 16)
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        (dict(num_kv_heads=3), r"num_kv_heads=3 must divide the checkpoint's 8 KV heads"),
+        (dict(num_kv_heads=2, method="median"), r"method must be one of .*got 'median'"),
+        (dict(num_kv_heads=2, method="random"), r"method='random' needs a PRNG key"),
+    ],
+)
+def test_conversion_bad_arguments(kwargs, pattern):
+    _, params = mha_with_identical_heads_per_group(2)
+    with pytest.raises(ValueError, match=pattern):
+        convert_kv_heads(params, **kwargs)
+
+
+def test_conversion_needs_attention_layers():
+    with pytest.raises(ValueError, match="no attention layer"):
+        convert_kv_heads({"dense": {"kernel": jnp.ones((2, 2))}}, 1)
+
+
+# ----------------------------------------------------------------------------- MQAR
+
+
+def test_mqar_answers_are_correct_by_construction():
+    cfg = MQARConfig(vocab_size=64, seq_len=40, num_pairs=6)
+    batch = jax.device_get(generate_mqar(jax.random.PRNGKey(0), cfg, 16))
+    assert batch.tokens.shape == batch.targets.shape == batch.loss_mask.shape == (16, 40)
+    for tokens, targets, mask in zip(batch.tokens, batch.targets, batch.loss_mask, strict=True):
+        keys, values = tokens[0:12:2], tokens[1:12:2]
+        assert len(set(keys)) == 6 and np.all((1 <= keys) & (keys < 32))
+        assert np.all((32 <= values) & (values < 64))
+        positions = np.flatnonzero(mask)
+        assert len(positions) == 6 and positions.min() >= 12  # queries come after the pairs
+        lookup = dict(zip(keys, values, strict=True))
+        for p in positions:
+            assert targets[p] == lookup[tokens[p]] == tokens[p + 1]
+        assert sorted(tokens[positions]) == sorted(keys)  # every key is asked once
+
+
+def test_mqar_is_deterministic_per_key():
+    cfg = MQARConfig(vocab_size=64, seq_len=32, num_pairs=4)
+    a = generate_mqar(jax.random.PRNGKey(3), cfg, 4)
+    b = generate_mqar(jax.random.PRNGKey(3), cfg, 4)
+    c = generate_mqar(jax.random.PRNGKey(4), cfg, 4)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+    assert not np.array_equal(a.tokens, c.tokens)
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        (dict(vocab_size=8, num_pairs=4), r"vocab_size=8 leaves 3 distinct keys"),
+        (dict(seq_len=20, num_pairs=6), r"seq_len=20 has room for 4 query slots"),
+        (dict(num_queries=9, num_pairs=8), r"num_queries=9 must be <= num_pairs=8"),
+        (dict(num_pairs=0), r"num_pairs must be a positive integer, got 0"),
+    ],
+)
+def test_mqar_bad_config(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        MQARConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------- tiny LM
+
+
+@pytest.mark.parametrize(
+    "attention,kv_heads,tie", [("softmax", 4, True), ("softmax", 2, False), ("softmax", 1, True),
+                               ("linear", 2, True)]
+)
+def test_lm_decode_matches_forward(attention, kv_heads, tie):
+    cfg = LMConfig(vocab_size=32, max_len=12, d_model=MODEL_DIM, num_layers=2, num_heads=4,
+                   num_kv_heads=kv_heads, attention=attention, tie_embeddings=tie,
+                   chunk_size=4)
+    model = TinyLM(cfg)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 12)), jnp.int32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens)
+    assert ("output" in params["params"]) != tie
+    full = jax.jit(model.apply)(params, tokens)
+    prefill = jax.jit(partial(model.apply, method="prefill"))
+    decode = jax.jit(partial(model.apply, method="decode"))
+    logits, caches = prefill(params, tokens[:, :5], model.init_cache(2))
+    steps = [logits]
+    for t in range(5, 12):
+        step_logits, caches = decode(params, tokens[:, t], caches)
+        steps.append(step_logits[:, None])
+    np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5, rtol=0)
+
+
+def test_lm_config_errors():
+    with pytest.raises(ValueError, match=r"num_kv_heads=3 must divide num_heads=4"):
+        TinyLM(LMConfig(num_heads=4, num_kv_heads=3)).init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+    with pytest.raises(ValueError, match=r"attention must be one of .*got 'sparse'"):
+        LMConfig(attention="sparse")
+    with pytest.raises(ValueError, match=r"MQAR seq_len=64 .* must fit"):
+        train_mqar(jax.random.PRNGKey(0), LMConfig(max_len=32), TrainConfig())
+
+
+def test_training_seeds_vmap():
+    lm = LMConfig(vocab_size=16, max_len=16, d_model=MODEL_DIM, num_layers=1, num_heads=2,
+                  num_kv_heads=1)
+    train = TrainConfig(steps=3, batch_size=4, warmup_steps=1,
+                        mqar=MQARConfig(vocab_size=16, seq_len=16, num_pairs=2))
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    params, metrics = jax.jit(jax.vmap(lambda k: train_mqar(k, lm, train)))(keys)
+    assert metrics["loss"].shape == (2, 3)
+    assert np.all(np.isfinite(metrics["loss"]))
+    kernel = params["params"]["blocks_0"]["attn"]["q_proj"]["kernel"]
+    assert kernel.shape[0] == 2 and not np.allclose(kernel[0], kernel[1])
+    single, _ = jax.jit(lambda k: train_mqar(k, lm, train))(keys[1])
+    np.testing.assert_allclose(kernel[1], single["params"]["blocks_0"]["attn"]["q_proj"]["kernel"],
+                               atol=1e-5)
