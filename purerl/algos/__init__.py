@@ -8,6 +8,7 @@ from types import ModuleType
 # name -> module path; modules are imported lazily so `import purerl.algos` stays cheap.
 ALGORITHMS: dict[str, str] = {
     "ppo": "purerl.algos.ppo",
+    "trpo": "purerl.algos.trpo",
 }
 
 
