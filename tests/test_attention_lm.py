@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from purerl.attention import SoftmaxAttention, convert_kv_heads
-from purerl.attention.lm import LMConfig, TinyLM, TrainConfig, train_mqar
+from purerl.attention.lm import LMConfig, TinyLM, TrainConfig, evaluate_mqar, train_mqar
 from purerl.attention.mqar import MQARConfig, generate_mqar
 
 MODEL_DIM = 16
@@ -182,3 +182,21 @@ def test_training_seeds_vmap():
     single, _ = jax.jit(lambda k: train_mqar(k, lm, train))(keys[1])
     np.testing.assert_allclose(kernel[1], single["params"]["blocks_0"]["attn"]["q_proj"]["kernel"],
                                atol=1e-5)
+
+
+def test_softmax_lm_learns_mqar():
+    """2-layer softmax LM on MQAR (vocab 32, 16 tokens, 4 pairs), 300 steps, fixed seed.
+
+    Measured: answer accuracy 0.48 on fresh data (0.30 at 10% of training). Guessing among the
+    4 values present scores 0.25 and uniform guessing 1/16, so 0.38 leaves margin while still
+    failing for a model that does not read the pairs in context.
+    """
+    mqar = MQARConfig(vocab_size=32, seq_len=16, num_pairs=4)
+    lm = LMConfig(vocab_size=32, max_len=16, d_model=64, num_layers=2, num_heads=4,
+                  num_kv_heads=4)
+    train = TrainConfig(steps=300, batch_size=32, learning_rate=1e-2, warmup_steps=30, mqar=mqar)
+    params, metrics = jax.jit(lambda k: train_mqar(k, lm, train))(jax.random.PRNGKey(0))
+    accuracy = float(evaluate_mqar(params, jax.random.PRNGKey(123), lm, mqar, 512))
+    assert accuracy > 0.38
+    curve = np.asarray(metrics["accuracy"])
+    assert curve[-30:].mean() > curve[:30].mean() + 0.15
