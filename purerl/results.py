@@ -1,0 +1,304 @@
+"""Sweep results as tidy tables on disk, written so that a crash never looks complete.
+
+A job directory holds, once finished:
+
+- `results.parquet`: long/tidy, one row per run × update. Columns, in order: experiment,
+  algo, env, seed, setting (index into the job's in-job grid), every `Hyper` value, every
+  static `Config` value (non-scalars as their `repr`), update, env_steps, then every
+  metric the algorithm reports (a metric whose name clashes with one of the columns
+  before it, e.g. PPO's scheduled `lr` vs the `Hyper.lr`, is stored as `metric_<name>`).
+- `summary.parquet`: one row per run with the same identifying columns plus
+  final_return (mean return over the last 10% of updates), auc (mean return over all
+  updates: the area under the learning curve divided by its length), diverged and
+  diverged_update (first update with a NaN/inf metric), num_updates, env_steps,
+  wall_seconds and compile_seconds (of the whole job: its runs train together).
+- `config.yaml`: the fully resolved configuration (text supplied by the caller).
+- `job.json`: status `running` -> `complete` | `failed`, plus a fingerprint of the
+  configuration. It is written first (running) and last (complete); every file is
+  written to a temporary name and `os.replace`d into place, so a job killed at any
+  point is never `complete`, and no reader sees a half-written parquet file.
+
+Nothing here knows about Hydra; `experiments/train.py` drives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+RESULTS = "results.parquet"
+SUMMARY = "summary.parquet"
+CONFIG = "config.yaml"
+STATUS = "job.json"
+
+RETURN_METRIC = "episode_return"
+# Metrics that are NaN by design in updates in which no episode finished.
+EPISODE_METRICS = ("episode_return", "episode_length")
+ID_COLUMNS = ("experiment", "algo", "env", "seed", "setting")
+FINAL_FRACTION = 0.1
+
+
+# ---------------------------------------------------------------- atomic files
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temporary file next to `path`, fsync it, then `os.replace`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------- job status
+def read_status(job_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The job's status record, or None if it has none (never started, or unreadable)."""
+    try:
+        return json.loads((Path(job_dir) / STATUS).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(job_dir: str | os.PathLike) -> bool:
+    job_dir = Path(job_dir)
+    status = read_status(job_dir)
+    return (
+        status is not None
+        and status.get("status") == "complete"
+        and (job_dir / RESULTS).is_file()
+        and (job_dir / SUMMARY).is_file()
+    )
+
+
+def _write_status(job_dir: Path, record: dict[str, Any]) -> None:
+    atomic_write_text(job_dir / STATUS, json.dumps(record, indent=2, sort_keys=True, default=str))
+
+
+def mark_running(job_dir: str | os.PathLike, **meta: Any) -> None:
+    """Invalidate any earlier completion before (re)training; call it first."""
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    _write_status(job_dir, {"status": "running", "pid": os.getpid(), "started": time.time(), **meta})
+
+
+def mark_failed(job_dir: str | os.PathLike, error: BaseException, **meta: Any) -> None:
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    _write_status(
+        job_dir,
+        {
+            "status": "failed",
+            "finished": time.time(),
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(traceback.format_exception(error)),
+            **meta,
+        },
+    )
+
+
+def write_job(
+    job_dir: str | os.PathLike,
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    config_text: str,
+    **meta: Any,
+) -> None:
+    """Write the job's files atomically; the `complete` status goes last."""
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job_dir / CONFIG, config_text)
+    atomic_write_parquet(job_dir / RESULTS, results)
+    atomic_write_parquet(job_dir / SUMMARY, summary)
+    _write_status(
+        job_dir,
+        {"status": "complete", "finished": time.time(), "runs": int(len(summary)), **meta},
+    )
+
+
+# ---------------------------------------------------------------- tables
+def divergence(metrics: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(diverged [..., ], first_update [...] or -1) over the trailing update axis.
+
+    A value is bad if it is inf, or NaN anywhere except in the episode metrics of an
+    update in which no episode finished (those are NaN by design)."""
+    finished = None
+    if "episodes" in metrics:
+        finished = np.asarray(metrics["episodes"]) > 0
+    bad = None
+    for name, values in metrics.items():
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.floating):
+            continue
+        if name in EPISODE_METRICS:
+            this = np.isinf(values) if finished is None else (~np.isfinite(values) & finished)
+        else:
+            this = ~np.isfinite(values)
+        bad = this if bad is None else (bad | this)
+    if bad is None:
+        raise ValueError("no floating-point metrics to check")
+    diverged = bad.any(axis=-1)
+    first = np.where(diverged, np.argmax(bad, axis=-1), -1)
+    return diverged, first
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str, np.integer, np.floating, np.bool_)):
+        return value.item() if isinstance(value, np.generic) else value
+    if value is None:
+        return "None"
+    return repr(value)
+
+
+def _static_values(config: Any) -> dict[str, Any]:
+    return {f.name: _scalar(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "env"}
+
+
+def _hyper_values(result: Any, base_hyper: Any) -> list[dict[str, float]]:
+    """Per setting: the exact values given (swept axes), else the base Hyper's."""
+    names = [f.name for f in dataclasses.fields(base_hyper)]
+    return [
+        {n: float(setting[n]) if n in setting else float(getattr(base_hyper, n)) for n in names}
+        for setting in result.settings
+    ]
+
+
+def _identity(result: Any, experiment: str, algo: str, config: Any, base_hyper: Any, env: str | None):
+    """Per (setting, seed) run: the identifying columns, as a dict of [S*K] arrays."""
+    num_settings, num_seeds = len(result.settings), len(result.seeds)
+    env = env if env is not None else getattr(config, "env", "")
+    columns: dict[str, Any] = {
+        "experiment": np.repeat(experiment, num_settings * num_seeds).astype(object),
+        "algo": np.repeat(algo, num_settings * num_seeds).astype(object),
+        "env": np.repeat(env, num_settings * num_seeds).astype(object),
+        "seed": np.tile(np.asarray(result.seeds, dtype=np.int64), num_settings),
+        "setting": np.repeat(np.arange(num_settings, dtype=np.int64), num_seeds),
+    }
+    hypers = _hyper_values(result, base_hyper)
+    for name in hypers[0] if hypers else []:
+        columns[name] = np.repeat([h[name] for h in hypers], num_seeds).astype(np.float64)
+    for name, value in _static_values(config).items():
+        if name in columns:
+            continue
+        runs = num_settings * num_seeds
+        columns[name] = np.full(runs, value, dtype=object if isinstance(value, str) else None)
+    return columns
+
+
+def _metric_column(name: str, taken: set[str]) -> str:
+    return f"metric_{name}" if name in taken else name
+
+
+def tidy(
+    result: Any,
+    *,
+    experiment: str,
+    algo: str,
+    config: Any,
+    base_hyper: Any,
+    env: str | None = None,
+) -> pd.DataFrame:
+    """One row per run × update (see the module docstring for the columns)."""
+    metrics = {k: np.asarray(v) for k, v in result.metrics.items()}
+    num_settings, num_seeds = len(result.settings), len(result.seeds)
+    num_updates = next(iter(metrics.values())).shape[2]
+    runs = num_settings * num_seeds
+    identity = _identity(result, experiment, algo, config, base_hyper, env)
+    columns = {k: np.repeat(v, num_updates) for k, v in identity.items()}
+    columns["update"] = np.tile(np.arange(num_updates, dtype=np.int64), runs)
+    if "env_steps" in metrics:
+        env_steps = metrics["env_steps"].reshape(-1)
+    else:
+        batch = getattr(config, "batch_size", 1)
+        env_steps = np.tile((np.arange(num_updates) + 1) * batch, runs)
+    columns["env_steps"] = np.asarray(env_steps, dtype=np.int64)
+    taken = set(columns)
+    for name, values in metrics.items():
+        if name == "env_steps":
+            continue
+        if values.shape[:3] != (num_settings, num_seeds, num_updates) or values.ndim != 3:
+            continue  # non-scalar per-update metrics do not fit a tidy table
+        columns[_metric_column(name, taken)] = values.reshape(-1)
+    return pd.DataFrame(columns)
+
+
+def final_window(num_updates: int) -> int:
+    """Updates averaged for the final return: the last 10%, at least one."""
+    return max(1, math.ceil(FINAL_FRACTION * num_updates))
+
+
+def summarize(
+    result: Any,
+    *,
+    experiment: str,
+    algo: str,
+    config: Any,
+    base_hyper: Any,
+    env: str | None = None,
+    return_metric: str = RETURN_METRIC,
+    wall_seconds: float | None = None,
+) -> pd.DataFrame:
+    """One row per run: identity columns, final_return, auc, divergence, timings."""
+    metrics = {k: np.asarray(v) for k, v in result.metrics.items()}
+    returns = metrics[return_metric].astype(np.float64)
+    num_updates = returns.shape[-1]
+    window = final_window(num_updates)
+    finite = np.where(np.isfinite(returns), returns, np.nan)
+    with warnings.catch_warnings():  # all-NaN windows (no finished episode) give NaN quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        final = np.nanmean(finite[..., -window:], axis=-1)
+        auc = np.nanmean(finite, axis=-1)
+    diverged, first = divergence(metrics)
+    columns = _identity(result, experiment, algo, config, base_hyper, env)
+    columns["final_return"] = final.reshape(-1)
+    columns["auc"] = auc.reshape(-1)
+    columns["diverged"] = diverged.reshape(-1)
+    columns["diverged_update"] = pd.array(
+        [None if u < 0 else int(u) for u in first.reshape(-1)], dtype="Int64"
+    )
+    columns["num_updates"] = np.full(diverged.size, num_updates, dtype=np.int64)
+    if "env_steps" in metrics:
+        columns["env_steps"] = metrics["env_steps"][..., -1].reshape(-1).astype(np.int64)
+    else:
+        columns["env_steps"] = np.full(diverged.size, num_updates * getattr(config, "batch_size", 1))
+    columns["wall_seconds"] = np.full(
+        diverged.size, float(result.run_seconds if wall_seconds is None else wall_seconds)
+    )
+    columns["compile_seconds"] = np.full(diverged.size, float(result.compile_seconds))
+    return pd.DataFrame(columns)
