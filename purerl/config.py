@@ -53,11 +53,9 @@ def validate_hyper(hyper: Any) -> None:
         ok = _in_interval(values, interval)
         if not np.all(ok):
             bad = values[~ok] if values.ndim else values
-            shown = np.unique(bad.ravel())[:5].tolist()
-            raise ValueError(
-                f"{type(hyper).__name__}.{field.name}: got {shown[0] if len(shown) == 1 else shown}; "
-                f"allowed: {interval}"
-            )
+            shown = [f"{v:.6g}" for v in np.unique(bad.ravel())[:5]]
+            got = shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"
+            raise ValueError(f"{type(hyper).__name__}.{field.name}: got {got}; allowed: {interval}")
 
 
 def hyper_names(hyper_cls: type) -> tuple[str, ...]:

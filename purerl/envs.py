@@ -7,7 +7,7 @@ observation. Every wrapper here keeps both flags and that final observation, bec
 advantage estimation bootstraps from V(final observation) on truncation.
 
 Stack built by `make_vec_env` (innermost first):
-    gymnax env -> FlattenObservation (image-like obs) -> ClipAction / RescaleAction
+    gymnax env -> VectorObservation (non-vector obs) -> ClipAction / RescaleAction
     (continuous) -> EpisodeStatistics -> VecEnv (num_envs copies, vmapped)
     -> NormalizeObservation (optional; statistics shared by all copies)
 """
@@ -36,8 +36,10 @@ def make_env(name: str, **env_kwargs: Any) -> tuple[Any, Any]:
         raise ValueError(
             f"env: unknown gymnax environment {name!r}; allowed: {', '.join(ENV_NAMES)}"
         )
-    env, params = gymnax.make(name, **env_kwargs)
-    return env, params
+    try:
+        return gymnax.make(name, **env_kwargs)
+    except TypeError as error:
+        raise ValueError(f"env_kwargs: {name} rejected {env_kwargs}: {error}") from error
 
 
 def is_discrete(env: Any, params: Any) -> bool:
@@ -64,26 +66,41 @@ class Wrapper:
         return getattr(self._env, name)
 
 
-class FlattenObservation(Wrapper):
-    """Flattens image-like observations (MinAtar's [10, 10, C]) to vectors for MLPs."""
+class VectorObservation(Wrapper):
+    """Turns every observation into a flat float32 vector for MLPs: image-like arrays
+    (MinAtar's [10, 10, C], Catch's [10, 5]) are flattened, scalars become length 1, and
+    discrete observations (FrozenLake's state index) become one-hot."""
+
+    def __init__(self, env: Any, params: Any):
+        super().__init__(env)
+        space = env.observation_space(params)
+        self._one_hot = int(space.n) if isinstance(space, spaces.Discrete) else None
+        self._size = self._one_hot or int(np.prod(space.shape))
 
     def observation_space(self, params: Any) -> spaces.Box:
+        if self._one_hot:
+            return spaces.Box(low=0.0, high=1.0, shape=(self._size,), dtype=jnp.float32)
         space = self._env.observation_space(params)
         return spaces.Box(
             low=np.ravel(np.broadcast_to(space.low, space.shape)),
             high=np.ravel(np.broadcast_to(space.high, space.shape)),
-            shape=(int(np.prod(space.shape)),),
-            dtype=space.dtype,
+            shape=(self._size,),
+            dtype=jnp.float32,
         )
+
+    def _vector(self, obs: jax.Array) -> jax.Array:
+        if self._one_hot:
+            return jax.nn.one_hot(obs, self._one_hot, dtype=jnp.float32).reshape(-1)
+        return jnp.reshape(obs, (-1,)).astype(jnp.float32)
 
     def reset(self, key, params=None):
         obs, state = self._env.reset(key, params)
-        return jnp.reshape(obs, (-1,)), state
+        return self._vector(obs), state
 
     def step(self, key, state, action, params=None):
         obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
-        info = {**info, "final_observation": jnp.reshape(info["final_observation"], (-1,))}
-        return jnp.reshape(obs, (-1,)), state, reward, terminated, truncated, info
+        info = {**info, "final_observation": self._vector(info["final_observation"])}
+        return self._vector(obs), state, reward, terminated, truncated, info
 
 
 class ClipAction(Wrapper):
@@ -236,8 +253,9 @@ def make_vec_env(
             f"action_transform: got {action_transform!r}; allowed: 'clip', 'rescale'"
         )
     env, params = make_env(name, **(env_kwargs or {}))
-    if len(env.observation_space(params).shape) > 1:
-        env = FlattenObservation(env)
+    obs_space = env.observation_space(params)
+    if isinstance(obs_space, spaces.Discrete) or len(obs_space.shape) != 1:
+        env = VectorObservation(env, params)
     if not is_discrete(env, params):
         env = ClipAction(env) if action_transform == "clip" else RescaleAction(env)
     env = VecEnv(EpisodeStatistics(env), num_envs)

@@ -9,8 +9,10 @@ Conventions (all arrays share a leading time axis T and any batch shape after it
 - `terminated[t]`, `truncated[t]`: the episode ended at step t by reaching a terminal
   state / by a time limit. Either one stops the backward recursion.
 
-Everything is built from two pieces: the TD error δ_t and `discounted_sum`, a reverse
-scan of y_t = x_t + c_t · y_{t+1} whose per-step discount c_t is zero at episode ends.
+GAE, TD(λ) and Monte Carlo returns are one code path: the TD error δ_t and
+`discounted_sum`, a reverse scan of y_t = x_t + c_t · y_{t+1} whose per-step discount c_t
+is zero at episode ends. n-step targets use the same episode/bootstrap masks with a
+fixed window instead of the scan.
 """
 
 from __future__ import annotations
@@ -112,23 +114,30 @@ def n_step_targets(
     gamma: float | jax.Array,
     n: int,
 ) -> jax.Array:
-    """n-step targets Σ_{k<n} γ^k r_{t+k} + γ^n V(s_{t+n}), cut at episode and rollout ends.
+    """n-step targets Σ_{k<m} γ^k r_{t+k} + γ^m V(s'_{t+m-1}), m ≤ n.
 
-    Written as V(s_t) plus the discounted sum of the next n TD errors (they telescope),
-    so the episode and truncation handling is exactly GAE's. `n` is static.
+    The sum stops early at an episode end (bootstrapping from the final observation on
+    truncation, not on termination) and at the end of the rollout, exactly like GAE.
+    `values` is unused by the estimator itself; it is accepted so all target functions
+    share one signature. `n` is static.
     """
+    del values
     if n < 1:
         raise ValueError(f"n: must be a positive integer, got {n}")
-    deltas = td_errors(rewards, values, next_values, terminated, gamma)
-    discounts = gamma * episode_continues(terminated, truncated)
-    horizon = deltas.shape[0]
-    # window_t = Σ_{k<n} (Π_{j<k} c_{t+j}) δ_{t+k}; shifting past the rollout end adds zeros.
-    window = jnp.zeros_like(deltas)
-    weight = jnp.ones_like(deltas)
+    horizon = rewards.shape[0]
+    continues = episode_continues(terminated, truncated)
+    bootstrap = gamma * (1.0 - _as_float(terminated)) * next_values
+    rollout_last = jnp.zeros((horizon,) + (1,) * (rewards.ndim - 1)).at[-1].set(1.0)
+    total = jnp.zeros_like(_as_float(rewards))
+    weight = jnp.ones_like(total)  # γ^k while the episode and the rollout go on, else 0
     for k in range(min(n, horizon)):
-        window = window + weight * _shift(deltas, k)
-        weight = weight * _shift(discounts, k)
-    return values + window
+        # Step t+k ends the sum if the episode ends there, it is the n-th step, or the rollout ends.
+        ends = jnp.maximum(1.0 - _shift(continues, k), _shift(rollout_last, k))
+        if k == n - 1:
+            ends = jnp.ones_like(ends)
+        total = total + weight * (_shift(rewards, k) + ends * _shift(bootstrap, k))
+        weight = weight * gamma * (1.0 - ends)
+    return total
 
 
 def _shift(x: jax.Array, k: int) -> jax.Array:

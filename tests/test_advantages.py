@@ -1,0 +1,157 @@
+"""Advantage estimators against plain NumPy loops written independently of the scan code."""
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import purerl  # noqa: F401  (sets XLA flags before jax starts)
+from purerl.rl import advantages as adv
+
+
+def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
+    """Double loop: A_t = Σ_k (γλ)^k δ_{t+k}, summing forward until the episode ends."""
+    horizon, batch = rewards.shape
+    out = np.zeros((horizon, batch))
+    for b in range(batch):
+        for t in range(horizon):
+            total, weight = 0.0, 1.0
+            for u in range(t, horizon):
+                bootstrap = 0.0 if terminated[u, b] else next_values[u, b]
+                delta = rewards[u, b] + gamma * bootstrap - values[u, b]
+                total += weight * delta
+                if terminated[u, b] or truncated[u, b]:
+                    break
+                weight *= gamma * lam
+            out[t, b] = total
+    return out
+
+
+def reference_discounted_returns(rewards, terminated, truncated, gamma):
+    horizon, batch = rewards.shape
+    out = np.zeros((horizon, batch))
+    for b in range(batch):
+        for t in range(horizon):
+            total, weight = 0.0, 1.0
+            for u in range(t, horizon):
+                total += weight * rewards[u, b]
+                if terminated[u, b] or truncated[u, b]:
+                    break
+                weight *= gamma
+            out[t, b] = total
+    return out
+
+
+def reference_n_step(rewards, values, next_values, terminated, truncated, gamma, n):
+    horizon, batch = rewards.shape
+    out = np.zeros((horizon, batch))
+    for b in range(batch):
+        for t in range(horizon):
+            total, weight = 0.0, 1.0
+            for u in range(t, min(t + n, horizon)):
+                total += weight * rewards[u, b]
+                weight *= gamma
+                if terminated[u, b]:
+                    break
+                last = u == min(t + n, horizon) - 1
+                if truncated[u, b] or last:
+                    total += weight * next_values[u, b]
+                    break
+            out[t, b] = total
+    return out
+
+
+@st.composite
+def rollouts(draw):
+    horizon = draw(st.integers(1, 12))
+    batch = draw(st.integers(1, 3))
+    floats = st.floats(-5, 5, allow_nan=False, width=32)
+    shape = (horizon, batch)
+    rewards = draw(hnp.arrays(np.float32, shape, elements=floats))
+    values = draw(hnp.arrays(np.float32, shape, elements=floats))
+    next_values = draw(hnp.arrays(np.float32, shape, elements=floats))
+    terminated = draw(hnp.arrays(np.bool_, shape))
+    truncated = draw(hnp.arrays(np.bool_, shape))
+    gamma = draw(st.floats(0.0, 1.0))
+    lam = draw(st.floats(0.0, 1.0))
+    return rewards, values, next_values, terminated, truncated, gamma, lam
+
+
+@settings(max_examples=60, deadline=None)
+@given(rollouts())
+def test_gae_matches_numpy_double_loop(data):
+    rewards, values, next_values, terminated, truncated, gamma, lam = data
+    advantages, targets = adv.gae(rewards, values, next_values, terminated, truncated, gamma, lam)
+    expected = reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam)
+    np.testing.assert_allclose(advantages, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(targets, expected + values, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rollouts())
+def test_discounted_returns_match_numpy(data):
+    rewards, _, _, terminated, truncated, gamma, _ = data
+    returns = adv.discounted_returns(rewards, terminated, truncated, gamma)
+    expected = reference_discounted_returns(rewards, terminated, truncated, gamma)
+    np.testing.assert_allclose(returns, expected, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rollouts(), st.integers(1, 5))
+def test_n_step_targets_match_numpy(data, n):
+    rewards, values, next_values, terminated, truncated, gamma, _ = data
+    targets = adv.n_step_targets(rewards, values, next_values, terminated, truncated, gamma, n)
+    expected = reference_n_step(rewards, values, next_values, terminated, truncated, gamma, n)
+    np.testing.assert_allclose(targets, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_td_lambda_endpoints():
+    rng = np.random.default_rng(0)
+    rewards, values, next_values = rng.normal(size=(3, 6, 2)).astype(np.float32)
+    terminated = np.zeros((6, 2), bool)
+    truncated = np.zeros((6, 2), bool)
+    one_step = adv.lambda_returns(rewards, values, next_values, terminated, truncated, 0.9, 0.0)
+    np.testing.assert_allclose(one_step, rewards + 0.9 * next_values, rtol=1e-6)
+    one_step_n = adv.n_step_targets(rewards, values, next_values, terminated, truncated, 0.9, 1)
+    np.testing.assert_allclose(one_step_n, one_step, rtol=1e-6)
+
+
+def test_truncation_bootstraps_from_final_observation_termination_does_not():
+    # One step, reward 1, V(s) = 0, V(final obs) = 10, γ = 0.5.
+    reward, value, final_value = np.ones((1, 1)), np.zeros((1, 1)), np.full((1, 1), 10.0)
+    no = np.zeros((1, 1), bool)
+    yes = np.ones((1, 1), bool)
+    truncated_adv, _ = adv.gae(reward, value, final_value, no, yes, 0.5, 0.95)
+    terminated_adv, _ = adv.gae(reward, value, final_value, yes, no, 0.5, 0.95)
+    assert float(truncated_adv[0, 0]) == pytest.approx(1.0 + 0.5 * 10.0)
+    assert float(terminated_adv[0, 0]) == pytest.approx(1.0)
+
+
+def test_recursion_stops_at_episode_end():
+    # Episode ends (truncated) at t=0; the large advantage at t=1 must not leak back.
+    rewards = np.array([[0.0], [100.0]], np.float32)
+    values = np.zeros((2, 1), np.float32)
+    next_values = np.zeros((2, 1), np.float32)
+    truncated = np.array([[True], [False]])
+    advantages, _ = adv.gae(rewards, values, next_values, np.zeros((2, 1), bool), truncated, 1.0, 1.0)
+    assert float(advantages[0, 0]) == 0.0
+    assert float(advantages[1, 0]) == 100.0
+
+
+def test_works_on_any_batch_shape():
+    rng = np.random.default_rng(1)
+    shape = (5, 2, 3, 4)
+    r, v, nv = rng.normal(size=(3,) + shape).astype(np.float32)
+    term = rng.random(shape) < 0.2
+    trunc = rng.random(shape) < 0.2
+    advantages, _ = adv.gae(r, v, nv, term, trunc, 0.99, 0.95)
+    flat = adv.gae(*(x.reshape(5, -1) for x in (r, v, nv, term, trunc)), 0.99, 0.95)[0]
+    assert advantages.shape == shape
+    np.testing.assert_allclose(np.asarray(advantages).reshape(5, -1), flat, rtol=1e-6)
+
+
+def test_n_step_rejects_non_positive_n():
+    z = np.zeros((3, 1), np.float32)
+    with pytest.raises(ValueError, match="n: must be a positive integer"):
+        adv.n_step_targets(z, z, z, z.astype(bool), z.astype(bool), 0.9, 0)
