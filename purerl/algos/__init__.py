@@ -9,6 +9,8 @@ from types import ModuleType
 ALGORITHMS: dict[str, str] = {
     "ppo": "purerl.algos.ppo",
     "trpo": "purerl.algos.trpo",
+    "a2c": "purerl.algos.a2c",
+    "reinforce": "purerl.algos.reinforce",
 }
 
 

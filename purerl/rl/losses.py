@@ -64,3 +64,15 @@ def value_loss(
 def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     """1 − Var(target − prediction) / Var(target): 1 is perfect, ≤ 0 is no better than a constant."""
     return 1.0 - jnp.var(targets - predictions) / (jnp.var(targets) + 1e-8)
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of `x` over the entries where `mask` is 1 (0 when the mask is empty)."""
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def masked_normalize(x: jax.Array, mask: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """`normalize` restricted to the masked entries; entries outside the mask become 0."""
+    mean = masked_mean(x, mask)
+    std = jnp.sqrt(masked_mean(jnp.square(x - mean), mask))
+    return mask * (x - mean) / (std + eps)

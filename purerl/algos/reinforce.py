@@ -1,0 +1,164 @@
+"""REINFORCE (Williams 1992): Monte-Carlo policy gradient over complete episodes.
+
+Each update resets all `num_envs` envs, plays one episode in each (up to `num_steps`
+steps: the horizon, = CartPole's time limit by default) and takes one gradient step on
+−E[log π(a_t|s_t) · w_t] over the steps of those episodes. The weight w_t is:
+
+- baseline="none":  the discounted return-to-go G_t;
+- baseline="value": G_t − V(s_t), with a critic (separate network) regressed onto G_t;
+- baseline="group": the critic-free group-relative advantage (purerl.rl.group): envs
+  come in groups of `group_size` that share a start state, and every step of episode i
+  gets (R_i − mean_group) / (std_group + ε).
+
+`normalize_returns` standardises w over the batch's valid steps ("none"/"value"; the
+group weights are standardised by construction). Steps after an env's first episode
+ended are masked out of every loss. `env_steps` counts simulated steps (num_envs ×
+num_steps per update); `episode_steps` counts the steps inside the episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax import lax
+
+from purerl.config import (
+    OnPolicyConfig,
+    check_choice,
+    hyper_field,
+    validate_hyper,
+)
+from purerl.nets import ActorCritic
+from purerl.rl import advantages as adv
+from purerl.rl import group, losses
+from purerl.rl.agent import build_env_and_network, init_params, make_policy_sampler
+from purerl.rl.rollout import flatten_time
+from purerl.rl.training import adam_clipped
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(OnPolicyConfig):
+    """Static settings: changing one recompiles."""
+
+    num_envs: int = 16  # episodes per update
+    num_steps: int = 500  # horizon: episodes are cut after this many steps
+    total_timesteps: int = 800_000  # simulated steps: 100 updates of 16 × 500
+    baseline: str = "value"
+    group_size: int = 8
+    normalize_returns: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("Config", "baseline", self.baseline, ("none", "value", "group"))
+        if self.baseline == "group":
+            group.check_group_settings("Config", self)
+
+
+@struct.dataclass
+class Hyper:
+    """Traced hyperparameters: a batch of these is just data to `vmap` over."""
+
+    lr: float = hyper_field(2e-3, "(0, inf)", "Adam learning rate")
+    gamma: float = hyper_field(0.99, "[0, 1]", "discount of the return-to-go G_t")
+    ent_coef: float = hyper_field(0.0, "[0, inf)", "entropy bonus weight")
+    vf_coef: float = hyper_field(0.5, "[0, inf)", "value loss weight (baseline='value')")
+    # No clipping by default: the critic regresses raw returns (tens to hundreds), whose
+    # gradient would dominate a global norm and shrink the actor's step with it.
+    max_grad_norm: float = hyper_field(float("inf"), "(0, inf]", "global gradient-norm clip")
+
+
+@struct.dataclass
+class TrainState:
+    params: Any
+    opt_state: Any
+
+
+@struct.dataclass
+class Batch:
+    obs: jax.Array
+    action: jax.Array
+    weight: jax.Array  # policy-gradient weight w_t (0 outside the first episode)
+    target: jax.Array  # G_t, the critic's regression target
+    mask: jax.Array
+
+
+def make_train(
+    config: Config, on_update: Callable[[jax.Array], None] | None = None
+) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
+    """Build `train(key, hyper) -> (final_state, metrics)`; metrics have a leading
+    update axis. `on_update(update_index)` is called on the host after each update."""
+    env, env_params, network = build_env_and_network(config)
+    if config.baseline == "group":
+        env = group.make_grouped_env(env, config.group_size)
+
+    def loss_fn(params, batch: Batch, hyper: Hyper):
+        dist, values = network.apply(params, batch.obs)
+        policy_loss = -losses.masked_mean(dist.log_prob(batch.action) * batch.weight, batch.mask)
+        entropy = losses.masked_mean(dist.entropy(), batch.mask)
+        total = policy_loss - hyper.ent_coef * entropy
+        stats = {"policy_loss": policy_loss, "entropy": entropy}
+        if config.baseline == "value":
+            value_loss = 0.5 * losses.masked_mean(jnp.square(values - batch.target), batch.mask)
+            total = total + hyper.vf_coef * value_loss
+            stats["value_loss"] = value_loss
+        return total, stats
+
+    def policy_weights(params, batch, returns, mask):
+        """w_t for the configured baseline, [T, N], zero outside the first episodes."""
+        if config.baseline == "group":
+            return group.group_step_advantages(batch.reward, mask, config.group_size)
+        weights = returns
+        if config.baseline == "value":
+            weights = returns - network.apply(params, batch.obs, method=ActorCritic.value)
+        if config.normalize_returns:
+            return losses.masked_normalize(weights, mask)
+        return weights * mask
+
+    def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
+        validate_hyper(hyper)
+        init_key, key = jax.random.split(key)
+        params = init_params(network, env, env_params, init_key)
+        optimizer = adam_clipped(hyper.lr, hyper.max_grad_norm)
+        state = TrainState(params, optimizer.init(params))
+
+        def update(carry, update_index):
+            state, key, episode_steps = carry
+            key, rollout_key = jax.random.split(key)
+            batch, mask, episodes = group.collect_first_episodes(
+                env, env_params, make_policy_sampler(network, state.params), rollout_key,
+                config.num_steps,
+            )
+            # Monte-Carlo return-to-go inside each episode; no bootstrapping anywhere.
+            returns = adv.discounted_returns(batch.reward, batch.terminated, batch.truncated, hyper.gamma)
+            weights = policy_weights(state.params, batch, returns, mask)
+
+            grads, loss_stats = jax.grad(loss_fn, has_aux=True)(
+                state.params, flatten_time(Batch(batch.obs, batch.action, weights, returns, mask)), hyper
+            )
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+
+            episode_steps = episode_steps + episodes.length_sum
+            metrics = {
+                "env_steps": (update_index + 1) * config.batch_size,
+                "episode_steps": episode_steps,
+                **episodes.metrics(),
+                **loss_stats,
+                "grad_norm": optax.global_norm(grads),
+            }
+            if on_update is not None:
+                jax.debug.callback(on_update, update_index)
+            return (TrainState(params, opt_state), key, episode_steps), metrics
+
+        (state, _, _), metrics = lax.scan(
+            update, (state, key, jnp.float32(0.0)), jnp.arange(config.num_updates)
+        )
+        return state, metrics
+
+    return train
