@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m purerl.demo
+	$(VENV)/bin/purerl-train experiment=demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -169,15 +169,9 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     numeric = [i >= len(headers) - 3 for i in range(len(headers))]
 
     def line(cells):
-        return (
-            "| "
-            + " | ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric))
-            + " |"
-        )
+        return "| " + " | ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric)) + " |"
 
-    rule = (
-        "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, numeric)) + "|"
-    )
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, numeric)) + "|"
     return "\n".join([line(headers), rule, *(line(r) for r in rows)]) + "\n"
 
 

@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         pair = args.heatmap or (by[:2] if len(by) >= 2 else (axes[:2] if len(axes) >= 2 else None))
         if pair:
             x, y = pair
-            plots.heatmap(
-                summary, x=x, y=y, metric=args.metric, stat=args.stat, ci=args.ci, path=out / "heatmap.png"
-            )
+            plots.heatmap(summary, x=x, y=y, metric=args.metric, stat=args.stat, ci=args.ci, path=out / "heatmap.png")
             written.append("heatmap.png")
     print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0

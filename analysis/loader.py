@@ -67,9 +67,7 @@ def jobs(path_or_glob: str | os.PathLike) -> pd.DataFrame:
     """One row per job: job (path relative to the common root), path, status
     (complete | failed | incomplete | missing), error, overrides."""
     pattern = str(path_or_glob)
-    roots = (
-        [Path(p) for p in sorted(globlib.glob(pattern))] if globlib.has_magic(pattern) else [Path(pattern)]
-    )
+    roots = [Path(p) for p in sorted(globlib.glob(pattern))] if globlib.has_magic(pattern) else [Path(pattern)]
     roots = [r for r in roots if r.is_dir()]
     if not roots:
         raise FileNotFoundError(f"no sweep or job directory matches {pattern!r}")
@@ -88,9 +86,7 @@ def jobs(path_or_glob: str | os.PathLike) -> pd.DataFrame:
                 state, error = "failed", status.get("error", "")
             else:
                 state, error = "incomplete", "no completion record (killed, crashed or still running)"
-            rows.append(
-                {"path": job_dir, "status": state, "error": error, "overrides": " ".join(overrides or ())}
-            )
+            rows.append({"path": job_dir, "status": state, "error": error, "overrides": " ".join(overrides or ())})
         if (root / "multirun.yaml").exists():
             for expected in _expected_overrides(root) or []:
                 if expected not in seen:
@@ -131,12 +127,10 @@ def load(path_or_glob: str | os.PathLike, table: str = "summary", quiet: bool = 
     problems = job_table[job_table.status != "complete"]
     if len(problems) and not quiet:
         lines = [
-            f"  {r.status:10s} {r.job}: {r.error.splitlines()[0] if r.error else ''}"
-            for r in problems.itertuples()
+            f"  {r.status:10s} {r.job}: {r.error.splitlines()[0] if r.error else ''}" for r in problems.itertuples()
         ]
         warnings.warn(
-            f"{len(problems)} of {len(job_table)} jobs under {path_or_glob} are not complete:\n"
-            + "\n".join(lines),
+            f"{len(problems)} of {len(job_table)} jobs under {path_or_glob} are not complete:\n" + "\n".join(lines),
             stacklevel=2,
         )
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

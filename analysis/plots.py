@@ -5,15 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; works headless and inside notebooks' savefig
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis.aggregate import STAT_LABELS, aggregate, statistic, stratified_bootstrap_ci  # noqa: E402
+from analysis.aggregate import STAT_LABELS, aggregate, statistic, stratified_bootstrap_ci
 
 
 def _label(by: Sequence[str], key: tuple) -> str:
@@ -64,9 +60,7 @@ def curve_table(
         estimate = statistic(stat)(np.concatenate(samples, axis=-1), axis=-1)
         low, high = stratified_bootstrap_ci(samples, stat, ci, n_resamples)
         for i, xv in enumerate(xs):
-            rows.append(
-                {**dict(zip(by, key)), x: xv, stat: estimate[i], "ci_low": low[i], "ci_high": high[i]}
-            )
+            rows.append({**dict(zip(by, key)), x: xv, stat: estimate[i], "ci_low": low[i], "ci_high": high[i]})
     return pd.DataFrame(rows)
 
 

@@ -108,9 +108,7 @@ def build_plan(cfg: DictConfig) -> Plan:
                     f"with Hydra multirun instead: -m algo.config.{key}=a,b. Traced fields that can "
                     f"be grid axes: {', '.join(hyper_fields)}"
                 )
-            raise ConfigError(
-                f"grid.{key}: not a field of {cfg.algo.name}.Hyper; allowed: {', '.join(hyper_fields)}"
-            )
+            raise ConfigError(f"grid.{key}: not a field of {cfg.algo.name}.Hyper; allowed: {', '.join(hyper_fields)}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid.{key}: expected a non-empty list of numbers, got {values!r}")
         axes[key] = [float(v) for v in values]

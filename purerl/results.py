@@ -289,9 +289,7 @@ def summarize(
     columns["final_return"] = final.reshape(-1)
     columns["auc"] = auc.reshape(-1)
     columns["diverged"] = diverged.reshape(-1)
-    columns["diverged_update"] = pd.array(
-        [None if u < 0 else int(u) for u in first.reshape(-1)], dtype="Int64"
-    )
+    columns["diverged_update"] = pd.array([None if u < 0 else int(u) for u in first.reshape(-1)], dtype="Int64")
     columns["num_updates"] = np.full(diverged.size, num_updates, dtype=np.int64)
     if "env_steps" in metrics:
         columns["env_steps"] = metrics["env_steps"][..., -1].reshape(-1).astype(np.int64)

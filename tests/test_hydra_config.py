@@ -119,7 +119,7 @@ def test_job_dir_is_named_by_overrides():
     cfg = compose_cfg("env=acrobot", "algo.config.num_envs=4", "force=true", "name=x", hydra_node=True)
     assert cfg.hydra.sweep.subdir == "algo.config.num_envs=4,env=acrobot"  # force, name excluded
     assert cfg.hydra.sweep.dir == "multirun/x"
-    assert compose_cfg(hydra_node=True).hydra.run.dir == "runs/default/base"
+    assert compose_cfg(hydra_node=True).hydra.run.dir == "outputs/default/base"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,233 @@
+"""End to end: a real `purerl-train` multirun (2 Hydra values + 1 failing) × in-job grid 2 × 2 seeds.
+
+One tiny multirun (PPO CartPole, 16 updates of 4 envs × 32 steps) is shared by the module;
+the second job and every rerun hit the persistent compilation cache of the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scipy.stats import trim_mean
+
+import analysis
+from purerl import results as res
+from purerl.algos import ppo
+
+LRS = [0.00025, 0.0025]
+GOOD = ["0.0", "0.01"]
+OVERRIDES = [
+    "name=t",
+    "seeds=2",
+    "algo.config.num_envs=4",
+    "algo.config.num_steps=32",
+    "algo.config.total_timesteps=2048",
+    "grid.lr=[0.00025,0.0025]",
+    "algo.hyper.ent_coef=0.0,-1,0.01",  # -1 is out of range: that job fails, the others run
+]
+NUM_UPDATES = 2048 // (4 * 32)
+
+
+def job_name(ent_coef: str) -> str:
+    return (
+        "algo.config.num_envs=4,algo.config.num_steps=32,algo.config.total_timesteps=2048,"
+        f"algo.hyper.ent_coef={ent_coef},grid.lr=[0.00025,0.0025],seeds=2"
+    )
+
+
+def result_mtimes(job: Path) -> dict[str, int]:
+    return {name: (job / name).stat().st_mtime_ns for name in (res.RESULTS, res.SUMMARY, res.CONFIG, res.STATUS)}
+
+
+def purerl_train(sweep_dir: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PURERL_COMPILE_CACHE": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train", "-m", *OVERRIDES, f"hydra.sweep.dir={sweep_dir}", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hydra_sweep")
+    cache = tmp_path_factory.getbasetemp() / "jax-cache"
+    proc = purerl_train(root / "sweep", cache)
+    return root / "sweep", cache, proc
+
+
+def test_failing_job_does_not_stop_the_others_and_is_reported(sweep):
+    sweep_dir, _, proc = sweep
+    assert proc.returncode != 0, "a failed job makes the multirun exit non-zero"
+    assert "algo.hyper.ent_coef: got -1" in proc.stderr
+    for value in GOOD:  # the job after the failing one ran too
+        assert res.is_complete(sweep_dir / job_name(value)), proc.stderr[-3000:]
+    with pytest.warns(UserWarning, match="1 of 3 jobs"):
+        summary = analysis.load(sweep_dir)
+    assert summary.attrs["failed"] == [job_name("-1")]
+    assert summary.attrs["missing"] == []
+    jobs = analysis.jobs(sweep_dir).set_index("job")
+    assert jobs.loc[job_name("-1"), "status"] == "failed"
+    assert "algo.hyper.ent_coef: got -1" in jobs.loc[job_name("-1"), "error"]
+    assert sorted(jobs.status) == ["complete", "complete", "failed"]
+
+
+def test_rows_and_columns(sweep):
+    sweep_dir = sweep[0]
+    df = analysis.load(sweep_dir, table="results", quiet=True)
+    hyper = [f.name for f in dataclasses.fields(ppo.Hyper)]
+    static = [f.name for f in dataclasses.fields(ppo.Config) if f.name != "env"]
+    ids = ["job", "experiment", "algo", "env", "seed", "setting", *hyper, *static, "update", "env_steps"]
+    assert list(df.columns[: len(ids)]) == ids
+    metrics = set(df.columns[len(ids) :])
+    assert {
+        "episode_return",
+        "episode_length",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "metric_lr",
+    } <= metrics
+    # 2 jobs × 2 settings × 2 seeds × 16 updates, each combination exactly once
+    assert len(df) == 2 * 2 * 2 * NUM_UPDATES
+    combos = df.groupby(["ent_coef", "lr", "seed", "update"]).size()
+    assert len(combos) == len(df) and (combos == 1).all()
+    assert sorted(df.ent_coef.unique()) == [0.0, 0.01]
+    assert sorted(df.lr.unique()) == LRS
+    assert sorted(df.seed.unique()) == [0, 1]
+    assert sorted(df.setting.unique()) == [0, 1]
+    assert (df.experiment == "t").all() and (df.algo == "ppo").all() and (df.env == "CartPole-v1").all()
+    assert (df.num_envs == 4).all() and (df.num_steps == 32).all() and (df.clip_eps == 0.2).all()
+    assert sorted(df.env_steps.unique()) == [128 * (u + 1) for u in range(NUM_UPDATES)]
+
+    summary = analysis.load(sweep_dir, quiet=True)
+    assert len(summary) == 8
+    assert {"final_return", "auc", "diverged", "diverged_update", "wall_seconds", "compile_seconds"} <= set(
+        summary.columns
+    )
+    assert not summary.diverged.any()
+    # summary agrees with the per-update rows: final return = mean over the last 10% (2 updates)
+    last = df[df["update"] >= NUM_UPDATES - 2].groupby(["ent_coef", "lr", "seed"]).episode_return.mean()
+    got = summary.set_index(["ent_coef", "lr", "seed"]).final_return
+    pd.testing.assert_series_equal(got.sort_index(), last.sort_index(), check_names=False, check_dtype=False)
+    config_text = (sweep_dir / job_name("0.0") / "config.yaml").read_text()
+    assert "ent_coef: 0.0" in config_text and "total_timesteps: 2048" in config_text
+
+
+def test_table_equals_hand_computation(sweep):
+    summary = analysis.load(sweep[0], quiet=True)
+    table = analysis.aggregate(summary, by=["ent_coef", "lr"], metric="final_return", stat="mean")
+    assert len(table) == 4
+    for row in table.itertuples():
+        runs = summary[(summary.ent_coef == row.ent_coef) & (summary.lr == row.lr)].final_return.to_numpy()
+        assert len(runs) == 2 and row.n_runs == 2 and row.n_diverged == 0
+        assert row.mean == pytest.approx(sum(runs) / 2)
+        assert row.ci_low <= row.mean <= row.ci_high
+        assert min(runs) <= row.ci_low and row.ci_high <= max(runs)  # resampled means of 2 values
+
+
+def test_iqm_equals_scipy_trim_mean(sweep):
+    summary = analysis.load(sweep[0], quiet=True)
+    table = analysis.aggregate(summary, by="lr", metric="auc", stat="iqm")
+    for row in table.itertuples():
+        values = summary[summary.lr == row.lr].auc.to_numpy()
+        assert len(values) == 4 and row.n_runs == 4
+        assert row.iqm == pytest.approx(trim_mean(values, 0.25))
+
+
+def test_rerun_skips_finished_jobs_without_training(sweep, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import purerl.sweep
+    from experiments import schema
+    from experiments.train import run_job
+
+    job = sweep[0] / job_name("0.0")
+    overrides = list(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+    with initialize_config_dir(version_base="1.3", config_dir=str(schema.CONF_DIR)):
+        cfg = compose("config", overrides=overrides)
+    calls = []
+
+    def no_training(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("a finished job must not train again")
+
+    monkeypatch.setattr(purerl.sweep, "run", no_training)
+    monkeypatch.setattr(ppo, "make_train", no_training)
+    before = result_mtimes(job)
+    assert run_job(cfg, job) == "skipped"
+    assert calls == []
+    assert result_mtimes(job) == before
+    # force=true does train again (here: reaches the patched trainer)
+    with initialize_config_dir(version_base="1.3", config_dir=str(schema.CONF_DIR)):
+        forced = compose("config", overrides=[*overrides, "force=true", "compile_cache.enabled=false"])
+    with pytest.raises(AssertionError, match="must not train"):
+        run_job(forced, job)
+    assert calls and not res.is_complete(job)  # invalidated before training; restored below
+    res.write_job(
+        job,
+        pd.read_parquet(job / res.RESULTS),
+        pd.read_parquet(job / res.SUMMARY),
+        (job / res.CONFIG).read_text(),
+        fingerprint=res.read_status(job)["fingerprint"],
+    )
+
+
+def test_rerun_after_kill_redoes_only_the_unfinished_job(sweep):
+    sweep_dir, cache, _ = sweep
+    done, killed = sweep_dir / job_name("0.0"), sweep_dir / job_name("0.01")
+    kept = result_mtimes(done)
+    old_summary = pd.read_parquet(killed / res.SUMMARY)
+    res.mark_running(killed)  # what a job killed halfway leaves: a 'running' status
+    assert analysis.jobs(sweep_dir).set_index("job").loc[job_name("0.01"), "status"] == "incomplete"
+
+    proc = purerl_train(sweep_dir, cache)
+    log = proc.stdout + proc.stderr
+    assert f"skipping {done}" in log, log[-3000:]
+    assert result_mtimes(done) == kept
+    assert res.is_complete(killed), log[-3000:]
+    new_summary = pd.read_parquet(killed / res.SUMMARY)
+    cols = ["seed", "setting", "final_return", "auc"]
+    pd.testing.assert_frame_equal(new_summary[cols], old_summary[cols])  # same program, same numbers
+    assert new_summary.compile_seconds.iloc[0] != old_summary.compile_seconds.iloc[0]  # it did rerun
+
+
+def test_purerl_analyze_writes_table_and_plots(sweep, capsys):
+    from analysis.cli import main
+
+    sweep_dir = sweep[0]
+    assert main([str(sweep_dir), "--by", "ent_coef", "lr", "--metric", "final_return", "--stat", "iqm"]) == 0
+    out = capsys.readouterr().out
+    summary = analysis.load(sweep_dir, quiet=True)
+    expected = analysis.to_markdown(analysis.aggregate(summary, by=["ent_coef", "lr"], stat="iqm"))
+    assert expected in out
+    assert (sweep_dir / "table.md").read_text() == expected
+    assert "\\begin{tabular}" in (sweep_dir / "table.tex").read_text()
+    for name in ("curves.png", "heatmap.png"):
+        assert (sweep_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_notebook_executes(sweep, monkeypatch, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(__file__).resolve().parent.parent / "analysis" / "notebooks" / "ablation.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    monkeypatch.setenv("PURERL_SWEEP_DIR", str(sweep[0]))
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    text = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    assert "IQM final_return" in text and "8 runs" in text
+    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2  # learning curves and heatmap
