@@ -171,6 +171,28 @@ class SweepResult:
         return pd.DataFrame(rows)
 
 
+class UpdateProgress:
+    """A tqdm bar over training updates: `make_train(config, on_update=UpdateProgress(n))`.
+
+    `on_update` runs on the host through `jax.debug.callback`; its argument (the update
+    index) is not batched, so under `vmap` it fires once per update for the whole batch,
+    and once per update per chunk in `run`. Pass total = num_updates × number of chunks.
+    """
+
+    def __init__(self, total: int, desc: str = "updates"):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="update")
+        self.calls = 0
+
+    def __call__(self, update_index: Any) -> None:
+        self.calls += 1
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _seed_array(seeds: int | Sequence[int]) -> np.ndarray:
     if isinstance(seeds, (int, np.integer)):
         if seeds <= 0:

@@ -51,6 +51,15 @@ def test_bad_seeds_and_max_batch():
         sweep.run(train, ppo.Hyper(), seeds=1, max_batch=0)
 
 
+def test_update_progress_fires_once_per_update_per_chunk():
+    config = ppo.Config(num_envs=2, num_steps=8, num_minibatches=1, total_timesteps=48)
+    progress = sweep.UpdateProgress(total=3 * 2)
+    train = ppo.make_train(config, on_update=progress)
+    sweep.run(train, ppo.Hyper(), seeds=4, max_batch=2)  # 2 chunks x 3 updates
+    progress.close()
+    assert progress.calls == config.num_updates * 2
+
+
 TWO_DEVICE_SCRIPT = textwrap.dedent(
     """
     import json, sys
