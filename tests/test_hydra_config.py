@@ -82,6 +82,11 @@ def test_every_registered_algorithm_composes(name):
     assert set(cfg.algo.hyper) == {f.name for f in dataclasses.fields(module.Hyper)}
     plan = build_plan(cfg)
     assert plan.config == module.Config(**{k: v for k, v in plan.config.__dict__.items()})
+    for env in ("pendulum", "breakout"):  # continuous actions; MinAtar sizes and gamma
+        assert (
+            build_plan(compose_cfg(f"algo={name}", f"env={env}")).config.env
+            == compose_cfg(f"env={env}").algo.config.env
+        )
 
 
 @pytest.mark.parametrize("env", ENVS)
