@@ -35,7 +35,15 @@ from purerl.attention.softmax import attend_cache, init_kv_cache, write_token
 
 
 def best_time(fn, *args, repeats: int = 5, budget_s: float = 20.0) -> float:
-    """Best wall time of `fn(*args)` after one warm-up call (which also compiles)."""
+    """Best wall time of `fn(*args)` after one warm-up call (which also compiles).
+
+    repeats=0 times the first call itself, compile included: for multi-second calls where a
+    warm-up would double the cost and compilation is negligible.
+    """
+    if repeats == 0:
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        return time.perf_counter() - t
     jax.block_until_ready(fn(*args))
     times = []
     start = time.perf_counter()
@@ -88,10 +96,13 @@ def prefill_table(lengths, heads=8, head_dim=64, chunk=64, memory_limit=0):
         # One n×n×heads fp32 score buffer plus headroom (XLA fuses mask and softmax into it).
         quadratic_fits = 1.25 * n * n * heads * 4 < memory_limit
         repeats = 5 if n <= 4096 else 2
+        quadratic_repeats = repeats if n <= 8192 else 0  # ~35 s per call at 16k
         row = {"n": n}
-        row["softmax"] = best_time(softmax, q, k, v, repeats=repeats) if quadratic_fits else None
+        row["softmax"] = (best_time(softmax, q, k, v, repeats=quadratic_repeats)
+                          if quadratic_fits else None)
         row["chunked"] = best_time(chunked, q, k, v, repeats=repeats)
-        row["parallel"] = best_time(parallel, q, k, v, repeats=repeats) if quadratic_fits else None
+        row["parallel"] = (best_time(parallel, q, k, v, repeats=quadratic_repeats)
+                           if quadratic_fits else None)
         rows.append(row)
         fmt = lambda t: "skipped" if t is None else f"{t * 1e3:.1f} ms"
         print(f"  prefill n={n}: softmax {fmt(row['softmax'])}, chunked {fmt(row['chunked'])}, "
@@ -182,6 +193,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes only (seconds)")
     parser.add_argument("--max-n", type=int, default=16384, help="largest prefill length")
     parser.add_argument("--max-context", type=int, default=32768, help="largest decode context")
+    parser.add_argument("--only", choices=("prefill", "decode"), default=None,
+                        help="run one half of the benchmark")
     args = parser.parse_args()
     max_n = min(args.max_n, 2048) if args.quick else args.max_n
     max_ctx = min(args.max_context, 4096) if args.quick else args.max_context
@@ -194,11 +207,20 @@ def main() -> None:
     bandwidth = read_bandwidth(2**28 if args.quick else 2**30)
     print(f"measured read bandwidth: {bandwidth / 1e9:.1f} GB/s", flush=True)
 
-    prefill = prefill_table(lengths, memory_limit=memory_limit)
-    decode = decode_table(contexts)
+    prefill = [] if args.only == "decode" else prefill_table(lengths, memory_limit=memory_limit)
+    decode = [] if args.only == "prefill" else decode_table(contexts)
 
     ms = lambda t: "—" if t is None else f"{t * 1e3:.1f}"
     ratio = lambda a, b: "—" if a is None or b is None else f"{a / b:.1f}×"
+    if prefill:
+        print_prefill(prefill, ms, ratio)
+    if decode:
+        print_decode(decode, bandwidth)
+    print("\n## Summary (same run)\n")
+    print(markdown_table(["quantity", "measured"], summary_rows(prefill, decode, bandwidth, ratio)))
+
+
+def print_prefill(prefill, ms, ratio):
     print("\n## Prefill (B=1, 8 heads, d=64, fp32; ms)\n")
     print(markdown_table(
         ["n", "softmax (xla)", "linear chunked (C=64)", "linear parallel",
@@ -206,8 +228,10 @@ def main() -> None:
         [[f"{r['n']:,}", ms(r["softmax"]), ms(r["chunked"]), ms(r["parallel"]),
           ratio(r["softmax"], r["chunked"])] for r in prefill]))
 
-    print(f"\n## Decode step (B=1, 32 query heads, d=128, fp32 cache; ms, KV bytes read, "
-          f"effective GB/s; measured read bandwidth {bandwidth / 1e9:.1f} GB/s)\n")
+
+def print_decode(decode, bandwidth):
+    print(f"\n## Decode step (B=1, 32 query heads, d=128, fp32 cache; time · KV bytes read · "
+          f"effective bandwidth (share of measured {bandwidth / 1e9:.1f} GB/s))\n")
     body = []
     for r in decode:
         cells = [f"{r['n']:,}"]
@@ -218,24 +242,29 @@ def main() -> None:
         body.append(cells)
     print(markdown_table(["context", "MHA-32", "GQA-8", "MQA", "linear (state)"], body))
 
-    last, first = decode[-1], decode[0]
-    mha_t, mha_bytes = last["MHA-32"]
-    summary = [
-        (f"MHA-32 decode bandwidth at {last['n']:,} (target ≥ 50% of measured)",
-         f"{mha_bytes / mha_t / 1e9:.1f} GB/s = {mha_bytes / mha_t / bandwidth:.0%}"),
-        (f"GQA-8 vs MHA-32 decode speed-up at {last['n']:,} (target ≥ 3.2×; bytes 4×)",
-         f"{mha_t / last['GQA-8'][0]:.2f}×"),
-        (f"MQA vs MHA-32 decode speed-up at {last['n']:,}", f"{mha_t / last['MQA'][0]:.1f}×"),
-        (f"linear decode time {last['n']:,} / {first['n']:,} context (flat ≈ 1)",
-         f"{last['linear'][0] / first['linear'][0]:.2f}"),
-        (f"MHA-32 decode time {last['n']:,} / {first['n']:,} context",
-         f"{mha_t / first['MHA-32'][0]:.1f}"),
-    ]
-    big = prefill[-1]
-    summary.append((f"softmax / chunked-linear prefill at n={big['n']:,} (target ≥ 10×)",
-                    ratio(big["softmax"], big["chunked"])))
-    print("\n## Summary (same run)\n")
-    print(markdown_table(["quantity", "measured"], [[a, b] for a, b in summary]))
+
+def summary_rows(prefill, decode, bandwidth, ratio):
+    rows = []
+    if decode:
+        last, first = decode[-1], decode[0]
+        mha_t, mha_bytes = last["MHA-32"]
+        rows += [
+            [f"MHA-32 decode bandwidth at {last['n']:,} (target ≥ 50% of measured)",
+             f"{mha_bytes / mha_t / 1e9:.1f} GB/s = {mha_bytes / mha_t / bandwidth:.0%}"],
+            [f"GQA-8 vs MHA-32 decode speed-up at {last['n']:,} (target ≥ 3.2×; bytes 4×)",
+             f"{mha_t / last['GQA-8'][0]:.2f}×"],
+            [f"MQA vs MHA-32 decode speed-up at {last['n']:,}",
+             f"{mha_t / last['MQA'][0]:.1f}×"],
+            [f"linear decode time {last['n']:,} / {first['n']:,} context (flat ≈ 1)",
+             f"{last['linear'][0] / first['linear'][0]:.2f}"],
+            [f"MHA-32 decode time {last['n']:,} / {first['n']:,} context",
+             f"{mha_t / first['MHA-32'][0]:.1f}"],
+        ]
+    if prefill:
+        big = prefill[-1]
+        rows.append([f"softmax / chunked-linear prefill at n={big['n']:,} (target ≥ 10×)",
+                     ratio(big["softmax"], big["chunked"])])
+    return rows
 
 
 if __name__ == "__main__":
