@@ -16,6 +16,7 @@ import argparse
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import purerl  # noqa: F401  (XLA:CPU flags before jax starts)
@@ -33,16 +34,34 @@ def bench_purerl(num_seeds: int, total_timesteps: int) -> dict:
     }
 
 
+class FiveTupleStep:
+    """gymnax 1.x env with the old step API (obs, state, reward, done, info) that rejax
+    0.1.3 expects. gymnax's own LegacyStepAPIWrapper cannot be deep-copied (its
+    __getattr__ recurses before `_env` exists), and rejax deep-copies its config."""
+
+    def __init__(self, env):
+        self._env = env
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_env":
+            raise AttributeError(name)
+        return getattr(self._env, name)
+
+    def reset(self, key, params=None):
+        return self._env.reset(key, params)
+
+    def step(self, key, state, action, params=None):
+        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
+        return obs, state, reward, jnp.logical_or(terminated, truncated), info
+
+
 def bench_rejax(num_seeds: int, total_timesteps: int) -> dict:
     import gymnax
-    from gymnax.wrappers import LegacyStepAPIWrapper
     from rejax import PPO
 
-    # rejax 0.1.3 expects gymnax's old 5-tuple step (obs, state, reward, done, info):
-    # adapt the environment with gymnax's own compatibility wrapper.
     env, env_params = gymnax.make("CartPole-v1")
     algo = PPO.create(
-        env=LegacyStepAPIWrapper(env),
+        env=FiveTupleStep(env),
         env_params=env_params,
         num_envs=4,
         num_steps=128,
