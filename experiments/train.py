@@ -224,11 +224,16 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     try:
         from purerl import sweep as sweeps
 
+        export_cache = None
         if cfg.compile_cache.enabled:
-            enable_compile_cache(cfg.compile_cache.dir)
+            # Persistent XLA cache + exported programs: a warm identical job skips tracing too.
+            export_cache = enable_compile_cache(cfg.compile_cache.dir) / "exported"
         start = time.perf_counter()
         train = plan.module.make_train(plan.config)
-        result = sweeps.run(train, plan.sweep, plan.seeds, max_batch=plan.max_batch, progress=cfg.progress)
+        result = sweeps.run(
+            train, plan.sweep, plan.seeds, max_batch=plan.max_batch, progress=cfg.progress,
+            export_cache=export_cache, program_key=f"{plan.algo}:{plan.config!r}",
+        )
         wall = time.perf_counter() - start
         ids = dict(experiment=plan.experiment, algo=plan.algo, config=plan.config, base_hyper=plan.hyper)
         tidy = results.tidy(result, **ids)

@@ -16,10 +16,15 @@ visible devices each chunk is sharded over all of them along the batch axis.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import itertools
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -213,12 +218,20 @@ def run(
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
     return_state: bool = False,
+    export_cache: str | os.PathLike | None = None,
+    program_key: str | None = None,
 ) -> SweepResult:
     """Train every setting × seed in one compiled `jit(vmap(train))`.
 
     `sweep` is a `Sweep` or a single (unbatched) Hyper. `max_batch` caps the number of
     runs per call (memory); chunks are padded to equal size so one executable serves all.
     `devices` defaults to all local devices; the batch axis is sharded over them.
+
+    `export_cache` + `program_key` skip re-tracing an identical program in a later process:
+    the lowered program is stored with `jax.export`, keyed by `program_key` (what `train`
+    is, e.g. algorithm + Config) plus purerl's source, the JAX version, the devices and the
+    batch shapes. With JAX's persistent compilation cache also on, a warm job then only
+    deserialises and fetches the executable.
     """
     if not isinstance(sweep, Sweep):
         sweep = from_settings(sweep, [{}])
@@ -255,7 +268,12 @@ def run(
         return (state if return_state else None), metrics
 
     start = time.perf_counter()
-    compiled = jax.jit(batched).lower(*chunk_inputs(0)).compile()
+    example = chunk_inputs(0)
+    compiled = None
+    if export_cache is not None and program_key is not None and not return_state:
+        compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key)
+    if compiled is None:
+        compiled = jax.jit(batched).lower(*example).compile()
     compile_seconds = time.perf_counter() - start
 
     chunks = range(num_chunks)
@@ -283,3 +301,47 @@ def run(
         compile_seconds=compile_seconds,
         run_seconds=run_seconds,
     )
+
+
+# ---------------------------------------------------------------- exported-program cache
+@functools.cache
+def _source_digest() -> str:
+    """Hash of purerl's own source files: any code change invalidates cached programs."""
+    digest = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: str):
+    """Compile `batched` through a serialised `jax.export` artefact; None if that fails.
+
+    Export needs builtin containers (custom pytrees such as Hyper have no serialisation
+    rule), so the program is wrapped to take array leaves and return the metrics dict.
+    Programs that cannot be exported (host callbacks, e.g. progress bars) fall back to
+    the ordinary path.
+    """
+    leaves, treedef = jax.tree.flatten(example)
+    signature = [(x.shape, str(x.dtype)) for x in leaves]
+    devices = [(d.platform, d.device_kind) for d in jax.local_devices()]
+    identity = repr((program_key, signature, devices, jax.__version__, _source_digest()))
+    path = cache_dir / (hashlib.sha256(identity.encode()).hexdigest()[:24] + ".jaxexport")
+
+    def metrics_program(*flat):
+        return batched(*jax.tree.unflatten(treedef, flat))[1]
+
+    try:
+        if path.exists():
+            exported = jax.export.deserialize(bytearray(path.read_bytes()))
+        else:
+            exported = jax.export.export(jax.jit(metrics_program))(*leaves)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as tmp:
+                tmp.write(exported.serialize())
+            os.replace(tmp.name, path)
+        executable = jax.jit(exported.call).lower(*leaves).compile()
+    except Exception:  # noqa: BLE001 - any export problem means: compile the ordinary way
+        return None
+    return lambda *args: (None, executable(*jax.tree.leaves(args)))

@@ -60,6 +60,29 @@ def test_update_progress_fires_once_per_update_per_chunk():
     assert progress.calls == config.num_updates * 2
 
 
+def test_export_cache_round_trip_gives_identical_results(tmp_path):
+    train = ppo.make_train(ppo.Config(num_envs=2, num_steps=16, num_minibatches=2, total_timesteps=96))
+    grid = sweep.grid(ppo.Hyper(), clip_eps=[0.1, 0.3])
+    plain = sweep.run(train, grid, seeds=2)
+    first = sweep.run(train, grid, seeds=2, export_cache=tmp_path, program_key="ppo-test")
+    assert len(list(tmp_path.glob("*.jaxexport"))) == 1
+    second = sweep.run(train, grid, seeds=2, export_cache=tmp_path, program_key="ppo-test")  # from disk
+    for name in plain.metrics:
+        np.testing.assert_array_equal(first.metrics[name], plain.metrics[name], err_msg=name)
+        np.testing.assert_array_equal(second.metrics[name], plain.metrics[name], err_msg=name)
+    # A different program key (another Config) must not reuse the artefact.
+    sweep.run(train, grid, seeds=2, export_cache=tmp_path, program_key="other")
+    assert len(list(tmp_path.glob("*.jaxexport"))) == 2
+
+
+def test_export_cache_falls_back_for_host_callbacks(tmp_path):
+    calls = []
+    config = ppo.Config(num_envs=2, num_steps=8, num_minibatches=1, total_timesteps=32)
+    train = ppo.make_train(config, on_update=lambda i: calls.append(i))
+    result = sweep.run(train, ppo.Hyper(), seeds=1, export_cache=tmp_path, program_key="cb")
+    assert len(calls) == config.num_updates and result.metrics["entropy"].shape == (1, 1, 2)
+
+
 TWO_DEVICE_SCRIPT = textwrap.dedent(
     """
     import json, sys
