@@ -98,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         pair = args.heatmap or (by[:2] if len(by) >= 2 else (axes[:2] if len(axes) >= 2 else None))
         if pair:
             x, y = pair
-            plots.heatmap(summary, x=x, y=y, metric=args.metric, stat=args.stat, ci=args.ci, path=out / "heatmap.png")
+            # Other varying columns (e.g. env) share cells: say so instead of hiding it.
+            pooled = tuple(a for a in dict.fromkeys([*axes, *by]) if a not in (x, y))
+            if pooled:
+                print(f"note: heatmap.png pools runs over {', '.join(pooled)} in each ({x}, {y}) cell")
+            plots.heatmap(
+                summary, x=x, y=y, metric=args.metric, stat=args.stat, ci=args.ci,
+                path=out / "heatmap.png", pooled=pooled,
+            )
             written.append("heatmap.png")
     print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0

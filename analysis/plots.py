@@ -112,9 +112,11 @@ def heatmap(
     ci: float = 0.95,
     path: str | Path | None = None,
     ax=None,
+    pooled: tuple[str, ...] = (),
 ):
     """Cells = `stat` of `metric` over the runs with that (x, y) (diverged runs excluded),
-    annotated with the value; returns the figure."""
+    annotated with the value; returns the figure. `pooled` names other varying columns
+    whose runs share a cell; they are shown in the title so the pooling is not hidden."""
     table = aggregate(summary, by=[y, x], metric=metric, stat=stat, ci=ci, n_resamples=200)
     grid = table.pivot(index=y, columns=x, values=stat).sort_index(ascending=False)
     fig, ax = (
@@ -143,7 +145,8 @@ def heatmap(
                 fontsize="small",
             )
     fig.colorbar(image, ax=ax, label=f"{STAT_LABELS[stat]} {metric}")
-    ax.set_title(f"{STAT_LABELS[stat]} {metric}")
+    pooled_note = f"\n(pooled over {', '.join(pooled)})" if pooled else ""
+    ax.set_title(f"{STAT_LABELS[stat]} {metric}{pooled_note}")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

@@ -214,6 +214,13 @@ def test_purerl_analyze_writes_table_and_plots(sweep, capsys):
     assert "\\begin{tabular}" in (sweep_dir / "table.tex").read_text()
     for name in ("curves.png", "heatmap.png"):
         assert (sweep_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pools runs" not in out  # both varying axes are the heatmap's axes
+
+    # When another varying column shares the cells, the title names it.
+    from analysis import plots
+
+    figure = plots.heatmap(summary, x="lr", y="seed", pooled=("ent_coef",))
+    assert "pooled over ent_coef" in figure.axes[0].get_title()
 
 
 def test_notebook_executes(sweep, monkeypatch, tmp_path):
