@@ -22,7 +22,7 @@ bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check purerl tests benchmarks
+	$(VENV)/bin/ruff check purerl experiments analysis tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
