@@ -25,6 +25,7 @@ import numpy as np
 from flax import struct
 
 from purerl.attention._checks import check_choice, check_heads, check_positive_int
+from purerl.attention.projections import head_projections
 
 FeatureMapName = Literal["elu", "relu", "taylor", "performer"]
 FEATURE_MAPS = ("elu", "relu", "taylor", "performer")
@@ -274,11 +275,7 @@ class LinearAttention(nn.Module):
         super().__post_init__()
 
     def setup(self) -> None:
-        dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.q_proj = nn.DenseGeneral((self.num_heads, self.head_dim), **dense)
-        self.k_proj = nn.DenseGeneral((self.num_kv_heads, self.head_dim), **dense)
-        self.v_proj = nn.DenseGeneral((self.num_kv_heads, self.head_dim), **dense)
-        self.o_proj = nn.DenseGeneral(self.model_dim, axis=(-2, -1), **dense)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = head_projections(self)
 
     @property
     def feature_width(self) -> int:

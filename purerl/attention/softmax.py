@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from purerl.attention._checks import check_choice, check_heads, check_positive_int
+from purerl.attention.projections import head_projections
 from purerl.attention.rope import apply_rope
 
 Implementation = Literal["xla", "cudnn"] | None
@@ -175,11 +176,7 @@ class SoftmaxAttention(nn.Module):
         super().__post_init__()
 
     def setup(self) -> None:
-        dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.q_proj = nn.DenseGeneral((self.num_heads, self.head_dim), **dense)
-        self.k_proj = nn.DenseGeneral((self.num_kv_heads, self.head_dim), **dense)
-        self.v_proj = nn.DenseGeneral((self.num_kv_heads, self.head_dim), **dense)
-        self.o_proj = nn.DenseGeneral(self.model_dim, axis=(-2, -1), **dense)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = head_projections(self)
         if self.qk_norm:
             norm = dict(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype)
             self.q_norm = nn.RMSNorm(**norm)
