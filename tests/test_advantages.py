@@ -155,3 +155,12 @@ def test_n_step_rejects_non_positive_n():
     z = np.zeros((3, 1), np.float32)
     with pytest.raises(ValueError, match="n: must be a positive integer"):
         adv.n_step_targets(z, z, z, z.astype(bool), z.astype(bool), 0.9, 0)
+
+
+def test_mismatched_shapes_are_rejected_not_broadcast():
+    rewards = np.zeros((4, 2), np.float32)
+    flags = np.zeros((4, 2), bool)
+    with pytest.raises(AssertionError, match="shape"):
+        adv.gae(rewards, np.zeros((4, 2, 1), np.float32), rewards, flags, flags, 0.99, 0.95)
+    with pytest.raises(AssertionError, match="shape"):
+        adv.n_step_targets(rewards, rewards, rewards, flags[:3], flags, 0.99, 2)

@@ -17,6 +17,7 @@ fixed window instead of the scan.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -34,6 +35,8 @@ def td_errors(
     gamma: float | jax.Array,
 ) -> jax.Array:
     """δ_t = r_t + γ (1 − terminated_t) V(s'_t) − V(s_t)."""
+    # A [T, N, 1] critic output against [T, N] rewards would broadcast silently.
+    chex.assert_equal_shape([rewards, values, next_values, terminated])
     return rewards + gamma * (1.0 - _as_float(terminated)) * next_values - values
 
 
@@ -72,6 +75,7 @@ def gae(
     The last step of the rollout needs no special case: its bootstrap V(s'_{T-1}) is
     already inside δ_{T-1}.
     """
+    chex.assert_equal_shape([rewards, terminated, truncated])
     deltas = td_errors(rewards, values, next_values, terminated, gamma)
     advantages = discounted_sum(deltas, gamma * gae_lambda * episode_continues(terminated, truncated))
     return advantages, advantages + values
@@ -121,6 +125,7 @@ def n_step_targets(
     `values` is unused by the estimator itself; it is accepted so all target functions
     share one signature. `n` is static.
     """
+    chex.assert_equal_shape([rewards, values, next_values, terminated, truncated])
     del values
     if n < 1:
         raise ValueError(f"n: must be a positive integer, got {n}")
