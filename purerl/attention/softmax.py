@@ -215,7 +215,9 @@ def attend_cache(q: jax.Array, cache: KVCache, scale: float) -> jax.Array:
     batch, num_heads, head_dim = q.shape
     rows, max_len = cache.rows, cache.max_len
     group = num_heads // cache.num_kv_heads
-    q_rows = q.reshape(rows, group, head_dim).astype(cache.keys.dtype)
+    # Scale the G·d query entries rather than the G·n logits: one pass fewer over the logits.
+    q_rows = (q.reshape(rows, group, head_dim).astype(jnp.float32) * scale).astype(
+        cache.keys.dtype)
     if cache.layout[:2] == "dn":
         keys = cache.keys.reshape(rows, head_dim, max_len)
         logits = jnp.einsum("rgd,rdn->rgn", q_rows, keys, preferred_element_type=jnp.float32)
@@ -225,14 +227,19 @@ def attend_cache(q: jax.Array, cache: KVCache, scale: float) -> jax.Array:
     # Mask by cache index: a lone query must see keys [0, length), not is_causal's top-left band.
     row_lengths = jnp.repeat(cache.lengths, cache.num_kv_heads)
     valid = jnp.arange(max_len)[None, :] < row_lengths[:, None]
-    logits = jnp.where(valid[:, None, :], logits * scale, MASKED_LOGIT)
-    probs = jax.nn.softmax(logits, axis=-1).astype(cache.values.dtype)
+    logits = jnp.where(valid[:, None, :], logits, MASKED_LOGIT)
+    # Unnormalised weights; the division by their sum is applied to the [G, d] output instead
+    # of the [G, n] weights (another pass over the logits saved).
+    weights = jnp.exp(logits - logits.max(-1, keepdims=True))
+    total = weights.sum(-1, keepdims=True)
+    weights = weights.astype(cache.values.dtype)
     if cache.layout[3:] == "dn":
         values = cache.values.reshape(rows, head_dim, max_len)
-        out = jnp.einsum("rgn,rdn->rgd", probs, values, preferred_element_type=jnp.float32)
+        out = jnp.einsum("rgn,rdn->rgd", weights, values, preferred_element_type=jnp.float32)
     else:
         values = cache.values.reshape(rows, max_len, head_dim)
-        out = jnp.einsum("rgn,rnd->rgd", probs, values, preferred_element_type=jnp.float32)
+        out = jnp.einsum("rgn,rnd->rgd", weights, values, preferred_element_type=jnp.float32)
+    out = out / total
     return out.reshape(batch, num_heads, head_dim)
 
 
