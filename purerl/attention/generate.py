@@ -20,7 +20,8 @@ Conventions:
   re-scored by one forward pass; this is checked before anything compiles, so the cache can
   never overflow inside the loop.
 - PRNG: `key` is split into `steps` keys up front; sample i uses keys[i] for the whole batch
-  (Gumbel noise of shape [B, vocab]). Same key, same tokens.
+  (Gumbel noise of shape [B, vocab]). Same key, same tokens; row b is not what sampling its
+  prompt alone with the same key would give (the noise is drawn for the whole batch).
 - temperature: a scalar or [B] array, traced (vmap it, sweep it). 0 means greedy (argmax);
   greedy tokens get log-prob 0 (their sampling distribution is a point mass). A negative
   temperature raises when concrete; a traced negative one gives NaN log-probs.
