@@ -33,6 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from purerl.config import validate_hyper
+from purerl.rl.loop import host_metrics
 
 
 # ---------------------------------------------------------------- building batches
@@ -157,8 +158,8 @@ class SweepResult:
             return np.nanmean(values, axis=-1)
 
     def table(self, metric: str = "episode_return", last: int = 10):
-        """pandas DataFrame: one row per setting with mean/std/min/max over seeds."""
-        import pandas as pd
+        """pandas DataFrame: one row per setting with mean/std/min/max over seeds
+        (printing it shows every column)."""
 
         finals = self.final(metric, last)
         rows = []
@@ -173,7 +174,24 @@ class SweepResult:
                     f"{metric}_max": float(np.max(finals[s])),
                 }
             )
-        return pd.DataFrame(rows)
+        return _table_class()(rows)
+
+
+@functools.cache
+def _table_class():
+    import pandas as pd
+
+    class Table(pd.DataFrame):
+        """A DataFrame whose printed form never elides columns."""
+
+        @property
+        def _constructor(self):
+            return Table
+
+        def __repr__(self) -> str:
+            return self.to_string()
+
+    return Table
 
 
 class UpdateProgress:
@@ -199,14 +217,20 @@ class UpdateProgress:
 
 
 def _seed_array(seeds: int | Sequence[int]) -> np.ndarray:
-    if isinstance(seeds, (int, np.integer)):
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         if seeds <= 0:
-            raise ValueError(f"seeds: got {seeds}; allowed: a positive count or a list of ints")
+            raise ValueError(f"seeds: got {seeds}; allowed: a positive count or a list of distinct ints")
         return np.arange(seeds)
-    seeds = np.asarray(seeds)
-    if seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer):
-        raise ValueError("seeds: allowed: a positive count or a non-empty list of integers")
-    return seeds
+    array = np.asarray(seeds)
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"seeds: got {seeds!r}; allowed: a positive count or a non-empty list of distinct ints")
+    values, counts = np.unique(array, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(
+            f"seeds: got duplicates {values[counts > 1].tolist()}; allowed: distinct integers "
+            "(a repeated seed trains an identical run and would count twice)"
+        )
+    return array
 
 
 def run(
@@ -227,6 +251,9 @@ def run(
     runs per call (memory); chunks are padded to equal size so one executable serves all.
     `devices` defaults to all local devices; the batch axis is sharded over them.
 
+    `program_key` names the program `train` compiles to (algorithm, Config and any
+    `on_update` callback): runs with the same key and batch shapes reuse one executable
+    within the process (without it, the `train` object itself is the key).
     `export_cache` + `program_key` skip re-tracing an identical program in a later process:
     the lowered program is stored with `jax.export`, keyed by `program_key` (what `train`
     is, e.g. algorithm + Config) plus purerl's source, the JAX version, the devices and the
@@ -269,11 +296,19 @@ def run(
 
     start = time.perf_counter()
     example = chunk_inputs(0)
-    compiled = None
-    if export_cache is not None and program_key is not None and not return_state:
-        compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key)
+    signature = (
+        program_key if program_key is not None else train,
+        return_state,
+        tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(example)),
+        tuple(devices),
+    )
+    compiled = _EXECUTABLES.get(signature)
     if compiled is None:
-        compiled = jax.jit(batched).lower(*example).compile()
+        if export_cache is not None and program_key is not None and not return_state:
+            compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key)
+        if compiled is None:
+            compiled = jax.jit(batched).lower(*example).compile()
+        _remember(signature, compiled)
     compile_seconds = time.perf_counter() - start
 
     chunks = range(num_chunks)
@@ -282,7 +317,9 @@ def run(
 
         chunks = tqdm(chunks, desc=f"sweep ({total} runs, {num_chunks} chunks)", unit="chunk")
     start = time.perf_counter()
-    outputs = [jax.device_get(compiled(*chunk_inputs(c))) for c in chunks]
+    # Dispatch every chunk before fetching any: the device never waits for the host.
+    pending = [compiled(*chunk_inputs(c)) for c in chunks]
+    outputs = [jax.device_get(o) for o in pending]
     run_seconds = time.perf_counter() - start
 
     def gather(*parts):
@@ -290,7 +327,7 @@ def run(
         return flat.reshape((num_settings, num_seeds) + flat.shape[1:])
 
     states = [o[0] for o in outputs]
-    metrics = jax.tree.map(gather, *[o[1] for o in outputs])
+    metrics = host_metrics(jax.tree.map(gather, *[o[1] for o in outputs]))
     final_state = jax.tree.map(gather, *states) if return_state else None
     return SweepResult(
         metrics=metrics,
@@ -301,6 +338,19 @@ def run(
         compile_seconds=compile_seconds,
         run_seconds=run_seconds,
     )
+
+
+# Compiled executables of this process, keyed by program (program_key, or the train
+# function itself), input shapes and devices: a second `run` of the same program with
+# the same batch shapes skips tracing and compilation. Small LRU: executables hold memory.
+_EXECUTABLES: dict[tuple, Any] = {}
+_MAX_EXECUTABLES = 16
+
+
+def _remember(signature: tuple, compiled: Any) -> None:
+    _EXECUTABLES[signature] = compiled
+    while len(_EXECUTABLES) > _MAX_EXECUTABLES:
+        _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
 
 
 # ---------------------------------------------------------------- exported-program cache
