@@ -241,6 +241,9 @@ def test_notebook_executes(sweep, monkeypatch, tmp_path):
     notebook = nbformat.read(path, as_version=4)
     assert notebook.metadata["kernelspec"]["name"] == "python3"
     monkeypatch.setenv("PURERL_SWEEP_DIR", str(sweep[0]))
+    # The kernel runs in tmp_path: make it import this checkout, not an installed copy.
+    root = str(path.parent.parent.parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
