@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -292,20 +291,13 @@ def resolved_config_text(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(container))
 
 
-def _num_chunks(num_runs: int, max_batch: int | None, num_devices: int) -> int:
-    """How many compiled calls `purerl.sweep.run` splits `num_runs` into (its chunking rule)."""
-    chunk = min(max_batch or num_runs, num_runs)
-    chunk = max(num_devices, math.ceil(chunk / num_devices) * num_devices)
-    return math.ceil(num_runs / chunk)
-
-
 def _progress_bar(plan: Plan) -> Any:
     """A bar that advances once per training update (of every chunk), on the host."""
     import jax
 
-    from purerl.sweep import UpdateProgress
+    from purerl.sweep import UpdateProgress, chunk_count
 
-    chunks = _num_chunks(len(plan.sweep) * len(plan.seeds), plan.max_batch, len(jax.local_devices()))
+    chunks = chunk_count(len(plan.sweep) * len(plan.seeds), plan.max_batch, len(jax.local_devices()))
     num_updates = getattr(plan.config, "num_updates", None)
     total = num_updates * chunks if num_updates else None
     return UpdateProgress(total, desc=f"{plan.algo} ({len(plan.sweep) * len(plan.seeds)} runs, {chunks} chunk(s))")
@@ -356,7 +348,9 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         start = time.perf_counter()
         result = sweeps.run(
             train, plan.sweep, plan.seeds, max_batch=plan.max_batch,
-            export_cache=export_cache, program_key=f"{plan.algo}:{plan.config!r}",
+            export_cache=export_cache,
+            # The key names the whole program: a progress callback makes it a different one.
+            program_key=f"{plan.algo}:{plan.config!r}:progress={progress is not None}",
         )
         wall = time.perf_counter() - start
         ids = dict(experiment=plan.experiment, algo=plan.algo, config=plan.config, base_hyper=plan.hyper)

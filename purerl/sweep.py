@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from purerl import provenance
 from purerl.config import validate_hyper
 from purerl.rl.loop import host_metrics
 
@@ -66,12 +67,17 @@ def from_settings(base: Any, settings: Sequence[dict[str, float]]) -> Sweep:
     if not settings:
         raise ValueError("a sweep needs at least one setting")
     _check_axes(base, {k: [v] for s in settings for k, v in s.items()})
-    columns = {
-        f.name: np.asarray(
-            [s.get(f.name, getattr(base, f.name)) for s in settings], dtype=np.float32
-        )
-        for f in dataclasses.fields(base)
-    }
+    columns = {}
+    for f in dataclasses.fields(base):
+        values = [s.get(f.name, getattr(base, f.name)) for s in settings]
+        try:
+            columns[f.name] = np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError):
+            bad = next(v for v in values if not isinstance(v, (int, float, np.number)))
+            interval = f.metadata.get("interval", "")
+            raise ValueError(
+                f"{type(base).__name__}.{f.name}: got {bad!r}; allowed: a number in {interval}"
+            ) from None
     hypers = base.replace(**{k: jnp.asarray(v) for k, v in columns.items()})
     validate_hyper(hypers)
     return Sweep(hypers, settings)
@@ -233,6 +239,20 @@ def _seed_array(seeds: int | Sequence[int]) -> np.ndarray:
     return array
 
 
+def chunk_size(num_runs: int, max_batch: int | None, num_devices: int) -> int:
+    """Runs per compiled call in `run`: as large as `max_batch` allows, a multiple of the
+    device count (chunks are padded to it)."""
+    chunk = min(max_batch or num_runs, num_runs)
+    return max(num_devices, math.ceil(chunk / num_devices) * num_devices)
+
+
+def chunk_count(num_runs: int, max_batch: int | None, num_devices: int) -> int:
+    """How many compiled calls `run` splits `num_runs` runs into. A per-update progress
+    bar over a chunked sweep: `make_train(config, on_update=UpdateProgress(num_updates *
+    chunk_count(runs, max_batch, jax.local_device_count())))`."""
+    return math.ceil(num_runs / chunk_size(num_runs, max_batch, num_devices))
+
+
 def run(
     train: Callable[[jax.Array, Any], tuple[Any, dict[str, jax.Array]]],
     sweep: Sweep | Any,
@@ -256,9 +276,10 @@ def run(
     within the process (without it, the `train` object itself is the key).
     `export_cache` + `program_key` skip re-tracing an identical program in a later process:
     the lowered program is stored with `jax.export`, keyed by `program_key` (what `train`
-    is, e.g. algorithm + Config) plus purerl's source, the JAX version, the devices and the
-    batch shapes. With JAX's persistent compilation cache also on, a warm job then only
-    deserialises and fetches the executable.
+    is, e.g. algorithm + Config) plus purerl's source hash, the versions of jax, jaxlib,
+    gymnax, flax, optax and distrax (purerl.provenance), the devices and the batch shapes.
+    With JAX's persistent compilation cache also on, a warm job then only deserialises and
+    fetches the executable.
     """
     if not isinstance(sweep, Sweep):
         sweep = from_settings(sweep, [{}])
@@ -270,9 +291,7 @@ def run(
     if max_batch is not None and max_batch <= 0:
         raise ValueError(f"max_batch: got {max_batch}; allowed: a positive integer or None")
 
-    # Chunk size: as large as allowed, a multiple of the device count.
-    chunk = min(max_batch or total, total)
-    chunk = max(len(devices), math.ceil(chunk / len(devices)) * len(devices))
+    chunk = chunk_size(total, max_batch, len(devices))
     num_chunks = math.ceil(total / chunk)
     padded = num_chunks * chunk
 
@@ -354,17 +373,6 @@ def _remember(signature: tuple, compiled: Any) -> None:
 
 
 # ---------------------------------------------------------------- exported-program cache
-@functools.cache
-def _source_digest() -> str:
-    """Hash of purerl's own source files: any code change invalidates cached programs."""
-    digest = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: str):
     """Compile `batched` through a serialised `jax.export` artefact; None if that fails.
 
@@ -376,7 +384,7 @@ def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: st
     leaves, treedef = jax.tree.flatten(example)
     signature = [(x.shape, str(x.dtype)) for x in leaves]
     devices = [(d.platform, d.device_kind) for d in jax.local_devices()]
-    identity = repr((program_key, signature, devices, jax.__version__, _source_digest()))
+    identity = repr((program_key, signature, devices, provenance.dependency_versions(), provenance.source_digest()))
     path = cache_dir / (hashlib.sha256(identity.encode()).hexdigest()[:24] + ".jaxexport")
 
     def metrics_program(*flat):
