@@ -112,18 +112,3 @@ def test_vmapped_seeds_and_max_kl_equal_runs_alone():
             )
     # Different δ really gave different runs (the batch is not trivially constant).
     assert not np.allclose(result.metrics["kl"][0], result.metrics["kl"][2])
-
-
-# ---------------------------------------------------------------- learning
-def test_trpo_learns_cartpole():
-    # Defaults: 8 envs × 128 steps, δ = 0.01, λ = 0.98, 2e5 steps (195 updates).
-    config = trpo.Config(total_timesteps=200_000)
-    result = sweep.run(trpo.make_train(config), trpo.Hyper(), seeds=4)
-    finals = result.final("episode_return", last=10)[0]
-    assert result.metrics["env_steps"][0, 0, -1] <= 200_000
-    # Measured (seeds 0-3): see docs/algorithms.md; 475 is the bar.
-    assert np.mean(finals) >= 475, finals
-    assert np.min(finals) >= 400, finals
-    # The trust region held on every update of every seed.
-    assert np.all(result.metrics["kl"] <= 0.01 * (1 + 1e-3))
-    assert np.mean(result.metrics["line_search_success"]) > 0.9
