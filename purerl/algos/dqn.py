@@ -9,9 +9,12 @@ The whole run — acting, replay, every gradient step — is one pure `train(key
   with `double_dqn` a* = argmax_a Q_online(s', a). s' is the TRUE next observation (the
   final one when the episode ended), so time-limit truncation bootstraps and only
   termination cuts the return.
-- Loss on Q(s, a) − y: Huber (δ = 1, as in the DQN paper's error clipping) or ½ squared.
+- Loss on Q(s, a) − y: ½ squared (default) or Huber (δ = 1, the DQN paper's error clipping).
 - Target network: every `target_update_period` gradient steps,
   θ⁻ ← τ θ + (1 − τ) θ⁻: τ = 1 is the classic hard copy, period 1 with small τ is Polyak.
+- Adam with global-norm clipping; with `anneal_lr` the rate decays linearly to 0 over all
+  gradient steps (DQN's returns on CartPole oscillate at a constant rate; annealing
+  settles the final policy).
 """
 
 from __future__ import annotations
@@ -33,12 +36,21 @@ from purerl.rl import offpolicy, replay
 
 @dataclasses.dataclass(frozen=True)
 class Config(offpolicy.OffPolicyConfig):
-    """Static settings: changing one recompiles."""
+    """Static settings: changing one recompiles. Defaults: PureJaxRL's CartPole DQN
+    (10 envs, one gradient step of 128 per 10 env steps, 10k buffer, target copied every
+    50 gradient steps = 500 env steps) at a 3.3× shorter budget."""
 
+    num_envs: int = 10
+    num_steps: int = 100
+    total_timesteps: int = 150_000
+    learning_starts: int = 10_000
     q_hidden: tuple[int, ...] = (64, 64)
     double_dqn: bool = True
-    loss: str = "huber"  # huber | mse
-    target_update_period: int = 100  # gradient steps between target updates
+    # ½ squared error: with Huber, Q diverged on CartPole at these settings (terminal
+    # transitions, whose large errors keep Q bounded, get clipped gradients).
+    loss: str = "mse"  # mse | huber
+    target_update_period: int = 50  # gradient steps between target updates
+    anneal_lr: bool = True  # learning rate decays linearly to 0 over the gradient steps
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,7 +66,7 @@ class Config(offpolicy.OffPolicyConfig):
 class Hyper:
     """Traced hyperparameters: a batch of these is just data to `vmap` over."""
 
-    lr: float = hyper_field(1e-3, "(0, inf)", "Adam learning rate")
+    lr: float = hyper_field(5e-4, "(0, inf)", "Adam learning rate (initial, if annealed)")
     gamma: float = hyper_field(0.99, "[0, 1]", "discount")
     tau: float = hyper_field(1.0, "(0, 1]", "target update θ⁻ ← τθ + (1−τ)θ⁻ (1 = hard copy)")
     epsilon_start: float = hyper_field(1.0, "[0, 1]", "ε at the first env step")
@@ -115,8 +127,14 @@ def make_train(
     def train(key: jax.Array, hyper: Hyper) -> tuple[offpolicy.OffPolicyState, dict[str, jax.Array]]:
         validate_hyper(hyper)
         init_key, key = jax.random.split(key)
+        total_gradient_steps = (
+            (config.num_updates - config.collect_only_updates)
+            * (config.num_steps // config.train_frequency)
+            * config.gradient_steps
+        )
+        lr = optax.linear_schedule(hyper.lr, 0.0, max(total_gradient_steps, 1)) if config.anneal_lr else hyper.lr
         optimizer = optax.chain(
-            optax.clip_by_global_norm(hyper.max_grad_norm), optax.adam(hyper.lr, eps=hyper.adam_eps)
+            optax.clip_by_global_norm(hyper.max_grad_norm), optax.adam(lr, eps=hyper.adam_eps)
         )
         params = network.init(init_key, jnp.zeros((1,) + tuple(obs_shape)))
         agent = Agent(params, params, optimizer.init(params), jnp.int32(0))
