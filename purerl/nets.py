@@ -31,12 +31,50 @@ def check_activation(name: str, field: str = "activation") -> None:
         raise ValueError(f"{field}: unknown activation {name!r}; allowed: {sorted(ACTIVATIONS)}")
 
 
+def householder_qr(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Thin QR of a tall matrix [m, n] (m >= n) by Householder reflections in plain jnp.
+
+    `jnp.linalg.qr` calls LAPACK through an FFI kernel that, batched under `vmap` on the
+    CPU, waits on the same thread pool that runs the calling program: with 2 devices (or
+    an otherwise busy pool) both programs block forever (jaxlib 0.10.2; see
+    docs/algorithms.md, "XLA:CPU deadlock"). Orthogonal initialisation runs inside every
+    vmapped `train`, so it must not call LAPACK. n reflections of O(mn) each: trivial
+    for layer-sized matrices.
+    """
+    m, n = a.shape
+    rows = jnp.arange(m)
+
+    def reflect(carry, k):
+        r, q = carry
+        x = jnp.where(rows >= k, r[:, k], 0.0)
+        alpha = -jnp.where(x[k] >= 0, 1.0, -1.0) * jnp.linalg.norm(x)
+        v = x.at[k].add(-alpha)
+        v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(a.dtype).tiny)
+        r = r - 2.0 * jnp.outer(v, v @ r)
+        q = q - 2.0 * jnp.outer(q @ v, v)
+        return (r, q), None
+
+    (r, q), _ = jax.lax.scan(reflect, (a, jnp.eye(m, dtype=a.dtype)), jnp.arange(n))
+    return q[:, :n], r[:n]
+
+
+def orthogonal_init(gain: float = 1.0):
+    """Orthogonal initialiser (Saxe et al. 2014) with the usual sign correction, so the
+    matrices are Haar-distributed; like `nn.initializers.orthogonal` but LAPACK-free."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        rows, cols = int(np.prod(shape[:-1])), int(shape[-1])
+        tall = (max(rows, cols), min(rows, cols))
+        q, r = householder_qr(jax.random.normal(key, tall, jnp.float32))
+        q = q * jnp.sign(jnp.diag(r))[None, :]
+        q = q if rows >= cols else q.T
+        return (gain * q).reshape(shape).astype(dtype)
+
+    return init
+
+
 def _dense(features: int, gain: float) -> nn.Dense:
-    return nn.Dense(
-        features,
-        kernel_init=nn.initializers.orthogonal(gain),
-        bias_init=nn.initializers.zeros,
-    )
+    return nn.Dense(features, kernel_init=orthogonal_init(gain), bias_init=nn.initializers.zeros)
 
 
 class MLP(nn.Module):
