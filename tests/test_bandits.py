@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tol
+from conftest import ON_CPU, tol
 
 import purerl  # noqa: F401
 from purerl import bandit_envs, sweep
@@ -140,6 +140,7 @@ def test_fixed_epsilon_greedy_regret_grows_linearly(case):
         np.testing.assert_allclose((at_2t - at_t) / 5000, 0.01, rtol=0.1)
 
 
+@pytest.mark.skipif(not ON_CPU, reason="whole-trajectory equality is a CPU check")
 def test_epsilon_sweep_is_one_vmapped_call_and_vmapped_equals_alone():
     config = bandits.Config(**HARD_BERNOULLI, strategy="epsilon_greedy", total_timesteps=2000, num_steps=100)
     train = bandits.make_train(config)
@@ -150,7 +151,7 @@ def test_epsilon_sweep_is_one_vmapped_call_and_vmapped_equals_alone():
         for k, seed in enumerate([3, 7]):
             _, alone = jax.jit(train)(jax.random.PRNGKey(seed), bandits.Hyper(**setting))
             for name in ("regret", "episode_return", "optimal_arm_fraction", "epsilon"):
-                np.testing.assert_allclose(result.metrics[name][s, k], alone[name], **tol(exact_on_cpu=True))
+                np.testing.assert_allclose(result.metrics[name][s, k], alone[name], **tol(vmapped=True))
     np.testing.assert_allclose(result.metrics["epsilon"][:, :, -1], [[0.02, 0.02], [0.3, 0.3]], rtol=1e-6)
 
 

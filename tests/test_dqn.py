@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tol
+from conftest import ON_CPU, tol
 from scipy.stats import trim_mean
 
 import purerl  # noqa: F401
@@ -104,6 +104,7 @@ def test_replay_holds_true_next_observations():
     assert int(metrics["episodes"].sum()) == int(done.sum())
 
 
+@pytest.mark.skipif(not ON_CPU, reason="whole-trajectory equality is a CPU check")
 def test_vmapped_equals_alone_and_hyper_sweeps_in_one_call():
     config = dqn.Config(**TINY)
     train = dqn.make_train(config)
@@ -114,13 +115,10 @@ def test_vmapped_equals_alone_and_hyper_sweeps_in_one_call():
     for s, setting in enumerate(grid.settings):
         for k, seed in enumerate([0, 5]):
             _, alone = jax.jit(train)(jax.random.PRNGKey(seed), dqn.Hyper(**setting))
-            for name in ("episode_return", "epsilon", "buffer_fill", "gradient_steps"):
-                np.testing.assert_allclose(metrics[name][s, k], alone[name], **tol(exact_on_cpu=True))
-            # XLA compiles the batched Adam step with a different float rounding (observed: the
-            # first moment differs by 1 ulp after the second gradient step), so losses agree to
-            # float32 rounding rather than bitwise.
+            for name in ("episode_return", "epsilon", "buffer_fill", "gradient_steps_in_update"):
+                np.testing.assert_allclose(metrics[name][s, k], alone[name], **tol(vmapped=True), err_msg=name)
             for name in ("loss", "q_mean", "grad_norm"):
-                np.testing.assert_allclose(metrics[name][s, k], alone[name], **tol(np.float32))
+                np.testing.assert_allclose(metrics[name][s, k], alone[name], **tol(vmapped=True), err_msg=name)
     # Learning starts after 32 env steps = 2 updates of 16: no gradient step before, one per env step after.
     np.testing.assert_array_equal(metrics["gradient_steps"][0, 0], [0, 0, 8, 16, 24, 32])
     np.testing.assert_allclose(metrics["buffer_fill"][0, 0], np.minimum(np.arange(1, 7) * 16, 64) / 64)

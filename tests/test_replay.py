@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tol
 
 import purerl  # noqa: F401
 from purerl.rl import replay
@@ -65,7 +64,7 @@ def test_vmapped_buffers_are_independent_per_seed():
     for i in range(3):
         alone_buffer, alone_sample = jax.jit(fill_and_sample)(keys[i], offsets[i])
         np.testing.assert_array_equal(np.asarray(buffers.data["id"][i]), np.asarray(alone_buffer.data["id"]))
-        np.testing.assert_allclose(samples["obs"][i], alone_sample["obs"], **tol(exact_on_cpu=True))
+        np.testing.assert_array_equal(samples["obs"][i], alone_sample["obs"])  # data movement only: exact
         # each run only ever sees its own items (the last 8 written: ids 4..11 plus its offset)
         ids = np.asarray(samples["id"][i]) - int(offsets[i])
         assert ids.min() >= 4 and ids.max() <= 11

@@ -12,6 +12,8 @@ ALGORITHMS: dict[str, str] = {
     "a2c": "purerl.algos.a2c",
     "reinforce": "purerl.algos.reinforce",
     "bandit": "purerl.algos.bandits",
+    "dqn": "purerl.algos.dqn",
+    "sac": "purerl.algos.sac",
 }
 
 

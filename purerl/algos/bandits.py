@@ -24,14 +24,14 @@ Strategies (K arms, n_a pulls of arm a, μ̂_a their mean reward, t pulls so far
 
 Metrics per block: `regret` (cumulative, at the end of the block), `block_regret`,
 `optimal_arm_fraction`, `epsilon` (ε_t at the block's end; ε-greedy only, else 0),
-`env_steps`, and `episode_return` = total reward of the block (the block counts as one
-"episode" of `num_steps` pulls, so `purerl-train`'s final_return is reward per block).
+`env_steps_in_update` (pulls; `purerl.sweep.run` adds the cumulative `env_steps`), and
+`episode_return` = total reward of the block (the block counts as one "episode" of
+`num_steps` pulls, so `purerl-train`'s final_return is reward per block).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -40,7 +40,8 @@ from flax import struct
 from jax import lax
 
 from purerl import bandit_envs
-from purerl.config import _freeze, check_choice, check_positive_int, hyper_field, validate_hyper
+from purerl.config import ValidatedHyper, _freeze, _integral, check_choice, check_positive_int, hyper_field
+from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 
 STRATEGIES = ("epsilon_greedy", "ucb1", "thompson_beta", "thompson_gaussian", "linucb")
 CONTEXT_FREE = ("ucb1", "thompson_beta", "thompson_gaussian")
@@ -60,8 +61,7 @@ class Config:
     def __post_init__(self) -> None:
         for name in ("env_kwargs", "env_params"):
             object.__setattr__(self, name, _freeze(getattr(self, name)))
-        if isinstance(self.total_timesteps, float) and self.total_timesteps.is_integer():
-            object.__setattr__(self, "total_timesteps", int(self.total_timesteps))
+        object.__setattr__(self, "total_timesteps", _integral(self.total_timesteps))
         check_choice("Config", "env", self.env, bandit_envs.BANDIT_ENVS)
         check_choice("Config", "strategy", self.strategy, STRATEGIES)
         for name in ("total_timesteps", "num_steps"):
@@ -102,7 +102,7 @@ class Config:
 
 
 @struct.dataclass
-class Hyper:
+class Hyper(ValidatedHyper):
     """Traced knobs; each strategy reads only its own."""
 
     epsilon: float = hyper_field(0.1, "[0, 1]", "ε-greedy: exploration probability (at t = 0)")
@@ -161,9 +161,7 @@ def linucb_scores(design_inv: jax.Array, xr_sums: jax.Array, x: jax.Array, alpha
     return jnp.sum(xr_sums * inverse_x, axis=-1) + alpha * width
 
 
-def make_train(
-    config: Config, on_update: Callable[[jax.Array], None] | None = None
-) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
+def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
     """Build `train(key, hyper) -> (final_state, metrics)`, metrics per block of pulls."""
     env, env_params = bandit_envs.make(config.env, dict(config.env_kwargs), dict(config.env_params))
     num_arms = bandit_envs.num_arms(env, env_params)
@@ -223,7 +221,6 @@ def make_train(
         return learner
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
         reset_key, key = jax.random.split(key)
         obs, env_state = env.reset_env(reset_key, env_params)
         obs = jnp.asarray(obs, jnp.float32)
@@ -251,12 +248,10 @@ def make_train(
             )
             return state, (reward, gap, (gap <= 0.0).astype(jnp.float32))
 
-        def block(carry, update_index):
-            state, key = carry
-            key, block_key = jax.random.split(key)
-            state, (rewards, gaps, optimal) = lax.scan(pull, state, jax.random.split(block_key, config.num_steps))
+        def block(state: TrainState, key: jax.Array, update_index: jax.Array):
+            state, (rewards, gaps, optimal) = lax.scan(pull, state, jax.random.split(key, config.num_steps))
             metrics = {
-                "env_steps": (update_index + 1) * config.num_steps,
+                "env_steps_in_update": jnp.int32(config.num_steps),
                 "regret": state.regret,
                 "block_regret": jnp.sum(gaps),
                 "optimal_arm_fraction": jnp.mean(optimal),
@@ -265,11 +260,8 @@ def make_train(
                 "episode_length": jnp.float32(config.num_steps),
                 "episodes": jnp.int32(1),
             }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
-            return (state, key), metrics
+            return state, metrics
 
-        (state, _), metrics = lax.scan(block, (state, key), jnp.arange(config.num_updates))
-        return state, metrics
+        return run_updates(block, state, key, config.num_updates, hyper, on_update)
 
     return train

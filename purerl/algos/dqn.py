@@ -20,7 +20,6 @@ The whole run — acting, replay, every gradient step — is one pure `train(key
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,9 +28,17 @@ import optax
 from flax import struct
 
 from purerl import envs
-from purerl.config import _freeze, check_choice, check_positive_int, hyper_field, validate_hyper
+from purerl.config import (
+    ValidatedHyper,
+    _freeze,
+    check_choice,
+    check_positive_int,
+    check_positive_int_tuple,
+    hyper_field,
+)
 from purerl.nets import QHead
 from purerl.rl import offpolicy, replay
+from purerl.rl.loop import OnUpdate, TrainFn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,15 +62,14 @@ class Config(offpolicy.OffPolicyConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "q_hidden", _freeze(self.q_hidden))
-        if not all(isinstance(s, int) and s > 0 for s in self.q_hidden):
-            raise ValueError(f"Config.q_hidden: got {self.q_hidden!r}; allowed: a tuple of positive integers")
-        check_choice("Config", "loss", self.loss, ("huber", "mse"))
+        check_positive_int_tuple("Config", "q_hidden", self.q_hidden)
+        check_choice("Config", "loss", self.loss, ("mse", "huber"))
         check_positive_int("Config", "target_update_period", self.target_update_period)
         offpolicy.check_action_space("Config", self, "env", want_discrete=True, why="DQN (argmax over Q(s, ·))")
 
 
 @struct.dataclass
-class Hyper:
+class Hyper(ValidatedHyper):
     """Traced hyperparameters: a batch of these is just data to `vmap` over."""
 
     lr: float = hyper_field(5e-4, "(0, inf)", "Adam learning rate (initial, if annealed)")
@@ -115,24 +121,16 @@ def td_loss(q_taken: jax.Array, targets: jax.Array, kind: str) -> jax.Array:
     return 0.5 * jnp.mean(jnp.square(error))
 
 
-def make_train(
-    config: Config, on_update: Callable[[jax.Array], None] | None = None
-) -> Callable[[jax.Array, Hyper], tuple[offpolicy.OffPolicyState, dict[str, jax.Array]]]:
+def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
     """Build `train(key, hyper) -> (final_state, metrics)`; metrics have a leading update axis."""
-    env, env_params = offpolicy.make_env(config)
+    env, env_params = offpolicy.make_vec_env(config)
     num_actions = envs.action_dim(env, env_params)
     network = QHead(num_actions, config.q_hidden, config.activation)
     obs_shape = env.observation_space(env_params).shape
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[offpolicy.OffPolicyState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
         init_key, key = jax.random.split(key)
-        total_gradient_steps = (
-            (config.num_updates - config.collect_only_updates)
-            * (config.num_steps // config.train_frequency)
-            * config.gradient_steps
-        )
-        lr = optax.linear_schedule(hyper.lr, 0.0, max(total_gradient_steps, 1)) if config.anneal_lr else hyper.lr
+        lr = optax.linear_schedule(hyper.lr, 0.0, max(config.total_gradient_steps, 1)) if config.anneal_lr else hyper.lr
         optimizer = optax.chain(
             optax.clip_by_global_norm(hyper.max_grad_norm), optax.adam(lr, eps=hyper.adam_eps)
         )
@@ -175,7 +173,7 @@ def make_train(
         def report(agent: Agent, env_steps: jax.Array) -> dict[str, jax.Array]:
             return {"epsilon": epsilon_schedule(hyper, env_steps, config.total_timesteps)}
 
-        run = offpolicy.make_loop(config, env, env_params, act, learn, report, on_update)
+        run = offpolicy.make_loop(config, env, env_params, act, learn, report, hyper, on_update)
         return run(key, agent)
 
     return train

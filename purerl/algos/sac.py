@@ -23,7 +23,6 @@ the env's `RescaleAction` wrapper, so log-probabilities and H̄ are in that unit
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import distrax
@@ -33,50 +32,42 @@ import optax
 from flax import struct
 
 from purerl import envs
-from purerl.config import _freeze, check_choice, hyper_field, validate_hyper
+from purerl.config import NetworkConfig, ValidatedHyper, hyper_field
 from purerl.nets import PolicyHead, SquashedGaussianActor, TwinQ, squashed_gaussian_sample
 from purerl.rl import offpolicy, replay
+from purerl.rl.loop import OnUpdate, TrainFn
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(offpolicy.OffPolicyConfig):
-    """Static settings: changing one recompiles."""
+class Config(NetworkConfig, offpolicy.OffPolicyConfig):
+    """Static settings: changing one recompiles. `distribution`: "auto" (squashed
+    Gaussian for Box actions, categorical for Discrete), "gaussian" (the tanh-squashed
+    one) or "categorical"; a mismatch with the env fails naming the field."""
 
     env: str = "Pendulum-v1"
     total_timesteps: int = 20_000
     num_envs: int = 1
     num_steps: int = 200
+    action_transform: str = "rescale"  # the actor's tanh output in [-1, 1] -> Box bounds
     buffer_size: int = 100_000
     batch_size: int = 256
     learning_starts: int = 1_000
     actor_hidden: tuple[int, ...] = (256, 256)
     critic_hidden: tuple[int, ...] = (256, 256)
-    # "auto": squashed Gaussian for Box actions, categorical for Discrete ones.
-    distribution: str = "auto"
+    activation: str = "relu"
     autotune_alpha: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("actor_hidden", "critic_hidden"):
-            sizes = _freeze(getattr(self, name))
-            object.__setattr__(self, name, sizes)
-            if not all(isinstance(s, int) and s > 0 for s in sizes):
-                raise ValueError(f"Config.{name}: got {sizes!r}; allowed: a tuple of positive integers")
-        check_choice("Config", "distribution", self.distribution, ("auto", "squashed_gaussian", "categorical"))
-        if self.distribution != "auto":
-            offpolicy.check_action_space(
-                "Config", self, "distribution", want_discrete=self.distribution == "categorical",
-                why=f"distribution={self.distribution!r}",
+        if not self.discrete_actions and self.action_transform != "rescale":
+            raise ValueError(
+                f"Config.action_transform: got {self.action_transform!r}; allowed for continuous SAC: 'rescale' "
+                "(the squashed policy's [-1, 1] actions map onto the Box bounds)"
             )
-
-    @property
-    def discrete(self) -> bool:
-        env, env_params = envs.make_env(self.env, **dict(self.env_kwargs))
-        return envs.is_discrete(env, env_params)
 
 
 @struct.dataclass
-class Hyper:
+class Hyper(ValidatedHyper):
     """Traced hyperparameters: a batch of these is just data to `vmap` over."""
 
     actor_lr: float = hyper_field(3e-4, "(0, inf)", "actor Adam learning rate")
@@ -103,17 +94,15 @@ class Agent:
 
 
 def target_entropy(config: Config, hyper: Hyper, action_dim: int) -> jax.Array:
-    if config.discrete:
+    if config.discrete_actions:
         return hyper.target_entropy_ratio * jnp.log(float(action_dim))
     return -hyper.target_entropy_scale * action_dim
 
 
-def make_train(
-    config: Config, on_update: Callable[[jax.Array], None] | None = None
-) -> Callable[[jax.Array, Hyper], tuple[offpolicy.OffPolicyState, dict[str, jax.Array]]]:
+def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
     """Build `train(key, hyper) -> (final_state, metrics)`; metrics have a leading update axis."""
-    discrete = config.discrete
-    env, env_params = offpolicy.make_env(config, action_transform="rescale")
+    discrete = config.discrete_actions
+    env, env_params = offpolicy.make_vec_env(config)
     action_dim = envs.action_dim(env, env_params)
     obs_dim = env.observation_space(env_params).shape[0]
     if discrete:
@@ -135,7 +124,6 @@ def make_train(
         return action, log_prob, None, None
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[offpolicy.OffPolicyState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
         actor_key, critic_key, key = jax.random.split(key, 3)
         dummy_obs = jnp.zeros((1, obs_dim))
         actor_params = actor.init(actor_key, dummy_obs)
@@ -232,7 +220,7 @@ def make_train(
         def report(agent: Agent, env_steps: jax.Array) -> dict[str, jax.Array]:
             return {"alpha": jnp.exp(agent.log_alpha), "target_entropy": jnp.float32(entropy_target)}
 
-        run = offpolicy.make_loop(config, env, env_params, act, learn, report, on_update)
+        run = offpolicy.make_loop(config, env, env_params, act, learn, report, hyper, on_update)
         return run(key, agent)
 
     return train

@@ -7,10 +7,15 @@ update (one row of metrics) = `num_steps // train_frequency` iterations. The fir
 `ceil(learning_starts / steps per update)` updates only collect: they are a separate
 scan without any gradient computation, so nothing is computed and thrown away.
 
-Observations are stored raw. With `normalize_obs`, running mean/variance statistics of
-every observation seen live in the state and are applied when acting and when sampling,
-so a transition collected early is normalised with today's statistics (stale normalised
-observations in a replay buffer would drift away from what the networks now expect).
+Observations are stored raw. With `normalize_obs`, the agent's running statistics
+(`purerl.rl.normalization`, held in the state as `obs_stats`) are applied when acting
+and when sampling, so a transition collected early is normalised with today's statistics
+(stale normalised observations in a replay buffer would drift away from what the
+networks now expect).
+
+Counters follow `purerl.rl.loop`: `env_steps_in_update` and `gradient_steps_in_update`
+are exact int32 counts per update; `purerl.sweep.run` adds the cumulative `env_steps`
+and `gradient_steps` on the host.
 
 The algorithm supplies three pure functions:
 - `act(agent, obs, key, env_steps) -> action` (obs already normalised);
@@ -32,22 +37,20 @@ from flax import struct
 from jax import lax
 
 from purerl import envs
-from purerl.config import _freeze, check_positive_int
+from purerl.config import EnvConfig, _integral, check_divides, check_positive_int
 from purerl.nets import check_activation
-from purerl.rl import replay
-from purerl.rl.rollout import EnvRunner, EpisodeTotals, collect, flatten_time, init_runner
+from purerl.rl import normalization, replay
+from purerl.rl.loop import OnUpdate, run_updates
+from purerl.rl.normalization import RunningStats
+from purerl.rl.rollout import EnvRunner, EpisodeTotals, collect, flatten_time, init_runner, normalize_observations
 
 
 @dataclasses.dataclass(frozen=True)
-class OffPolicyConfig:
-    """Static settings shared by the replay-based agents."""
+class OffPolicyConfig(EnvConfig):
+    """Static settings shared by the replay-based agents (env fields from EnvConfig)."""
 
-    env: str = "CartPole-v1"
-    env_kwargs: tuple = ()
-    num_envs: int = 4
     num_steps: int = 64  # env steps of each env per update (one row of metrics)
     total_timesteps: int = 100_000
-    normalize_obs: bool = False
     activation: str = "relu"
     buffer_size: int = 10_000
     batch_size: int = 128  # transitions per gradient step
@@ -56,24 +59,18 @@ class OffPolicyConfig:
     gradient_steps: int = 1  # gradient steps per phase
 
     def __post_init__(self) -> None:
-        owner = type(self).__name__
-        object.__setattr__(self, "env_kwargs", _freeze(self.env_kwargs))
         for name in ("total_timesteps", "buffer_size", "learning_starts"):
-            value = getattr(self, name)
-            if isinstance(value, float) and value.is_integer():
-                object.__setattr__(self, name, int(value))
-        for name in ("num_envs", "num_steps", "total_timesteps", "buffer_size", "batch_size",
-                     "train_frequency", "gradient_steps"):
+            object.__setattr__(self, name, _integral(getattr(self, name)))
+        super().__post_init__()
+        owner = self._owner
+        for name in ("num_steps", "total_timesteps", "buffer_size", "batch_size", "train_frequency",
+                     "gradient_steps"):
             check_positive_int(owner, name, getattr(self, name))
         if isinstance(self.learning_starts, bool) or not isinstance(self.learning_starts, int) \
                 or self.learning_starts < 0:
             raise ValueError(f"{owner}.learning_starts: got {self.learning_starts!r}; allowed: an integer ≥ 0")
         check_activation(self.activation, f"{owner}.activation")
-        if self.num_steps % self.train_frequency:
-            raise ValueError(
-                f"{owner}.train_frequency: {self.train_frequency} does not divide num_steps = {self.num_steps}; "
-                "allowed: a divisor of num_steps"
-            )
+        check_divides(owner, "train_frequency", self.train_frequency, self.num_steps, "num_steps")
         if self.num_envs * self.train_frequency > self.buffer_size:
             raise ValueError(
                 f"{owner}.buffer_size: got {self.buffer_size}; allowed: at least num_envs * train_frequency = "
@@ -98,12 +95,16 @@ class OffPolicyConfig:
         """Updates before `learning_starts` env steps have been collected."""
         return min(self.num_updates, math.ceil(self.learning_starts / self.steps_per_update))
 
+    @property
+    def total_gradient_steps(self) -> int:
+        learning_updates = self.num_updates - self.collect_only_updates
+        return learning_updates * (self.num_steps // self.train_frequency) * self.gradient_steps
 
-def check_action_space(owner: str, config: OffPolicyConfig, field: str, want_discrete: bool, why: str) -> None:
+
+def check_action_space(owner: str, config: EnvConfig, field: str, want_discrete: bool, why: str) -> None:
     """ValueError naming `field` when the env's action space is not the kind the agent needs."""
-    env, env_params = envs.make_env(config.env, **dict(config.env_kwargs))
-    discrete = envs.is_discrete(env, env_params)
-    if discrete != want_discrete:
+    env, env_params = config.make_env()
+    if config.discrete_actions != want_discrete:
         kind = "a discrete" if want_discrete else "a continuous (Box)"
         raise ValueError(
             f"{owner}.{field}: {why} needs {kind} action space, but {config.env} has "
@@ -111,28 +112,11 @@ def check_action_space(owner: str, config: OffPolicyConfig, field: str, want_dis
         )
 
 
-@struct.dataclass
-class RunningStats:
-    """Mean and variance of every observation seen (parallel Welford merge)."""
-
-    mean: jax.Array
-    var: jax.Array
-    count: jax.Array
-
-    @classmethod
-    def create(cls, obs_dim: int) -> RunningStats:
-        return cls(jnp.zeros(obs_dim), jnp.ones(obs_dim), jnp.float32(1e-4))
-
-    def update(self, obs: jax.Array) -> RunningStats:
-        obs = obs.reshape(-1, obs.shape[-1])
-        batch_mean, batch_var, batch_count = jnp.mean(obs, 0), jnp.var(obs, 0), obs.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        m2 = self.var * self.count + batch_var * batch_count + jnp.square(delta) * self.count * batch_count / total
-        return RunningStats(self.mean + delta * batch_count / total, m2 / total, total)
-
-    def normalize(self, obs: jax.Array, clip: float = 10.0) -> jax.Array:
-        return jnp.clip((obs - self.mean) / jnp.sqrt(self.var + 1e-8), -clip, clip)
+def make_vec_env(config: EnvConfig) -> tuple[Any, Any]:
+    """The standard env stack (purerl.envs); observation statistics belong to the agent."""
+    return envs.make_vec_env(
+        config.env, config.num_envs, env_kwargs=dict(config.env_kwargs), action_transform=config.action_transform
+    )
 
 
 @struct.dataclass
@@ -140,21 +124,13 @@ class OffPolicyState:
     agent: Any  # the algorithm's networks, targets and optimiser states
     buffer: replay.ReplayBuffer
     runner: EnvRunner
-    obs_stats: RunningStats | None
-    env_steps: jax.Array
-    gradient_steps: jax.Array
+    obs_stats: RunningStats | None  # None when the config does not normalise observations
+    env_steps: jax.Array  # int32 within the run (drives ε schedules); exact totals come from the host
 
 
 ActFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 LearnFn = Callable[[Any, replay.Transition, jax.Array], tuple[Any, dict[str, jax.Array]]]
 ReportFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
-
-
-def make_env(config: OffPolicyConfig, action_transform: str = "clip") -> tuple[Any, Any]:
-    """The vectorised env stack; observation normalisation is done by the loop, not the env."""
-    return envs.make_vec_env(
-        config.env, config.num_envs, env_kwargs=dict(config.env_kwargs), action_transform=action_transform
-    )
 
 
 def make_loop(
@@ -164,7 +140,8 @@ def make_loop(
     act: ActFn,
     learn: LearnFn,
     report: ReportFn,
-    on_update: Callable[[jax.Array], None] | None = None,
+    hyper: Any,
+    on_update: OnUpdate = None,
 ) -> Callable[[jax.Array, Any], tuple[OffPolicyState, dict[str, jax.Array]]]:
     """`run(key, agent) -> (final_state, metrics)`, metrics with a leading update axis."""
     iterations = config.num_steps // config.train_frequency
@@ -181,20 +158,15 @@ def make_loop(
         next_obs=jnp.zeros(obs_dim, jnp.float32),
     )
 
-    def normalized(stats: RunningStats | None, obs: jax.Array) -> jax.Array:
-        return obs if stats is None else stats.normalize(obs)
-
     def sample(state: OffPolicyState, key: jax.Array) -> replay.Transition:
         batch = replay.sample(state.buffer, key, config.batch_size)
-        return batch.replace(
-            obs=normalized(state.obs_stats, batch.obs), next_obs=normalized(state.obs_stats, batch.next_obs)
-        )
+        return normalize_observations(state.obs_stats, batch)
 
     def iteration(state: OffPolicyState, key: jax.Array, learning: bool):
         collect_key, learn_key = jax.random.split(key)
 
         def policy_fn(obs, policy_key):
-            action = act(state.agent, normalized(state.obs_stats, obs), policy_key, state.env_steps)
+            action = act(state.agent, normalization.normalize(state.obs_stats, obs), policy_key, state.env_steps)
             return action, jnp.zeros(obs.shape[:1])
 
         runner, batch, totals = collect(
@@ -206,7 +178,7 @@ def make_loop(
         state = state.replace(
             runner=runner,
             buffer=replay.add(state.buffer, flatten_time(stored)),
-            obs_stats=None if state.obs_stats is None else state.obs_stats.update(batch.obs),
+            obs_stats=normalization.update(state.obs_stats, batch.obs),
             env_steps=state.env_steps + config.train_frequency * config.num_envs,
         )
         if not learning:
@@ -217,52 +189,47 @@ def make_loop(
             return learn(agent, sample(state, sample_key), update_key)
 
         agent, stats = lax.scan(gradient_step, state.agent, jax.random.split(learn_key, config.gradient_steps))
-        state = state.replace(agent=agent, gradient_steps=state.gradient_steps + config.gradient_steps)
-        return state, (totals, jax.tree.map(jnp.mean, stats))
+        return state.replace(agent=agent), (totals, jax.tree.map(jnp.mean, stats))
 
-    def make_update(learning: bool, learn_stats_shape: Any):
-        def update(carry, update_index):
-            state, key = carry
-            key, iteration_key = jax.random.split(key)
-            state, out = lax.scan(
-                lambda s, k: iteration(s, k, learning), state, jax.random.split(iteration_key, iterations)
-            )
-            totals, stats = out if learning else (out, jax.tree.map(jnp.zeros_like, learn_stats_shape))
-            episodes = EpisodeTotals(
-                jnp.sum(totals.return_sum), jnp.sum(totals.length_sum), jnp.sum(totals.count)
-            )
+    def make_update_step(learning: bool, stats_zeros: Any):
+        def update_step(state: OffPolicyState, key: jax.Array, update_index: jax.Array):
+            state, out = lax.scan(lambda s, k: iteration(s, k, learning), state, jax.random.split(key, iterations))
+            totals, stats = out if learning else (out, stats_zeros)
+            episodes = EpisodeTotals(jnp.sum(totals.return_sum), jnp.sum(totals.length_sum), jnp.sum(totals.count))
             metrics = {
-                "env_steps": state.env_steps,
+                "env_steps_in_update": jnp.int32(config.steps_per_update),
+                "gradient_steps_in_update": jnp.int32(iterations * config.gradient_steps if learning else 0),
                 **episodes.metrics(),
                 **jax.tree.map(jnp.mean, stats),
                 **report(state.agent, state.env_steps),
                 "buffer_fill": state.buffer.fill_fraction(),
-                "gradient_steps": state.gradient_steps,
             }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
-            return (state, key), metrics
+            return state, metrics
 
-        return update
+        return update_step
 
     def run(key: jax.Array, agent: Any) -> tuple[OffPolicyState, dict[str, jax.Array]]:
         env_key, key = jax.random.split(key)
         runner = init_runner(env, env_params, env_key)
-        stats = RunningStats.create(obs_dim).update(runner.obs) if config.normalize_obs else None
-        state = OffPolicyState(
-            agent, replay.init(example, config.buffer_size), runner, stats, jnp.int32(0), jnp.int32(0)
-        )
-        # Shapes of one gradient step's stats, to report zeros while only collecting.
+        obs_stats = normalization.init(config.normalize_obs, (obs_dim,))
+        state = OffPolicyState(agent, replay.init(example, config.buffer_size), runner, obs_stats, jnp.int32(0))
+        # One gradient step's statistics have these shapes; collect-only updates report zeros.
         stats_shape = jax.eval_shape(lambda: learn(agent, sample(state, key), key)[1])
         stats_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape)
-        carry = (state, key)
+        # Two scans, so collect-only updates contain no gradient computation at all.
         parts = []
-        phases = ((False, 0, config.collect_only_updates), (True, config.collect_only_updates, config.num_updates))
-        for learning, first, last in phases:
-            if last > first:
-                carry, metrics = lax.scan(make_update(learning, stats_zeros), carry, jnp.arange(first, last))
-                parts.append(metrics)
+        first_learning = config.collect_only_updates
+        for learning, count, offset in ((False, first_learning, 0),
+                                        (True, config.num_updates - first_learning, first_learning)):
+            if count == 0:
+                continue
+            key, phase_key = jax.random.split(key)
+            callback = None if on_update is None else (lambda i, offset=offset: on_update(i + offset))
+            state, metrics = run_updates(
+                make_update_step(learning, stats_zeros), state, phase_key, count, hyper, callback
+            )
+            parts.append(metrics)
         metrics = jax.tree.map(lambda *m: jnp.concatenate(m), *parts) if len(parts) > 1 else parts[0]
-        return carry[0], metrics
+        return state, metrics
 
     return run
