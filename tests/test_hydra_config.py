@@ -77,7 +77,13 @@ def test_fingerprint_tracks_what_is_trained():
 
 # Env presets an algorithm is checked with, where the default (cartpole, then pendulum for
 # continuous actions and breakout for MinAtar sizes and gamma) does not fit it.
-ENV_PRESETS = {"bandit": ("bernoulli_bandit", "gaussian_bandit")}
+# DQN needs discrete actions (its Pendulum mismatch is tested in tests/test_dqn.py) and has
+# a Q network instead of actor/critic sizes.
+ENV_PRESETS = {
+    "bandit": ("bernoulli_bandit", "gaussian_bandit"),
+    "dqn": ("cartpole", "acrobot"),
+    "sac": ("pendulum", "cartpole", "breakout"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
