@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ON_CPU, tol
-from scipy.stats import norm
+from scipy.stats import norm, trim_mean
 
 import purerl  # noqa: F401
 from purerl import sweep
@@ -77,16 +77,18 @@ def test_alpha_moves_toward_the_target_entropy(env):
     assert np.all(np.diff(alpha[0][:, learning], axis=-1) < 0)
     assert np.all(entropy[1][:, learning] < target[1][:, learning])
     assert np.all(np.diff(alpha[1][:, learning], axis=-1) > 0)
-    # fixed α stays put
-    fixed = sac.make_train(sac.Config(**TINY, env=env, autotune_alpha=False))
+
+
+def test_fixed_alpha_stays_put():
+    fixed = sac.make_train(sac.Config(**TINY, env="CartPole-v1", autotune_alpha=False))
     _, metrics = jax.jit(fixed)(jax.random.PRNGKey(0), sac.Hyper(alpha=0.3))
     np.testing.assert_allclose(metrics["alpha"], 0.3, rtol=1e-6)
+    assert np.all(np.isfinite(metrics["critic_loss"])) and np.any(metrics["critic_loss"] > 0)
 
 
-@pytest.mark.parametrize("env", ["Pendulum-v1", "CartPole-v1"])
 @pytest.mark.skipif(not ON_CPU, reason="whole-trajectory equality is a CPU check")
-def test_vmapped_equals_alone(env):
-    config = sac.Config(**TINY, env=env)
+def test_vmapped_equals_alone():
+    config = sac.Config(**TINY, env="Pendulum-v1")
     train = sac.make_train(config)
     grid = sweep.grid(sac.Hyper(), critic_lr=[1e-3, 3e-3])
     result = sweep.run(train, grid, seeds=[1, 4])
@@ -97,3 +99,22 @@ def test_vmapped_equals_alone(env):
                 np.testing.assert_allclose(result.metrics[name][s, k], alone[name], **tol(vmapped=True), err_msg=name)
             for name in ("critic_loss", "actor_loss", "q_mean", "alpha", "entropy"):
                 np.testing.assert_allclose(result.metrics[name][s, k], alone[name], **tol(vmapped=True), err_msg=name)
+
+
+# Fast Pendulum settings (rejax's are similar: 64×64 networks, τ 0.02, lr 1e-3 for every network).
+FAST_PENDULUM = dict(total_timesteps=6000, num_steps=200, actor_hidden=(64, 64), critic_hidden=(64, 64),
+                     learning_starts=1000)
+
+
+@pytest.mark.slow
+def test_sac_learns_pendulum():
+    """8 vmapped seeds, 6,000 env steps (5,000 gradient steps). Measured finals (mean return
+    over the last 10% of updates): [−162, −204, −155, −209, −204, −80, −163, −45], IQM −171;
+    a random policy scores about −1,200. 244 s on the shared 2-core CPU under a load
+    average of 14 (the 8-seed program is compute-bound: 5,000 sequential gradient steps)."""
+    config = sac.Config(**FAST_PENDULUM)
+    hyper = sac.Hyper(tau=0.02, actor_lr=1e-3, critic_lr=1e-3)
+    result = sweep.run(sac.make_train(config), hyper, seeds=8)
+    finals = result.final("episode_return", last=config.num_updates // 10)[0]
+    print("SAC Pendulum finals", np.round(finals, 1), "IQM", trim_mean(finals, 0.25))
+    assert trim_mean(finals, 0.25) >= -300, finals
