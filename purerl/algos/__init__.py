@@ -11,6 +11,9 @@ ALGORITHMS: dict[str, str] = {
     "trpo": "purerl.algos.trpo",
     "a2c": "purerl.algos.a2c",
     "reinforce": "purerl.algos.reinforce",
+    "bandit": "purerl.algos.bandits",
+    "dqn": "purerl.algos.dqn",
+    "sac": "purerl.algos.sac",
 }
 
 
