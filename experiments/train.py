@@ -362,7 +362,9 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         tidy = results.tidy(result, **ids)
         summary = results.summarize(result, **ids, wall_seconds=result.run_seconds)
         config_text = resolved_config_text(cfg)
-        if cfg.save_policies:  # before write_job: a complete job has its policies
+        if cfg.save_policies and not artifacts.savable(result.final_state):
+            log.warning("%s: saving policies of %s is not supported; none saved", job_dir, plan.algo)
+        elif cfg.save_policies:  # before write_job: a complete job has its policies
             artifacts.save_policies(
                 job_dir, result.final_state, algo=plan.algo, config=plan.config,
                 settings=result.settings, seeds=result.seeds, fingerprint=plan.fingerprint,

@@ -25,14 +25,16 @@ which nothing reads (and the next save removes); `load_policies` only ever opens
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,40 @@ class PoliciesNotFound(FileNotFoundError):
     """The directory holds no complete saved policies."""
 
 
+# ---------------------------------------------------------------- orbax
+@contextlib.contextmanager
+def _orbax_path(path: Path) -> Iterator[Path]:
+    """`path`, or a link to it without glob characters. orbax 0.12.8 finds the per-process
+    parts of a checkpoint with `directory.glob(...)`; in a folder named like a grid job
+    (`grid.lr=[0.001,0.01]`) that finds nothing, so the parts are never merged and the
+    checkpoint cannot be read. Saving (and reading) through a plain-named link avoids it."""
+    if not any(c in str(path) for c in "*?["):
+        yield path
+        return
+    link_dir = Path(tempfile.mkdtemp(prefix="purerl-orbax-"))
+    try:
+        (link_dir / "link").symlink_to(path.parent, target_is_directory=True)
+        yield link_dir / "link" / path.name
+    finally:
+        shutil.rmtree(link_dir, ignore_errors=True)  # removes the link, not its target
+
+
+@contextlib.contextmanager
+def _checkpointer() -> Iterator[Any]:
+    """orbax's StandardCheckpointer, its INFO logs (a dozen lines per save) kept out of the
+    job's log."""
+    import orbax.checkpoint as ocp
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(max(level, logging.WARNING))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            yield checkpointer
+    finally:
+        absl.setLevel(level)
+
+
 # ---------------------------------------------------------------- saving
 def _config_record(config: Any) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
@@ -60,6 +96,14 @@ def _tuples(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_tuples(v) for v in value)
     return value
+
+
+def savable(final_state: Any) -> bool:
+    """Whether `save_policies` can save this state: an on-policy actor-critic TrainState
+    (what load_policy rebuilds); other algorithms' states are not handled yet."""
+    from purerl.rl.on_policy import TrainState
+
+    return isinstance(final_state, TrainState)
 
 
 def _batched_tree(final_state: Any) -> dict[str, Any]:
@@ -100,8 +144,6 @@ def save_policies(
 
     `final_state` is `sweep.run(..., return_state=True).final_state`: a TrainState whose
     leaves have leading [setting, seed] axes. Returns the `policies/` directory."""
-    import orbax.checkpoint as ocp
-
     job_dir = Path(job_dir).resolve()
     seeds = [int(s) for s in np.asarray(seeds).reshape(-1)]
     tree = _batched_tree(final_state)
@@ -119,8 +161,8 @@ def save_policies(
 
     tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=job_dir))
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(tmp / STATE, tree)
+        with _checkpointer() as checkpointer, _orbax_path(tmp / STATE) as state_path:
+            checkpointer.save(state_path, tree)
             checkpointer.wait_until_finished()
         index = {
             "format": FORMAT,
@@ -204,8 +246,6 @@ class SavedPolicies:
 def load_policies(job_dir: str | os.PathLike) -> SavedPolicies:
     """All saved policies of a job. Raises PoliciesNotFound when `job_dir/policies/` is
     missing or incomplete, and ValueError when they belong to another run of the job."""
-    import orbax.checkpoint as ocp
-
     from purerl import results
     from purerl.algos import get_algorithm
     from purerl.rl.normalization import RunningStats
@@ -230,8 +270,8 @@ def load_policies(job_dir: str | os.PathLike) -> SavedPolicies:
     module = get_algorithm(index["algo"])
     config = module.Config(**{k: _tuples(v) for k, v in index["config"].items()})
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            tree = checkpointer.restore(directory / STATE)
+        with _checkpointer() as checkpointer, _orbax_path(directory / STATE) as state_path:
+            tree = checkpointer.restore(state_path)
     except (FileNotFoundError, ValueError) as e:
         raise PoliciesNotFound(f"{directory}: the checkpoint cannot be read ({e})") from None
     stats = tree.get("obs_stats")
@@ -449,13 +489,37 @@ def evaluation_table(
     return pd.DataFrame(rows)
 
 
+def _with_successor_states(vec_env: Any) -> Any:
+    """The env stack with its gymnax env wrapped so that every step also reports the
+    successor state before gymnax's auto-reset (`info["next_state"]`): the last frame of a
+    rendered episode is then its real end, not the next episode's start."""
+    import jax
+
+    from purerl.envs import Wrapper
+
+    class SuccessorState(Wrapper):
+        def step(self, key, state, action, params=None):
+            params = self.default_params if params is None else params
+            # gymnax's step: key_step, key_reset = split(key); the successor is step_env's.
+            _, successor, *_ = self._env.step_env(jax.random.split(key)[0], state, action, params)
+            obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
+            return obs, state, reward, terminated, truncated, {**info, "next_state": successor}
+
+    innermost = vec_env
+    while isinstance(innermost._env, Wrapper):
+        innermost = innermost._env
+    innermost._env = SuccessorState(innermost._env)
+    return vec_env
+
+
 @functools.lru_cache(maxsize=8)
 def _episode_program(config: Any, max_steps: int) -> Any:
     """jit(program(deterministic, params, obs_stats, key)) -> one env's trajectory:
-    (EpisodeStatistics states before each step, episode_done, reward), each [max_steps]."""
+    (first gymnax state, gymnax state after each step, episode_done, reward), [max_steps]."""
     import jax
 
     env, env_params, network = _env_stack(config, 1)
+    env = _with_successor_states(env)
 
     def rollout(deterministic, params, obs_stats, key):
         reset_key, steps_key = jax.random.split(key)
@@ -466,10 +530,10 @@ def _episode_program(config: Any, max_steps: int) -> Any:
             act_key, env_key = jax.random.split(step_key)
             action = _policy_action(network, params, obs_stats, obs, act_key, deterministic)
             next_obs, next_state, reward, _, _, info = env.step(env_key, state, action, env_params)
-            return (next_obs, next_state), (state, info["episode_done"][0], reward[0])
+            return (next_obs, next_state), (info["next_state"], info["episode_done"][0], reward[0])
 
         _, trajectory = jax.lax.scan(step, (obs, state), jax.random.split(steps_key, max_steps))
-        return trajectory
+        return (state.env_state, *trajectory)
 
     return jax.jit(rollout)
 
@@ -477,20 +541,22 @@ def _episode_program(config: Any, max_steps: int) -> Any:
 def record_episode(
     saved: SavedPolicies, setting: int, seed: int, key: Any, deterministic: bool = True, max_steps: int | None = None
 ) -> tuple[list[Any], np.ndarray]:
-    """One episode of one saved policy, for rendering: (the gymnax env state before each
-    step, s_0 .. s_T-1, as a list; the return accumulated after each step)."""
+    """One episode of one saved policy, for rendering: (the gymnax env states s_0 .. s_T
+    of an episode of T steps, as a list; the return collected up to each of them)."""
     import jax
 
     policy = saved.policy(setting, seed)
     max_steps = episode_limit(saved.config) if max_steps is None else max_steps
     _check_counts(1, max_steps)
     program = _episode_program(saved.config, int(max_steps))
-    states, done, rewards = jax.device_get(program(bool(deterministic), policy.params, policy.obs_stats, key))
+    first, successors, done, rewards = jax.device_get(
+        program(bool(deterministic), policy.params, policy.obs_stats, key)
+    )
     length = int(np.argmax(done)) + 1 if done.any() else max_steps
-    # VecEnv (1 copy) -> EpisodeStatistics -> the gymnax env's own state
-    raw = jax.tree.map(lambda x: x[:, 0], states.env_state)
-    frames = [jax.tree.map(lambda x, t=t: x[t], raw) for t in range(length)]
-    return frames, np.cumsum(rewards[:length], dtype=np.float64)
+    # Leaves are [1] (VecEnv of one env) and [max_steps, 1].
+    frames = [jax.tree.map(lambda x: x[0], first)]
+    frames += [jax.tree.map(lambda x, t=t: x[t, 0], successors) for t in range(length)]
+    return frames, np.concatenate([[0.0], np.cumsum(rewards[:length], dtype=np.float64)])
 
 
 __all__ = [
@@ -505,5 +571,6 @@ __all__ = [
     "load_policy",
     "record_episode",
     "remove_policies",
+    "savable",
     "save_policies",
 ]

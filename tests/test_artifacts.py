@@ -63,7 +63,8 @@ def in_memory_policy(result, config, setting: int, seed_index: int):
 def cartpole_job(tmp_path_factory):
     """A tiny PPO CartPole job (2 settings × seeds 3, 4, normalised observations) run by
     purerl-train's run_job, with the SweepResult it trained (final states included)."""
-    job = tmp_path_factory.mktemp("artifacts") / "job"
+    # Named like a real grid job: orbax must cope with the brackets (see artifacts._orbax_path).
+    job = tmp_path_factory.mktemp("artifacts") / "algo.config.normalize_obs=true,grid.lr=[0.001,0.0003]"
     (job / artifacts.POLICIES).mkdir(parents=True)  # an earlier run's files: must not survive
     (job / artifacts.POLICIES / artifacts.INDEX).write_text("{stale")
     (job / ".policies.tmp-killed").mkdir()
@@ -225,7 +226,7 @@ def assert_same_tree(actual, expected) -> None:
 @pytest.mark.parametrize("kill_at", ["orbax", "publish"])
 def test_a_killed_save_is_never_loadable(kill_at, tmp_path):
     config = ppo.Config(num_envs=2, num_steps=8, total_timesteps=16, normalize_obs=True)
-    old, fresh = tmp_path / "old", tmp_path / "fresh"
+    old, fresh = tmp_path / "old,grid.lr=[0.1]", tmp_path / "fresh"
     # Kill while overwriting a complete save (orbax) / while saving into an empty job (publish).
     target = old if kill_at == "orbax" else fresh
     script = KILLED_SAVE.format(tests=str(ROOT / "tests"))
@@ -323,7 +324,7 @@ def test_purerl_eval_catch_gif_and_errors(tmp_path, capsys):
     from PIL import Image
 
     config = ppo.Config(env="Catch-bsuite", num_envs=2, num_steps=8, total_timesteps=16)
-    job = tmp_path / "catch"
+    job = tmp_path / "env=catch"
     artifacts.save_policies(job, untrained_state(config, 1, 2), algo="ppo", config=config, settings=[{}], seeds=[0, 1])
     purerl_eval.main([str(job), "--episodes", "2", "--gif"])
     printed = capsys.readouterr().out
@@ -333,10 +334,12 @@ def test_purerl_eval_catch_gif_and_errors(tmp_path, capsys):
     gif = next(job.glob("episode_setting0_seed*.gif"))
     assert gif.name in printed
     with Image.open(gif) as image:
-        assert image.n_frames == 9  # the ball falls from row 0 to row 9: nine steps
+        assert image.n_frames == 10  # the ball falls from row 0 to row 9: nine steps, ten states
     saved = artifacts.load_policies(job)
     frames, returns = artifacts.record_episode(saved, 0, 0, jax.random.PRNGKey(0))
-    assert len(frames) == 9 and returns[-1] in (-1.0, 1.0) and np.all(returns[:-1] == 0)
+    assert [int(f.ball_y) for f in frames] == list(range(10))  # the last frame is the real end
+    assert returns[-1] in (-1.0, 1.0) and np.all(returns[:-1] == 0)
+    assert returns[-1] == (1.0 if int(frames[-1].ball_x) == int(frames[-1].paddle_x) else -1.0)
 
     with pytest.raises(SystemExit) as exit_info:
         purerl_eval.main([str(tmp_path / "nothing"), "--episodes", "2"])
