@@ -112,7 +112,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
             policy_loss, stats = losses.clipped_sequence_loss(
                 log_prob, batch.old_log_prob, batch.advantage, batch.mask, hyper.clip_eps)
         weights = losses.token_weights(batch.mask, config.loss_aggregation)
-        kl = losses.kl_estimate(log_prob, batch.ref_log_prob, config.kl_estimator)
+        kl = losses.masked_kl(log_prob, batch.ref_log_prob, batch.mask, config.kl_estimator)
         kl_loss = losses.weighted_sum(kl, weights)
         total = policy_loss + hyper.kl_coef * kl_loss
         return total, {"policy_loss": policy_loss, "kl_loss": kl_loss,

@@ -37,6 +37,14 @@ def kl_estimate(log_prob: jax.Array, ref_log_prob: jax.Array, estimator: str) ->
     return jnp.expm1(log_ratio) - log_ratio
 
 
+def masked_kl(log_prob: jax.Array, ref_log_prob: jax.Array, mask: jax.Array, estimator: str) -> jax.Array:
+    """`kl_estimate` on completion tokens, 0 elsewhere; inputs outside the mask are replaced
+    first, so not even the gradient sees them (an inf there would otherwise give 0·inf = NaN)."""
+    valid = mask > 0
+    return jnp.where(valid, kl_estimate(jnp.where(valid, log_prob, 0.0), jnp.where(valid, ref_log_prob, 0.0),
+                                        estimator), 0.0)
+
+
 def token_weights(mask: jax.Array, aggregation: str) -> jax.Array:
     """[B, T] non-negative weights summing to 1 over the masked tokens."""
     check_choice("loss", "aggregation", aggregation, AGGREGATIONS)

@@ -126,8 +126,8 @@ def policy_token_loss(log_prob: jax.Array, entropy: jax.Array, batch: Batch, con
     total = policy_loss - hyper.ent_coef * entropy
     kl_loss = jnp.float32(0.0)
     if config.kl_mode == "loss":
-        kl_loss = losses.masked_mean(losses.kl_estimate(log_prob, batch.ref_log_prob, config.kl_estimator),
-                                     batch.mask)
+        kl_loss = losses.masked_mean(
+            losses.masked_kl(log_prob, batch.ref_log_prob, batch.mask, config.kl_estimator), batch.mask)
         total = total + hyper.kl_coef * kl_loss
     return total, {"policy_loss": policy_loss, "kl_loss": kl_loss, "entropy": entropy, **stats}
 
@@ -179,7 +179,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
             old_log_prob = to_targets(completions.log_probs, problems.prompt_length, setup.seq_len)
             ref_log_prob, _ = setup.log_probs(state.reference, sequences.tokens, hyper.temperature)
             values = values_of(state.critic, sequences.tokens)
-            kl = losses.kl_estimate(old_log_prob, ref_log_prob, config.kl_estimator)
+            kl = losses.masked_kl(old_log_prob, ref_log_prob, mask, config.kl_estimator)
             kl_coef = hyper.kl_coef if config.kl_mode == "reward" else 0.0
             rewards = token_rewards(reward, sequences, kl, kl_coef)
             advantages, targets = token_advantages(rewards, values, mask, hyper.gamma, hyper.gae_lambda)
