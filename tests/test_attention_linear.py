@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tol
 
 from purerl.attention import (
     LinearAttention,
@@ -22,7 +23,9 @@ linear_attention_parallel = jax.jit(parallel_eager)
 linear_attention_chunked = jax.jit(chunked_eager, static_argnames="chunk_size")
 linear_attention_recurrent = jax.jit(recurrent_eager)
 
-ATOL = 1e-5
+# Every test compares float32 results with a reference or another form: full-precision
+# matmuls (no TF32 on GPU), tolerances from conftest.tol.
+pytestmark = pytest.mark.usefixtures("highest_precision")
 MODEL_DIM = 16
 
 
@@ -101,7 +104,7 @@ def test_performer_projection_is_orthogonal_within_blocks():
 def test_parallel_matches_reference(heads, kv_heads):
     phi_q, phi_k, v = random_features((2, 13, heads, 6), (2, 13, kv_heads, 6))
     out = linear_attention_parallel(phi_q, phi_k, v)
-    np.testing.assert_allclose(out, linear_reference(phi_q, phi_k, v), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(out, linear_reference(phi_q, phi_k, v), **tol())
 
 
 @pytest.mark.parametrize(
@@ -111,7 +114,7 @@ def test_parallel_equals_chunked(steps, chunk_size):
     phi_q, phi_k, v = random_features((2, steps, 4, 6), (2, steps, 2, 6), seed=steps)
     parallel = linear_attention_parallel(phi_q, phi_k, v)
     chunked, _ = linear_attention_chunked(phi_q, phi_k, v, chunk_size=chunk_size)
-    np.testing.assert_allclose(chunked, parallel, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(chunked, parallel, **tol())
 
 
 def test_recurrent_equals_parallel_and_states_agree():
@@ -119,10 +122,10 @@ def test_recurrent_equals_parallel_and_states_agree():
     parallel = linear_attention_parallel(phi_q, phi_k, v)
     recurrent, (kv_r, z_r) = linear_attention_recurrent(phi_q, phi_k, v)
     _, (kv_c, z_c) = linear_attention_chunked(phi_q, phi_k, v, chunk_size=8)
-    np.testing.assert_allclose(recurrent, parallel, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(recurrent, parallel, **tol())
     assert kv_r.shape == (2, 3, 7, 4) and z_r.shape == (2, 3, 7)  # one state per KV head
-    np.testing.assert_allclose(kv_c, kv_r, atol=ATOL, rtol=1e-6)
-    np.testing.assert_allclose(z_c, z_r, atol=ATOL, rtol=1e-6)
+    np.testing.assert_allclose(kv_c, kv_r, **tol())
+    np.testing.assert_allclose(z_c, z_r, **tol())
     np.testing.assert_allclose(z_r, np.asarray(phi_k).sum(1), rtol=1e-6)
 
 
@@ -149,7 +152,7 @@ def test_module_forms_agree_with_reference(feature_map):
     heads = linear_reference(phi("q_proj"), phi("k_proj"), v)
     ref = np.einsum("bthe,hed->btd", heads, np.asarray(p["o_proj"]["kernel"], np.float64))
     for form, out in outs.items():
-        np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0, err_msg=form)
+        np.testing.assert_allclose(out, ref, **tol(), err_msg=form)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +171,7 @@ def test_prefill_then_decode_matches_full_forward(form, num_kv_heads):
     for t in range(3, 10):
         y, state = decode(params, x[:, t], state)
         outs.append(y[:, None])
-    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, **tol())
     np.testing.assert_array_equal(state.lengths, [10, 10])
     assert state.kv.shape == (2, num_kv_heads, 4, 4)  # constant in context length
 
@@ -179,7 +182,7 @@ def test_padding_mask_equals_truncated_sequence():
     params = jax.jit(module.init)(jax.random.PRNGKey(5), x)
     valid = jnp.arange(9)[None] < 6
     padded = jitted(module)(params, x, padding_mask=valid)
-    np.testing.assert_allclose(padded[:, :6], jitted(module)(params, x[:, :6]), atol=ATOL)
+    np.testing.assert_allclose(padded[:, :6], jitted(module)(params, x[:, :6]), **tol())
 
 
 def test_ragged_prefill_state_ignores_padding():
@@ -189,7 +192,7 @@ def test_ragged_prefill_state_ignores_padding():
     prefill = jax.jit(partial(module.apply, method="prefill"))
     _, ragged = prefill(params, x, module.init_state(2), jnp.array([8, 5]))
     _, alone = prefill(params, x[1:, :5], module.init_state(1))
-    np.testing.assert_allclose(ragged.kv[1], alone.kv[0], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(ragged.kv[1], alone.kv[0], **tol())
     np.testing.assert_array_equal(ragged.lengths, [8, 5])
 
 
@@ -199,11 +202,12 @@ def test_ragged_prefill_state_ignores_padding():
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        (dict(feature_map="cosine"),
-         r"feature_map must be one of \('elu', 'relu', 'taylor', 'performer'\), got 'cosine'"),
-        (dict(form="fast"), r"form must be one of .*got 'fast'"),
-        (dict(num_kv_heads=3), r"num_kv_heads=3 must divide num_heads=4"),
-        (dict(chunk_size=0), r"chunk_size must be a positive integer, got 0"),
+        (dict(feature_map="cosine"), r"LinearAttention.feature_map: got 'cosine'; allowed: "
+                                     r"'elu', 'relu', 'taylor', 'performer'"),
+        (dict(form="fast"), r"LinearAttention.form: got 'fast'; allowed: 'parallel'"),
+        (dict(num_kv_heads=3),
+         r"LinearAttention.num_kv_heads: got 3; allowed: a divisor of num_heads=4 \(1, 2, 4\)"),
+        (dict(chunk_size=0), r"LinearAttention.chunk_size: got 0; allowed: a positive integer"),
     ],
 )
 def test_bad_config_raises(kwargs, pattern):
@@ -213,13 +217,14 @@ def test_bad_config_raises(kwargs, pattern):
 
 
 def test_unknown_feature_map_in_function_raises():
-    with pytest.raises(ValueError, match=r"feature_map must be one of .*got 'softplus'"):
+    with pytest.raises(ValueError, match=r"apply_feature_map.feature_map: got 'softplus'"):
         apply_feature_map("softplus", jnp.ones(3))
 
 
 def test_bad_shapes_raise():
     phi_q, phi_k, v = random_features((2, 5, 3, 4), (2, 5, 2, 4))
-    with pytest.raises(ValueError, match=r"num_kv_heads=2 must divide num_heads=3"):
+    with pytest.raises(ValueError, match=r"linear_attention_parallel.num_kv_heads \(phi_k.shape"
+                                         r"\[2\]\): got 2; allowed: a divisor of num_heads"):
         parallel_eager(phi_q, phi_k, v)
-    with pytest.raises(ValueError, match=r"must share \[B, T\]"):
+    with pytest.raises(ValueError, match=r"allowed: one \[B, T\] for all three"):
         chunked_eager(phi_q[:, :4], phi_k, v)

@@ -18,7 +18,7 @@ from purerl.attention.memory import (
 
 
 def kv_leaf_bytes(cache) -> int:
-    """K and V storage only; the int32 length counters are bookkeeping."""
+    """K and V storage only; the length counters and overflow flags are bookkeeping."""
     return cache.keys_t.nbytes + cache.values.nbytes
 
 
@@ -29,7 +29,8 @@ def test_kv_cache_bytes_equals_nbytes(dtype, kv_heads):
     cache = module.init_cache(batch=3, max_len=40, dtype=dtype)
     assert kv_leaf_bytes(cache) == kv_cache_bytes(1, kv_heads, 4, 40, 3, dtype)
     total = sum(leaf.nbytes for leaf in jax.tree.leaves(cache))
-    assert total == kv_cache_bytes(1, kv_heads, 4, 40, 3, dtype) + 3 * 4
+    # Bookkeeping on top: an int32 length and a bool overflow flag per sequence.
+    assert total == kv_cache_bytes(1, kv_heads, 4, 40, 3, dtype) + 3 * (4 + 1)
 
 
 def test_lm_cache_bytes_over_layers():
@@ -87,16 +88,19 @@ def test_cli_prints_table(capsys):
 def test_cli_rejects_bad_shapes(capsys):
     with pytest.raises(SystemExit):
         main(["--heads", "32", "--kv-heads", "3"])
-    assert "kv_heads=3 must divide heads=32" in capsys.readouterr().err
+    assert "purerl-memory.kv_heads: got 3; allowed: a divisor of heads=32" in (
+        capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(
     "call,pattern",
     [
-        (lambda: kv_cache_bytes(0, 1, 1, 1), r"layers must be a positive integer, got 0"),
-        (lambda: kv_cache_bytes(1, 1, 1, 1, 1, "int4"), r"dtype must be one of .*got 'int4'"),
-        (lambda: linear_state_bytes(1, 1, -3, 1), r"feature_dim must be a positive integer"),
-        (lambda: parse_bytes("lots"), r"budget must be a number"),
+        (lambda: kv_cache_bytes(0, 1, 1, 1),
+         r"kv_cache_bytes.layers: got 0; allowed: a positive integer"),
+        (lambda: kv_cache_bytes(1, 1, 1, 1, 1, "int4"), r"dtype_bytes.dtype: got 'int4'"),
+        (lambda: linear_state_bytes(1, 1, -3, 1),
+         r"linear_state_bytes.feature_dim: got -3; allowed: a positive integer"),
+        (lambda: parse_bytes("lots"), r"purerl-memory.budget: got 'lots'; allowed: a number"),
     ],
 )
 def test_bad_arguments_raise(call, pattern):

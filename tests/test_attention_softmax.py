@@ -6,10 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tol
 
-from purerl.attention import KVCache, SoftmaxAttention, init_kv_cache
+from purerl.attention import KVCache, SoftmaxAttention, blockwise_attention, init_kv_cache, softmax
 
-ATOL = 1e-5
+# Every test compares float32 results with a reference or another form: full-precision
+# matmuls (no TF32 on GPU), tolerances from conftest.tol.
+pytestmark = pytest.mark.usefixtures("highest_precision")
 MODEL_DIM = 24
 
 
@@ -103,7 +106,7 @@ def test_forward_matches_reference(num_kv_heads, rope, qk_norm):
     x, params = setup_module_params(module)
     out = jitted(module)(params, x)
     ref = attention_reference(params, x, 4, num_kv_heads, rope=rope, qk_norm=qk_norm)
-    np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(out, ref, **tol())
 
 
 def test_grouped_kv_projections_are_not_repeated():
@@ -120,7 +123,7 @@ def test_non_causal_matches_reference(num_kv_heads):
     x, params = setup_module_params(module)
     out = jitted(module)(params, x, causal=False)
     ref = attention_reference(params, x, 4, num_kv_heads, causal=False)
-    np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(out, ref, **tol())
 
 
 @pytest.mark.parametrize("num_kv_heads", KINDS)
@@ -133,8 +136,8 @@ def test_padding_lengths_and_mask_match_reference(num_kv_heads):
     by_lengths = jitted(module)(params, x, lengths=jnp.asarray(lengths))
     by_mask = jitted(module)(params, x, padding_mask=jnp.asarray(valid))
     for b, n in enumerate(lengths):  # outputs at padded positions are unspecified
-        np.testing.assert_allclose(by_lengths[b, :n], ref[b, :n], atol=ATOL, rtol=0)
-        np.testing.assert_allclose(by_mask[b, :n], ref[b, :n], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(by_lengths[b, :n], ref[b, :n], **tol())
+        np.testing.assert_allclose(by_mask[b, :n], ref[b, :n], **tol())
 
 
 def test_arbitrary_padding_mask_non_causal():
@@ -144,7 +147,7 @@ def test_arbitrary_padding_mask_non_causal():
     valid[0, [0, 4, 5]] = False  # holes anywhere, not just right padding
     out = jitted(module)(params, x, padding_mask=jnp.asarray(valid), causal=False)
     ref = attention_reference(params, x, 4, 2, causal=False, valid=valid)
-    np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(out, ref, **tol())
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -173,7 +176,7 @@ def test_decode_matches_full_forward_up_to_full_cache(num_kv_heads, qk_norm):
     full = jitted(module)(params, x)
     # max_len == sequence length: the last decode step fills the cache completely.
     decoded, cache = decode_all(module, params, x, prompt_len=5, max_len=12)
-    np.testing.assert_allclose(decoded, full, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(decoded, full, **tol())
     np.testing.assert_array_equal(cache.lengths, [12, 12])
 
 
@@ -181,7 +184,7 @@ def test_decode_from_single_token_prompt():
     module = make(num_kv_heads=1)
     x, params = setup_module_params(module, steps=7)
     decoded, _ = decode_all(module, params, x, prompt_len=1, max_len=9)
-    np.testing.assert_allclose(decoded, jitted(module)(params, x), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(decoded, jitted(module)(params, x), **tol())
 
 
 def test_cache_contents_match_projected_keys_and_values():
@@ -191,8 +194,8 @@ def test_cache_contents_match_projected_keys_and_values():
     p = params["params"]
     k = np.einsum("btd,dhe->bhte", x, p["k_proj"]["kernel"])
     v = np.einsum("btd,dhe->bhte", x, p["v_proj"]["kernel"])
-    np.testing.assert_allclose(cache.keys_by_head()[:, :, :6], k, atol=ATOL, rtol=0)
-    np.testing.assert_allclose(cache.values_by_head()[:, :, :6], v, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(cache.keys_by_head()[:, :, :6], k, **tol())
+    np.testing.assert_allclose(cache.values_by_head()[:, :, :6], v, **tol())
     np.testing.assert_array_equal(cache.values_by_head()[:, :, 6:], 0.0)
 
 
@@ -204,7 +207,7 @@ def test_decode_masks_by_cache_index_not_by_contents():
     noise = normal(3, garbage.keys_t.shape) * 50
     garbage = garbage.replace(keys_t=noise, values=noise.reshape(garbage.values.shape))
     decoded, _ = decode_all(module, params, x, prompt_len=4, max_len=16, cache=garbage)
-    np.testing.assert_allclose(decoded, jitted(module)(params, x), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(decoded, jitted(module)(params, x), **tol())
 
 
 @pytest.mark.parametrize("num_kv_heads", [pytest.param(2, id="GQA"), pytest.param(1, id="MQA")])
@@ -225,9 +228,9 @@ def test_ragged_prefill_then_decode_matches_each_sequence_alone(num_kv_heads):
         n = int(lengths[b])
         seq = jnp.concatenate([x[b : b + 1, :n], extra[b : b + 1]], axis=1)
         full = forward(params, seq)
-        np.testing.assert_allclose(out[b, :n], full[0, :n], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(out[b, :n], full[0, :n], **tol())
         for t in range(3):
-            np.testing.assert_allclose(steps[t][b], full[0, n + t], atol=ATOL, rtol=0)
+            np.testing.assert_allclose(steps[t][b], full[0, n + t], **tol())
 
 
 def test_cache_is_head_major_and_sized_by_kv_heads():
@@ -238,21 +241,131 @@ def test_cache_is_head_major_and_sized_by_kv_heads():
     assert cache.keys_t.nbytes + cache.values.nbytes == 2 * 3 * 2 * 20 * 8 * 4
 
 
+# ----------------------------------------------------------------------------- full cache
+
+
+def test_decode_past_max_len_raises_when_eager():
+    """Before the fix the write was dropped and lengths still grew: a silently wrong output."""
+    module = make(num_kv_heads=2)
+    x, params = setup_module_params(module, steps=4)
+    _, cache = jax.jit(partial(module.apply, method="prefill"))(params, x, module.init_cache(2, 4))
+    with pytest.raises(ValueError, match=r"SoftmaxAttention.decode: got a token at position 4; "
+                                         r"allowed: positions < max_len=4"):
+        module.apply(params, x[:, 0], cache, method="decode")
+
+
+def test_decode_past_max_len_under_jit_is_clamped_and_flagged():
+    module = make(num_kv_heads=2)
+    x, params = setup_module_params(module, batch=2, steps=5)
+    decode = jax.jit(partial(module.apply, method="decode"))
+    # Sequence 0 fills its 4-slot cache with the prompt; sequence 1 has room for one more.
+    _, cache = jax.jit(partial(module.apply, method="prefill"))(
+        params, x[:, :4], module.init_cache(2, 4), jnp.array([4, 3]))
+    before = jax.device_get(cache)
+    out, after = decode(params, x[:, 4], cache)
+    np.testing.assert_array_equal(after.lengths, [4, 4])  # not 5: nothing stored past the end
+    np.testing.assert_array_equal(after.overflow, [True, False])
+    # The full sequence's cache is untouched; the other one stored its token.
+    np.testing.assert_array_equal(after.keys_by_head()[0], before.keys_by_head()[0])
+    assert not np.array_equal(after.keys_by_head()[1, :, 3], before.keys_by_head()[1, :, 3])
+    assert np.all(np.isfinite(out))
+    # The flag is sticky, and a fresh prefill clears it.
+    _, again = decode(params, x[:, 4], after)
+    np.testing.assert_array_equal(again.overflow, [True, True])
+    _, fresh = jax.jit(partial(module.apply, method="prefill"))(params, x[:, :2], again)
+    np.testing.assert_array_equal(fresh.overflow, [False, False])
+
+
+# ----------------------------------------------------------------------------- blockwise
+
+
+def blockwise(q, k, v, **kw):
+    return jax.jit(partial(blockwise_attention, **kw),
+                   static_argnames=("causal", "block_size"))(q, k, v)
+
+
+def dense_reference(q, k, v, causal, kv_lengths=None):
+    """Float64 numpy softmax attention, KV heads repeated. q [B, T, H, d], k/v [B, S, Hkv, d]."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    group = q.shape[2] // k.shape[2]
+    k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
+    logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+    allowed = np.ones(logits.shape[-2:], bool)
+    if causal:
+        allowed = np.tril(allowed)
+    allowed = np.broadcast_to(allowed, logits.shape).copy()
+    if kv_lengths is not None:
+        for b, n in enumerate(kv_lengths):
+            allowed[b, :, :, n:] = False
+    logits = np.where(allowed, logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    return np.einsum("bhts,bshd->bthd", weights / weights.sum(-1, keepdims=True), v)
+
+
+@pytest.mark.parametrize("steps,block_size", [(1, 4), (13, 4), (16, 4), (37, 8), (20, 64)])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_blockwise_matches_reference(steps, block_size, causal):
+    q, k, v = normal(steps, (3, 2, steps, 4, 8))
+    k, v = k[:, :, :2], v[:, :, :2]  # GQA: 4 query heads, 2 KV heads
+    out = blockwise(q, k, v, scale=8**-0.5, causal=causal, block_size=block_size)
+    np.testing.assert_allclose(out, dense_reference(q, k, v, causal), **tol())
+
+
+def test_blockwise_respects_kv_lengths():
+    q, k, v = normal(5, (3, 2, 19, 2, 8))
+    lengths = np.array([19, 7])
+    out = jax.jit(partial(blockwise_attention, scale=8**-0.5, block_size=4))(
+        q, k, v, kv_lengths=jnp.asarray(lengths))
+    ref = dense_reference(q, k, v, causal=True, kv_lengths=lengths)
+    np.testing.assert_allclose(out, ref, **tol())
+
+
+def test_blockwise_module_path_equals_xla_and_is_chosen_for_long_inputs(monkeypatch):
+    x, params = setup_module_params(make(num_kv_heads=2), steps=13)
+    lengths = jnp.array([13, 5])
+    xla = jitted(make(num_kv_heads=2, implementation="xla"))
+    explicit = jitted(make(num_kv_heads=2, implementation="blockwise", block_size=4))
+    by_xla, by_blocks = xla(params, x, lengths=lengths), explicit(params, x, lengths=lengths)
+    np.testing.assert_allclose(by_blocks[0], by_xla[0], **tol())
+    np.testing.assert_allclose(by_blocks[1, :5], by_xla[1, :5], **tol())  # padding unspecified
+    # implementation=None: dense below the limit, blockwise at or above it.
+    auto = make(num_kv_heads=2, block_size=4)
+    assert auto._dense_or_blockwise(2, 13) is None
+    monkeypatch.setitem(softmax.DENSE_LOGITS_LIMIT, jax.default_backend(), 2 * 4 * 13 * 13)
+    assert auto._dense_or_blockwise(2, 13) == "blockwise"
+    np.testing.assert_allclose(jitted(auto)(params, x), xla(params, x), **tol())
+
+
+def test_blockwise_gradients_match_xla():
+    module = make(num_kv_heads=1, implementation="blockwise", block_size=4)
+    x, params = setup_module_params(module, steps=10)
+    loss = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(m.apply(p, x)))))
+    grads = loss(module)(params)
+    ref = loss(make(num_kv_heads=1, implementation="xla"))(params)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=tol()["rtol"], atol=10 * tol()["atol"])
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
 def test_kv_heads_must_divide_query_heads():
-    with pytest.raises(ValueError, match=r"num_kv_heads=3 must divide num_heads=8.*\[1, 2, 4, 8\]"):
+    with pytest.raises(ValueError, match=r"SoftmaxAttention.num_kv_heads: got 3; allowed: a "
+                                         r"divisor of num_heads=8 \(1, 2, 4, 8\)"):
         make(num_heads=8, num_kv_heads=3)
 
 
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        (dict(num_heads=0), r"num_heads must be a positive integer, got 0"),
-        (dict(num_kv_heads=-1), r"num_kv_heads must be a positive integer, got -1"),
-        (dict(head_dim=7), r"head_dim must be even when use_rope=True, got head_dim=7"),
-        (dict(implementation="flash"), r"implementation must be one of .*'cudnn'.*got 'flash'"),
+        (dict(num_heads=0), r"SoftmaxAttention.num_heads: got 0; allowed: a positive integer"),
+        (dict(num_kv_heads=-1),
+         r"SoftmaxAttention.num_kv_heads: got -1; allowed: a positive integer"),
+        (dict(head_dim=7), r"SoftmaxAttention.head_dim: got 7; allowed: an even number when "
+                           r"use_rope=True"),
+        (dict(implementation="flash"),
+         r"SoftmaxAttention.implementation: got 'flash'; allowed: None, 'xla', 'cudnn'"),
+        (dict(block_size=0), r"SoftmaxAttention.block_size: got 0; allowed: a positive integer"),
     ],
 )
 def test_bad_config_raises_before_compiling(kwargs, pattern):
@@ -263,9 +376,12 @@ def test_bad_config_raises_before_compiling(kwargs, pattern):
 def test_bad_input_shape_raises():
     module = make()
     x, params = setup_module_params(module)
-    with pytest.raises(ValueError, match=r"model_dim=24.*got shape \(2, 11, 5\)"):
+    with pytest.raises(ValueError, match=r"x has shape \(2, 11, 5\); allowed: 3 dims with last "
+                                         r"dim model_dim=24"):
         jitted(module)(params, jnp.zeros((2, 11, 5)))
     with pytest.raises(ValueError, match=r"cache batch=3 does not match x batch=2"):
         jitted(module)(params, x[:, 0], module.init_cache(3, 4), method="decode")
     with pytest.raises(ValueError, match=r"prompt length 11 exceeds cache max_len=4"):
         jitted(module)(params, x, module.init_cache(2, 4), method="prefill")
+    with pytest.raises(ValueError, match=r"implementation: got 'blockwise' with a padding_mask"):
+        jitted(make(implementation="blockwise"))(params, x, padding_mask=jnp.ones((2, 11), bool))

@@ -1,6 +1,8 @@
 """Attention blocks: softmax MHA/GQA/MQA and linear attention, KV caches, memory accounting."""
 
+from purerl.attention.blockwise import blockwise_attention
 from purerl.attention.convert import CONVERSION_METHODS, convert_kv_heads
+from purerl.attention.generate import Generation, generate, sample_token, token_log_probs
 from purerl.attention.linear import (
     FEATURE_MAPS,
     FORMS,
@@ -25,6 +27,7 @@ __all__ = [
     "CONVERSION_METHODS",
     "FEATURE_MAPS",
     "FORMS",
+    "Generation",
     "KVCache",
     "LMConfig",
     "LinearAttention",
@@ -36,9 +39,11 @@ __all__ = [
     "TrainConfig",
     "apply_feature_map",
     "apply_rope",
+    "blockwise_attention",
     "convert_kv_heads",
     "evaluate_mqar",
     "feature_dim",
+    "generate",
     "generate_mqar",
     "init_kv_cache",
     "init_linear_state",
@@ -49,5 +54,7 @@ __all__ = [
     "linear_attention_step",
     "linear_state_bytes",
     "performer_projection",
+    "sample_token",
+    "token_log_probs",
     "train_mqar",
 ]

@@ -8,7 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from purerl.attention._checks import check_choice, check_positive_int, divisors
+from purerl.attention._checks import check_kv_heads
+from purerl.config import check_choice, check_positive_int
 
 CONVERSION_METHODS = ("mean", "first", "random")
 
@@ -17,11 +18,8 @@ def _pool(weight: jax.Array, num_kv_heads: int, method: str, key: jax.Array | No
           path: str) -> jax.Array:
     """weight [..., H_kv_old, d] (kernel [D, H, d] or bias [H, d]) -> [..., num_kv_heads, d]."""
     old_heads = weight.shape[-2]
-    if old_heads % num_kv_heads:
-        raise ValueError(
-            f"num_kv_heads={num_kv_heads} must divide the checkpoint's {old_heads} KV heads at "
-            f"{path}; allowed: {divisors(old_heads)}"
-        )
+    check_kv_heads("convert_kv_heads", old_heads, num_kv_heads,
+                   heads_name=f"the checkpoint's KV heads at {path}")
     grouped = weight.reshape(*weight.shape[:-2], num_kv_heads, old_heads // num_kv_heads,
                              weight.shape[-1])
     if method == "mean":
@@ -48,10 +46,11 @@ def convert_kv_heads(
     heads (the paper's choice), "first" keeps the group's first head, "random" re-initialises
     (needs `key`). Load the result into a module built with the new `num_kv_heads`.
     """
-    check_positive_int("num_kv_heads", num_kv_heads)
-    check_choice("method", method, CONVERSION_METHODS)
+    check_positive_int("convert_kv_heads", "num_kv_heads", num_kv_heads)
+    check_choice("convert_kv_heads", "method", method, CONVERSION_METHODS)
     if method == "random" and key is None:
-        raise ValueError("method='random' needs a PRNG key")
+        raise ValueError("convert_kv_heads.key: got None; allowed: a PRNG key when "
+                         "method='random'")
     found = []
 
     def convert(tree: Any, path: str) -> Any:
@@ -75,5 +74,7 @@ def convert_kv_heads(
 
     converted = convert(params, "")
     if not found:
-        raise ValueError("params contain no attention layer (no mapping with k_proj and v_proj)")
+        raise ValueError("convert_kv_heads.params: got no attention layer (no mapping with "
+                         "k_proj and v_proj); allowed: params of SoftmaxAttention/LinearAttention "
+                         "layers")
     return converted

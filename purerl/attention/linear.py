@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from purerl.attention._checks import check_choice, check_heads, check_positive_int
+from purerl.attention._checks import check_kv_heads
 from purerl.attention.projections import head_projections
+from purerl.config import check_choice, check_positive_int
 
 FeatureMapName = Literal["elu", "relu", "taylor", "performer"]
 FEATURE_MAPS = ("elu", "relu", "taylor", "performer")
@@ -37,7 +38,7 @@ FORMS = ("parallel", "chunked", "recurrent")
 
 def feature_dim(name: str, head_dim: int, num_random_features: int | None = None) -> int:
     """Width f of φ(x) for a head of width d."""
-    check_choice("feature_map", name, FEATURE_MAPS)
+    check_choice("feature_dim", "feature_map", name, FEATURE_MAPS)
     if name == "taylor":
         return 1 + head_dim + head_dim * head_dim
     if name == "performer":
@@ -66,7 +67,7 @@ def apply_feature_map(
     name: str, x: jax.Array, projection: np.ndarray | jax.Array | None = None
 ) -> jax.Array:
     """φ(x) over the last axis, in float32. All maps are non-negative."""
-    check_choice("feature_map", name, FEATURE_MAPS)
+    check_choice("apply_feature_map", "feature_map", name, FEATURE_MAPS)
     x = x.astype(jnp.float32)
     if name == "elu":
         return jax.nn.elu(x) + 1.0
@@ -81,7 +82,10 @@ def apply_feature_map(
         ones = jnp.ones((*x.shape[:-1], 1), x.dtype)
         return jnp.concatenate([ones, x, outer * 0.5**0.5], axis=-1)
     if projection is None:
-        raise ValueError("feature_map='performer' needs a projection [m, head_dim]")
+        raise ValueError(
+            "apply_feature_map.projection: got None; allowed: an array [m, head_dim] when "
+            "feature_map='performer'"
+        )
     # Positive random features: E[φ(q)·φ(k)] = exp(q·k).
     proj = jnp.asarray(projection, jnp.float32)
     logits = jnp.einsum("...d,md->...m", x, proj) - 0.5 * jnp.sum(x * x, -1, keepdims=True)
@@ -94,30 +98,27 @@ def apply_feature_map(
 def _group(phi_q: jax.Array, kv_heads: int) -> jax.Array:
     """[B, T, H_q, f] -> [B, T, H_kv, G, f]."""
     batch, steps, heads, width = phi_q.shape
-    if heads % kv_heads:
-        raise ValueError(f"num_kv_heads={kv_heads} must divide num_heads={heads}")
     return phi_q.reshape(batch, steps, kv_heads, heads // kv_heads, width)
 
 
-def _check_qkv(phi_q: jax.Array, phi_k: jax.Array, v: jax.Array) -> None:
+def _check_qkv(owner: str, phi_q: jax.Array, phi_k: jax.Array, v: jax.Array) -> None:
     shapes = f"got phi_q {phi_q.shape}, phi_k {phi_k.shape}, v {v.shape}"
     if not phi_q.ndim == phi_k.ndim == v.ndim == 4:
-        raise ValueError(f"phi_q, phi_k and v must be 4-D [B, T, heads, width]; {shapes}")
+        raise ValueError(f"{owner}: {shapes}; allowed: 4-D [B, T, heads, width] arrays")
     if phi_q.shape[:2] != phi_k.shape[:2] or phi_k.shape[:3] != v.shape[:3]:
-        raise ValueError(f"phi_q, phi_k and v must share [B, T], phi_k and v H_kv; {shapes}")
-    if phi_q.shape[-1] != phi_k.shape[-1]:
-        raise ValueError(f"phi_q and phi_k must have the same feature width; {shapes}")
-    if phi_q.shape[2] % phi_k.shape[2]:
         raise ValueError(
-            f"num_kv_heads={phi_k.shape[2]} must divide num_heads={phi_q.shape[2]}; {shapes}"
-        )
+            f"{owner}: {shapes}; allowed: one [B, T] for all three, one H_kv for phi_k and v")
+    if phi_q.shape[-1] != phi_k.shape[-1]:
+        raise ValueError(f"{owner}: {shapes}; allowed: one feature width for phi_q and phi_k")
+    check_kv_heads(owner, phi_q.shape[2], phi_k.shape[2], name="num_kv_heads (phi_k.shape[2])",
+                   heads_name="num_heads (phi_q.shape[2])")
 
 
 def linear_attention_parallel(
     phi_q: jax.Array, phi_k: jax.Array, v: jax.Array, eps: float = 1e-6
 ) -> jax.Array:
     """Reference form: masked φ(Q)φ(K)ᵀ. Returns [B, T, H_q, d]."""
-    _check_qkv(phi_q, phi_k, v)
+    _check_qkv("linear_attention_parallel", phi_q, phi_k, v)
     batch, steps, heads, _ = phi_q.shape
     q = _group(phi_q, phi_k.shape[2])
     scores = jnp.einsum("btkgf,bskf->bkgts", q, phi_k)
@@ -136,8 +137,8 @@ def linear_attention_chunked(
     eps: float = 1e-6,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Chunked form. Returns ([B, T, H_q, d], final state (S [B, H_kv, f, d], z [B, H_kv, f]))."""
-    check_positive_int("chunk_size", chunk_size)
-    _check_qkv(phi_q, phi_k, v)
+    check_positive_int("linear_attention_chunked", "chunk_size", chunk_size)
+    _check_qkv("linear_attention_chunked", phi_q, phi_k, v)
     batch, steps, heads, _ = phi_q.shape
     kv_heads, head_dim = phi_k.shape[2], v.shape[-1]
     num_chunks = -(-steps // chunk_size)
@@ -177,11 +178,18 @@ def linear_attention_step(
     kv_state, z_state = state
     batch, heads, width = phi_q.shape
     kv_heads = phi_k.shape[1]
-    kv_state = kv_state + jnp.einsum("bkf,bkd->bkfd", phi_k, v.astype(jnp.float32))
-    z_state = z_state + phi_k
+    v = v.astype(jnp.float32)
     q = phi_q.reshape(batch, kv_heads, heads // kv_heads, width)
-    num = jnp.einsum("bkgf,bkfd->bkgd", q, kv_state)
-    den = jnp.einsum("bkgf,bkf->bkg", q, z_state)
+    # Read out from the old state plus the new token's own term, φ(q)ᵀ(S + φ(k)vᵀ) =
+    # φ(q)ᵀS + (φ(q)·φ(k)) v: the readout and the rank-1 update then both read the old state
+    # and do not wait on each other. The outer product is a broadcast multiply, which XLA fuses
+    # into the update (an einsum would be a batched matmul with a size-1 contraction plus a
+    # separate add: two more passes over the state).
+    qk = jnp.einsum("bkgf,bkf->bkg", q, phi_k)
+    num = jnp.einsum("bkgf,bkfd->bkgd", q, kv_state) + qk[..., None] * v[:, :, None, :]
+    den = jnp.einsum("bkgf,bkf->bkg", q, z_state) + qk
+    kv_state = kv_state + phi_k[..., :, None] * v[..., None, :]
+    z_state = z_state + phi_k
     out = num / (den[..., None] + eps)
     return out.reshape(batch, heads, v.shape[-1]), (kv_state, z_state)
 
@@ -194,7 +202,7 @@ def linear_attention_recurrent(
     eps: float = 1e-6,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Token-by-token scan from `state` (zeros if None). Returns ([B, T, H_q, d], final state)."""
-    _check_qkv(phi_q, phi_k, v)
+    _check_qkv("linear_attention_recurrent", phi_q, phi_k, v)
     batch, _, _, width = phi_q.shape
     kv_heads, head_dim = phi_k.shape[2], v.shape[-1]
     if state is None:
@@ -217,11 +225,16 @@ def linear_attention_recurrent(
 
 @struct.dataclass
 class LinearState:
-    """Recurrent state of one linear-attention layer: constant size in context length."""
+    """Recurrent state of one linear-attention layer: constant size in context length.
+
+    Linear attention itself has no length limit; `overflow` is set by a model that has one
+    (TinyLM's learned positions) when a token arrives past it, as for `KVCache.overflow`.
+    """
 
     kv: jax.Array  # [B, H_kv, f, d]: Σ φ(k) vᵀ
     normalizer: jax.Array  # [B, H_kv, f]: Σ φ(k)
     lengths: jax.Array  # [B] int32: tokens absorbed per sequence
+    overflow: jax.Array  # [B] bool: a token arrived past the owning model's max_len
 
 
 def init_linear_state(
@@ -229,25 +242,27 @@ def init_linear_state(
 ) -> LinearState:
     for name, value in [("batch", batch), ("num_kv_heads", num_kv_heads),
                         ("feature_width", feature_width), ("head_dim", head_dim)]:
-        check_positive_int(name, value)
+        check_positive_int("init_linear_state", name, value)
     return LinearState(
         kv=jnp.zeros((batch, num_kv_heads, feature_width, head_dim), dtype),
         normalizer=jnp.zeros((batch, num_kv_heads, feature_width), dtype),
         lengths=jnp.zeros((batch,), jnp.int32),
+        overflow=jnp.zeros((batch,), bool),
     )
 
 
 def check_linear_config(
     model_dim: Any, num_heads: Any, num_kv_heads: Any, head_dim: Any, feature_map: Any,
-    form: Any, chunk_size: Any, num_random_features: Any,
+    form: Any, chunk_size: Any, num_random_features: Any, owner: str = "LinearAttention",
 ) -> None:
-    check_positive_int("model_dim", model_dim)
-    check_heads(num_heads, num_kv_heads, head_dim)
-    check_choice("feature_map", feature_map, FEATURE_MAPS)
-    check_choice("form", form, FORMS)
-    check_positive_int("chunk_size", chunk_size)
+    for name, value in [("model_dim", model_dim), ("num_heads", num_heads),
+                        ("head_dim", head_dim), ("chunk_size", chunk_size)]:
+        check_positive_int(owner, name, value)
+    check_kv_heads(owner, num_heads, num_kv_heads)
+    check_choice(owner, "feature_map", feature_map, FEATURE_MAPS)
+    check_choice(owner, "form", form, FORMS)
     if num_random_features is not None:
-        check_positive_int("num_random_features", num_random_features)
+        check_positive_int(owner, "num_random_features", num_random_features)
 
 
 class LinearAttention(nn.Module):
@@ -293,7 +308,8 @@ class LinearAttention(nn.Module):
         """x [B, T, D] -> φ(q), φ(k), v; keys and values of invalid tokens are zeroed."""
         if x.ndim != 3 or x.shape[-1] != self.model_dim:
             raise ValueError(
-                f"x must be [B, T, model_dim={self.model_dim}], got shape {x.shape}"
+                f"LinearAttention: x has shape {x.shape}; allowed: [B, T, model_dim="
+                f"{self.model_dim}]"
             )
         projection = self._projection()
         phi_q = apply_feature_map(self.feature_map, self.q_proj(x), projection)
@@ -321,7 +337,7 @@ class LinearAttention(nn.Module):
     ) -> jax.Array:
         """x [B, T, model_dim] -> [B, T, model_dim]; `form` overrides the configured form."""
         form = form or self.form
-        check_choice("form", form, FORMS)
+        check_choice("LinearAttention", "form", form, FORMS)
         out, _ = self._run(*self._features(x, padding_mask), form)
         return self.o_proj(out.astype(self.dtype))
 
@@ -340,19 +356,23 @@ class LinearAttention(nn.Module):
             kv=kv.astype(state.kv.dtype),
             normalizer=normalizer.astype(state.normalizer.dtype),
             lengths=lengths.astype(jnp.int32),
+            overflow=jnp.zeros((batch,), bool),
         )
         return self.o_proj(out.astype(self.dtype)), new_state
 
     def decode(self, x: jax.Array, state: LinearState) -> tuple[jax.Array, LinearState]:
         """One token per sequence, x [B, model_dim]: O(1) in context length."""
         if x.ndim != 2:
-            raise ValueError(f"x must be [B, model_dim={self.model_dim}], got shape {x.shape}")
+            raise ValueError(
+                f"LinearAttention.decode: x has shape {x.shape}; allowed: [B, model_dim="
+                f"{self.model_dim}]"
+            )
         phi_q, phi_k, v = self._features(x[:, None, :], None)
         state_f32 = (state.kv.astype(jnp.float32), state.normalizer.astype(jnp.float32))
         out, (kv, normalizer) = linear_attention_step(
             phi_q[:, 0], phi_k[:, 0], v[:, 0], state_f32, self.eps
         )
-        new_state = LinearState(
+        new_state = state.replace(
             kv=kv.astype(state.kv.dtype),
             normalizer=normalizer.astype(state.normalizer.dtype),
             lengths=state.lengths + 1,

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from purerl.attention._checks import check_choice, check_positive_int
+from purerl.attention._checks import check_kv_heads
 from purerl.attention.linear import (
     FEATURE_MAPS,
     FORMS,
@@ -24,7 +24,8 @@ from purerl.attention.linear import (
     init_linear_state,
 )
 from purerl.attention.mqar import MQARBatch, MQARConfig, generate_mqar
-from purerl.attention.softmax import KVCache, SoftmaxAttention, init_kv_cache
+from purerl.attention.softmax import KVCache, SoftmaxAttention, check_room, init_kv_cache
+from purerl.config import check_choice, check_positive_int
 
 ATTENTION_KINDS = ("softmax", "linear")
 LayerCache = KVCache | LinearState
@@ -50,15 +51,18 @@ class LMConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "num_layers", "num_heads",
-                     "num_kv_heads", "mlp_ratio", "chunk_size"):
-            check_positive_int(name, getattr(self, name))
-        check_choice("attention", self.attention, ATTENTION_KINDS)
-        check_choice("feature_map", self.feature_map, FEATURE_MAPS)
-        check_choice("linear_form", self.linear_form, FORMS)
-        if self.head_dim is None and self.d_model % self.num_heads:
+                     "mlp_ratio", "chunk_size"):
+            check_positive_int("LMConfig", name, getattr(self, name))
+        check_kv_heads("LMConfig", self.num_heads, self.num_kv_heads)
+        check_choice("LMConfig", "attention", self.attention, ATTENTION_KINDS)
+        check_choice("LMConfig", "feature_map", self.feature_map, FEATURE_MAPS)
+        check_choice("LMConfig", "linear_form", self.linear_form, FORMS)
+        if self.head_dim is not None:
+            check_positive_int("LMConfig", "head_dim", self.head_dim)
+        elif self.d_model % self.num_heads:
             raise ValueError(
-                f"d_model={self.d_model} must be divisible by num_heads={self.num_heads} "
-                "when head_dim is not given"
+                f"LMConfig.num_heads: got {self.num_heads}; allowed: a divisor of d_model="
+                f"{self.d_model} when head_dim is not given"
             )
 
     @property
@@ -130,10 +134,11 @@ class TinyLM(nn.Module):
 
     def _check_tokens(self, tokens: jax.Array, ndim: int) -> None:
         if tokens.ndim != ndim:
-            raise ValueError(f"tokens must have {ndim} dims, got shape {tokens.shape}")
+            raise ValueError(f"TinyLM: tokens have shape {tokens.shape}; allowed: {ndim} dims")
         if ndim == 2 and tokens.shape[1] > self.config.max_len:
             raise ValueError(
-                f"sequence length {tokens.shape[1]} exceeds max_len={self.config.max_len}"
+                f"TinyLM: sequence length {tokens.shape[1]}; allowed: at most LMConfig.max_len="
+                f"{self.config.max_len}"
             )
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
@@ -144,8 +149,16 @@ class TinyLM(nn.Module):
         return self._logits(h)
 
     def init_cache(self, batch: int, max_len: int | None = None) -> tuple[LayerCache, ...]:
-        """Per-layer caches: KV caches for softmax attention, constant states for linear."""
+        """Per-layer caches: KV caches for softmax attention, constant states for linear.
+
+        `max_len` (softmax only) defaults to LMConfig.max_len, the most positions there are.
+        """
         cfg = self.config
+        if max_len is not None and not 1 <= max_len <= cfg.max_len:
+            raise ValueError(
+                f"TinyLM.init_cache.max_len: got {max_len}; allowed: 1..{cfg.max_len} "
+                "(LMConfig.max_len: there are no positions beyond it)"
+            )
         if cfg.attention == "softmax":
             return tuple(init_kv_cache(batch, max_len or cfg.max_len, cfg.num_kv_heads,
                                        cfg.resolved_head_dim) for _ in range(cfg.num_layers))
@@ -165,13 +178,22 @@ class TinyLM(nn.Module):
 
     def decode(self, token: jax.Array, caches: tuple[LayerCache, ...]
                ) -> tuple[jax.Array, tuple[LayerCache, ...]]:
-        """token [B] at position caches[0].lengths -> logits [B, vocab]."""
+        """token [B] at position caches[0].lengths -> logits [B, vocab].
+
+        Positions must be < LMConfig.max_len (and < the KV cache's max_len): checked when the
+        lengths are concrete; under jit a token past the end is read at the last position,
+        not stored, and flagged in every layer's `overflow` — a clamped, flagged result.
+        """
         self._check_tokens(token, 1)
-        h = self.token_embed(token) + self.position_embed(caches[0].lengths)
+        max_len = self.config.max_len
+        position = caches[0].lengths
+        check_room("TinyLM.decode", position, max_len)
+        past_end = position >= max_len
+        h = self.token_embed(token) + self.position_embed(jnp.minimum(position, max_len - 1))
         new_caches = []
         for block, cache in zip(self.blocks, caches, strict=True):
             h, cache = block.decode(h, cache)
-            new_caches.append(cache)
+            new_caches.append(cache.replace(overflow=cache.overflow | past_end))
         return self._logits(h), tuple(new_caches)
 
 
@@ -210,11 +232,13 @@ def train_mqar(key: jax.Array, lm: LMConfig, train: TrainConfig) -> tuple[Any, d
 
     Pure in `key`: `jax.vmap(lambda k: train_mqar(k, lm, train))(keys)` trains seeds together.
     """
-    if train.mqar.seq_len > lm.max_len or train.mqar.vocab_size > lm.vocab_size:
-        raise ValueError(
-            f"MQAR seq_len={train.mqar.seq_len} / vocab_size={train.mqar.vocab_size} must fit "
-            f"the model's max_len={lm.max_len} / vocab_size={lm.vocab_size}"
-        )
+    for name in ("seq_len", "vocab_size"):
+        model_name = "max_len" if name == "seq_len" else name
+        if getattr(train.mqar, name) > getattr(lm, model_name):
+            raise ValueError(
+                f"MQARConfig.{name}: got {getattr(train.mqar, name)}; allowed: at most "
+                f"LMConfig.{model_name}={getattr(lm, model_name)}"
+            )
     model = TinyLM(lm)
     optimizer = make_optimizer(train)
     init_key, data_key = jax.random.split(key)

@@ -2,8 +2,8 @@
 
 KV cache bytes = 2 (K and V) × layers × H_kv × head_dim × bytes/element × tokens × batch.
 Linear state bytes = layers × heads × (f × d + f) × bytes/element × batch (S plus normaliser z),
-independent of context length. The per-sequence int32 length counters (4 bytes × batch per
-layer) are bookkeeping and not counted.
+independent of context length. The per-sequence bookkeeping (an int32 length and a bool
+overflow flag: 5 bytes × batch per layer) is not counted.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from purerl.attention._checks import check_positive_int, divisors
+from purerl.attention._checks import check_kv_heads
+from purerl.config import check_positive_int
 
 DTYPE_ALIASES = {
     "bf16": "bfloat16", "bfloat16": "bfloat16",
@@ -31,7 +32,8 @@ def dtype_bytes(dtype: Any) -> int:
     """Bytes per element; accepts numpy/jax dtypes and the names in DTYPE_ALIASES."""
     if isinstance(dtype, str):
         if dtype.lower() not in DTYPE_ALIASES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPE_ALIASES)}, got {dtype!r}")
+            raise ValueError(
+                f"dtype_bytes.dtype: got {dtype!r}; allowed: {', '.join(sorted(DTYPE_ALIASES))}")
         dtype = DTYPE_ALIASES[dtype.lower()]
     return jnp.dtype(dtype).itemsize
 
@@ -47,7 +49,7 @@ def kv_cache_bytes(
     """Bytes of K and V for `batch` sequences of `seq_len` tokens."""
     for name, value in [("layers", layers), ("num_kv_heads", num_kv_heads),
                         ("head_dim", head_dim), ("seq_len", seq_len), ("batch", batch)]:
-        check_positive_int(name, value)
+        check_positive_int("kv_cache_bytes", name, value)
     return 2 * layers * num_kv_heads * head_dim * seq_len * batch * dtype_bytes(dtype)
 
 
@@ -62,7 +64,7 @@ def linear_state_bytes(
     """Bytes of the recurrent state (S [f, d] and z [f] per head): constant in context length."""
     for name, value in [("layers", layers), ("heads", heads), ("feature_dim", feature_dim),
                         ("head_dim", head_dim), ("batch", batch)]:
-        check_positive_int(name, value)
+        check_positive_int("linear_state_bytes", name, value)
     return layers * heads * (feature_dim * head_dim + feature_dim) * batch * dtype_bytes(dtype)
 
 
@@ -81,7 +83,8 @@ def parse_bytes(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(
-            f"budget must be a number with an optional unit in {sorted(_UNITS)}, got {text!r}"
+            f"purerl-memory.budget: got {text!r}; allowed: a number with an optional unit in "
+            f"{sorted(_UNITS)}"
         )
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
@@ -97,14 +100,10 @@ def memory_table(
     feature_dim: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per softmax variant (H_kv) plus linear attention with one state per head."""
-    check_positive_int("num_heads", num_heads)
+    check_positive_int("purerl-memory", "heads", num_heads)
     rows = []
     for h_kv in kv_heads:
-        check_positive_int("kv_heads", h_kv)
-        if num_heads % h_kv:
-            raise ValueError(
-                f"kv_heads={h_kv} must divide heads={num_heads}; allowed: {divisors(num_heads)}"
-            )
+        check_kv_heads("purerl-memory", num_heads, h_kv, name="kv_heads", heads_name="heads")
         name = "MHA" if h_kv == num_heads else "MQA" if h_kv == 1 else "GQA"
         per_token = kv_cache_bytes(layers, h_kv, head_dim, 1, 1, dtype)
         per_seq = kv_cache_bytes(layers, h_kv, head_dim, seq_len, 1, dtype)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from purerl.attention._checks import check_positive_int
+from purerl.config import check_positive_int
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,9 @@ class MQARConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "num_pairs"):
-            check_positive_int(name, getattr(self, name))
+            check_positive_int("MQARConfig", name, getattr(self, name))
         if self.num_queries is not None:
-            check_positive_int("num_queries", self.num_queries)
+            check_positive_int("MQARConfig", "num_queries", self.num_queries)
         if self.vocab_size // 2 - 1 < self.num_pairs:
             raise ValueError(
                 f"vocab_size={self.vocab_size} leaves {self.vocab_size // 2 - 1} distinct keys in "
@@ -83,7 +83,7 @@ def _one_sequence(key: jax.Array, config: MQARConfig) -> tuple[jax.Array, jax.Ar
 
 def generate_mqar(key: jax.Array, config: MQARConfig, batch_size: int) -> MQARBatch:
     """A batch of MQAR sequences; a pure function of `key` (jit/vmap friendly)."""
-    check_positive_int("batch_size", batch_size)
+    check_positive_int("generate_mqar", "batch_size", batch_size)
     tokens, targets, loss_mask = jax.vmap(lambda k: _one_sequence(k, config))(
         jax.random.split(key, batch_size))
     return MQARBatch(tokens=tokens, targets=targets, loss_mask=loss_mask)
