@@ -51,12 +51,7 @@ def toy_sequences(batch=4, steps=9, seed=0):
     completion_lengths = r.integers(1, steps - prompt_lengths + 2)
     positions = np.arange(steps)[None]
     mask = (positions >= prompt_lengths[:, None] - 1) & (positions < (prompt_lengths + completion_lengths - 1)[:, None])
-    sequences = Sequences(
-        tokens=jnp.zeros((batch, steps + 1), jnp.int32),
-        target_mask=jnp.asarray(mask, jnp.float32),
-        prompt_lengths=jnp.asarray(prompt_lengths, jnp.int32),
-        completion_lengths=jnp.asarray(completion_lengths, jnp.int32),
-    )
+    sequences = Sequences(tokens=jnp.zeros((batch, steps + 1), jnp.int32), target_mask=jnp.asarray(mask, jnp.float32))
     return sequences, mask
 
 

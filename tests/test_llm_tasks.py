@@ -53,15 +53,16 @@ def test_addition_prompts_and_answers_match_python(digits):
     task = Addition(digits)
     problems = sample(task, 64, seed=digits)
     counts = set()
-    for prompt, length, answer in zip(problems.prompt, problems.prompt_length, problems.answer):
+    for prompt, answer in zip(problems.prompt, problems.answer):
         text = TOKENIZER.decode(prompt)
-        assert len(text) + 1 == int(length)  # BOS + characters
+        pad = task.prompt_len - len(text) - 1  # left padding, then BOS and the characters
+        assert np.all(prompt[:pad] == PAD) and prompt[pad] == TOKENIZER.bos
+        assert TOKENIZER.decode(prompt[pad:]) == text and prompt[-1] == TOKENIZER.encode("=")[0]
         a, b = text.rstrip("=").split("+")
         counts.update([len(a), len(b)])
         assert str(int(a)) == a and str(int(b)) == b  # no leading zeros
         assert int(a) < 10**digits and int(b) < 10**digits
         assert TOKENIZER.decode(answer) == str(int(a) + int(b))
-        assert np.all(np.asarray(prompt)[int(length):] == PAD)
     assert counts == set(range(1, digits + 1))  # every operand length occurs
     assert problems.prompt.shape == (64, task.prompt_len)
     assert problems.answer.shape == (64, task.completion_len)

@@ -133,6 +133,7 @@ class LMSetup:
         self.scalar = ScalarLM(config.lm_config)
         self.seq_len = config.seq_len
         self.completion_len = self.task.completion_len
+        self.prompt_len = self.task.prompt_len
 
     # -------------------------------------------------------------- policy
     def init_policy(self, key: jax.Array) -> Any:
@@ -145,11 +146,11 @@ class LMSetup:
 
     def sample(self, params: Any, problems: Problems, key: jax.Array, temperature: float | jax.Array,
                greedy: bool = False) -> Completions:
-        return sample(self.policy, params, problems.prompt, problems.prompt_length, key, temperature,
-                      self.completion_len, greedy)
+        return sample(self.config.lm_config, params, problems.prompt, key, temperature, self.completion_len,
+                      greedy)
 
     def assemble(self, problems: Problems, completions: Completions) -> Sequences:
-        return assemble(problems.prompt, problems.prompt_length, completions.tokens, completions.mask)
+        return assemble(problems.prompt, completions.tokens, completions.mask)
 
     def evaluate(self, params: Any, problems: Problems, key: jax.Array, temperature: float | jax.Array,
                  reference: Any) -> dict[str, jax.Array]:
@@ -161,13 +162,11 @@ class LMSetup:
         count = problems.prompt.shape[0]
         doubled = jax.tree.map(lambda x: jnp.concatenate([x, x]), problems)
         greedy = jnp.arange(2 * count) >= count
-        completions = sample(self.policy, params, doubled.prompt, doubled.prompt_length, key, temperature,
-                             self.completion_len, greedy)
+        completions = self.sample(params, doubled, key, temperature, greedy)
         reward = self.task.reward(doubled, completions.tokens)
         sampled = jax.tree.map(lambda x: x[:count], completions)
-        sequences = assemble(problems.prompt, problems.prompt_length, sampled.tokens, sampled.mask)
-        ref_log_prob = from_targets(self.log_probs(reference, sequences.tokens, temperature)[0],
-                                    problems.prompt_length, self.completion_len)
+        sequences = assemble(problems.prompt, sampled.tokens, sampled.mask)
+        ref_log_prob = from_targets(self.log_probs(reference, sequences.tokens, temperature)[0], self.prompt_len)
         kl = losses.kl_estimate(sampled.log_probs, ref_log_prob, "k3")
         return {"accuracy": jnp.mean(reward[:count]), "greedy_accuracy": jnp.mean(reward[count:]),
                 "kl_to_ref": jnp.mean(losses.sequence_log_prob(kl, sampled.mask))}
@@ -186,8 +185,7 @@ class LMSetup:
         def step(carry, step_key):
             params, opt_state = carry
             problems = self.task.sample(step_key, self.config.sft_batch)
-            sequences = assemble(problems.prompt, problems.prompt_length, problems.answer,
-                                 completion_mask(problems.answer).astype(jnp.float32))
+            sequences = assemble(problems.prompt, problems.answer, completion_mask(problems.answer))
             loss, grads = jax.value_and_grad(loss_fn)(params, sequences)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
@@ -246,8 +244,7 @@ class LMSetup:
 
     def pair_sequences(self, problems: Problems, pairs: PreferencePairs) -> tuple[Sequences, Sequences]:
         def build(tokens):
-            return assemble(problems.prompt, problems.prompt_length, tokens,
-                            completion_mask(tokens).astype(jnp.float32))
+            return assemble(problems.prompt, tokens, completion_mask(tokens))
 
         return build(pairs.chosen), build(pairs.rejected)
 
@@ -261,9 +258,8 @@ class LMSetup:
 
     def reward_model_score(self, params: Any, sequences: Sequences) -> jax.Array:
         """[B]: r(x, y), the scalar head at the completion's last token."""
-        last = sequences.prompt_lengths + sequences.completion_lengths - 1
-        values = self.scalar_values(params, sequences.tokens)
-        return jnp.take_along_axis(values, last[:, None], axis=1)[:, 0]
+        values = self.scalar_values(params, sequences.tokens)[:, 1:]  # entry j: after token j+1
+        return jnp.sum(values * sequences.last_target, axis=1)
 
     def train_reward_model(self, key: jax.Array, reference_params: Any, hyper: LMHyper,
                            on_step: Callable[[jax.Array], None] | None = None

@@ -139,7 +139,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
             sequences = setup.assemble(problems, completions)
             score, reward = setup.rewards(start, problems, completions, sequences)
             advantage = group_advantages(reward, config.group_size, config.scale_rewards)
-            old_log_prob = to_targets(completions.log_probs, problems.prompt_length, setup.seq_len)
+            old_log_prob = to_targets(completions.log_probs, setup.prompt_len)
             ref_log_prob, _ = setup.log_probs(state.reference, sequences.tokens, hyper.temperature)
             batch = Batch(sequences.tokens, sequences.target_mask, old_log_prob, ref_log_prob, advantage)
 

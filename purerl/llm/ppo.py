@@ -109,8 +109,7 @@ def token_advantages(rewards: jax.Array, values: jax.Array, mask: jax.Array, gam
     """GAE over next-token positions [B, L-1]. A completion ends after its last token (the next
     position is not a completion target), which GAE treats as termination, so nothing after it
     (padding) and nothing before it can enter its advantages."""
-    next_is_target = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
-    terminated = 1.0 - next_is_target
+    terminated = 1.0 - jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
     next_values = jnp.concatenate([values[:, 1:], jnp.zeros_like(values[:, :1])], axis=1)
     advantages, targets = adv.gae(rewards.T, values.T, next_values.T, terminated.T,
                                   jnp.zeros_like(terminated.T), gamma, gae_lambda)
@@ -176,7 +175,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
             sequences = setup.assemble(problems, completions)
             score, reward = setup.rewards(start, problems, completions, sequences)
             mask = sequences.target_mask
-            old_log_prob = to_targets(completions.log_probs, problems.prompt_length, setup.seq_len)
+            old_log_prob = to_targets(completions.log_probs, setup.prompt_len)
             ref_log_prob, _ = setup.log_probs(state.reference, sequences.tokens, hyper.temperature)
             values = values_of(state.critic, sequences.tokens)
             kl = losses.masked_kl(old_log_prob, ref_log_prob, mask, config.kl_estimator)

@@ -2,9 +2,10 @@
 
 Every task is a frozen (hashable, static) dataclass with the same interface:
 
-- `sample(key, n) -> Problems`: n prompts, right-padded to `prompt_len` tokens (BOS first), their
-  lengths, and a reference completion (the demonstration SFT imitates), right-padded to
-  `completion_len` with EOS then PAD. A pure function of `key`.
+- `sample(key, n) -> Problems`: n prompts of exactly `prompt_len` tokens (shorter ones are
+  left-padded with PAD before their BOS, so every completion starts at the same position: what
+  one-program generation needs), and a reference completion (the demonstration SFT imitates),
+  right-padded to `completion_len` with EOS then PAD. A pure function of `key`.
 - `reward(problems, completions) -> [n]` in [0, 1]: the verifiable reward of sampled completions
   (tokens after the first EOS are ignored).
 - `score(problems, completions) -> [n]`: the hidden scoring rule that preference labels come from
@@ -71,8 +72,7 @@ class Tokenizer:
 # ------------------------------------------------------------------------------ helpers
 @struct.dataclass
 class Problems:
-    prompt: jax.Array  # [n, prompt_len] int32, BOS first, right-padded with PAD
-    prompt_length: jax.Array  # [n] int32
+    prompt: jax.Array  # [n, prompt_len] int32: (PAD ...) BOS prompt
     answer: jax.Array  # [n, completion_len] int32: reference completion, EOS then PAD
     target: jax.Array  # [n, completion_len] int32: what the reward compares against (task-specific)
 
@@ -163,8 +163,9 @@ class Addition:
         a, b = self._operand(u[0], u[1]), self._operand(u[2], u[3])
         prompt, length = _place([(_one(BOS), 1), _digits(a, self.num_digits), (_one(PLUS), 1),
                                  _digits(b, self.num_digits), (_one(EQUALS), 1)], self.prompt_len)
+        prompt = jnp.roll(prompt, self.prompt_len - length)  # left-pad: the PADs move to the front
         answer, _ = _place([_digits(a + b, self.num_digits + 1), (_one(EOS), 1)], self.completion_len)
-        return Problems(prompt, length, answer, answer)
+        return Problems(prompt, answer, answer)
 
     def sample(self, key: jax.Array, n: int) -> Problems:
         return _sample_many(self._one, key, n, 4)
@@ -213,7 +214,7 @@ class Recall:
         pairs = jnp.stack([keys, values], axis=1).reshape(-1)
         prompt = jnp.concatenate([_one(BOS), pairs, _one(COLON), keys[asked], _one(EQUALS)]).astype(jnp.int32)
         answer = jnp.concatenate([values[asked], _one(EOS)]).astype(jnp.int32)
-        return Problems(prompt, jnp.int32(self.prompt_len), answer, answer)
+        return Problems(prompt, answer, answer)
 
     def sample(self, key: jax.Array, n: int) -> Problems:
         return _sample_many(self._one, key, n, len(LETTERS) + 2 * self.num_pairs)
@@ -261,7 +262,7 @@ class Preference:
         random_letters = LETTER0 + _uniform_int(u_answer, 0, self.num_letters)
         answer, _ = _place([(random_letters, length), (_one(EOS), 1)], self.completion_len)
         target = jnp.full((self.completion_len,), letters[0], jnp.int32)
-        return Problems(prompt, jnp.int32(self.prompt_len), answer, target)
+        return Problems(prompt, answer, target)
 
     def sample(self, key: jax.Array, n: int) -> Problems:
         return _sample_many(self._one, key, n, self.prompt_letters + 1 + self.max_letters)
