@@ -228,9 +228,11 @@ def prefill_rows(lengths, memory_limit: int, heads: int = 8, head_dim: int = 64,
         q, k, v = random_array(n, (3, 1, n, heads, head_dim), jnp.float32) * 0.5
         # The dense path holds about two n×n×heads fp32 buffers (logits, probabilities).
         dense_fits = 2 * n * n * heads * 4 < memory_limit
-        repeats = 3 if n <= 4096 else 1
+        repeats = 3 if n <= 4096 else 2
+        dense_repeats = repeats if n <= 4096 or ON_GPU else 1  # tens of seconds per call on CPU
         row = {"n": n,
-               "xla": best_time(dense("xla"), q, k, v, repeats=repeats) if dense_fits else None,
+               "xla": (best_time(dense("xla"), q, k, v, repeats=dense_repeats)
+                       if dense_fits else None),
                "blockwise": best_time(blockwise, q, k, v, repeats=repeats),
                "chunked": best_time(chunked, q, k, v, repeats=repeats)}
         if ON_GPU:

@@ -167,9 +167,10 @@ def decode_all(module, params, x, prompt_len, max_len, cache=None, layout=None):
     return jnp.concatenate(outs, axis=1), cache
 
 
-@pytest.mark.parametrize("layout", softmax.CACHE_LAYOUTS)
 @pytest.mark.parametrize(
-    "num_kv_heads,qk_norm", [(4, False), (2, True), (1, False)], ids=["MHA", "GQA-qknorm", "MQA"]
+    "num_kv_heads,qk_norm,layout",
+    [(4, False, "dn_dn"), (2, True, "dn_nd"), (1, False, "nd_nd"), (4, False, "nd_nd")],
+    ids=["MHA-dn_dn", "GQA-qknorm-dn_nd", "MQA-nd_nd", "MHA-nd_nd"],
 )
 def test_decode_matches_full_forward_up_to_full_cache(num_kv_heads, qk_norm, layout):
     module = make(num_kv_heads=num_kv_heads, qk_norm=qk_norm)
