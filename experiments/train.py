@@ -123,16 +123,14 @@ def build_plan(cfg: DictConfig) -> Plan:
         raise ConfigError(message) from None
 
     hyper_kwargs = OmegaConf.to_container(cfg.algo.hyper, resolve=True)
-    hyper = Hyper(
-        **{
-            k: _number(f"algo.hyper.{k}", v, f"a number in {intervals.get(k) or '(-inf, inf)'}")
-            for k, v in hyper_kwargs.items()
-        }
-    )
+    numbers = {
+        k: _number(f"algo.hyper.{k}", v, f"a number in {intervals.get(k) or '(-inf, inf)'}")
+        for k, v in hyper_kwargs.items()
+    }
     try:
-        validate_hyper(hyper)
+        hyper = Hyper(**numbers)  # validated on construction
     except ValueError as e:
-        raise ConfigError(_rename(str(e), type(hyper).__name__, "algo.hyper.")) from None
+        raise ConfigError(_rename(str(e), Hyper.__name__, "algo.hyper.")) from None
 
     hyper_fields = [f.name for f in dataclasses.fields(Hyper)]
     static_fields = [f.name for f in dataclasses.fields(Config)]
@@ -328,6 +326,8 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
 
     if action == "skip":
         log.info("skipping %s: results exist (force=true redoes it)", job_dir)
+        if cfg.save_policies and not (job_dir / "policies").is_dir():
+            log.info("%s has no saved policies (trained with save_policies=false); force=true retrains it", job_dir)
         if cfg.print_table:
             import pandas as pd
 
@@ -337,7 +337,10 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     meta = plan.record
     results.mark_running(job_dir, **meta)
     try:
+        from purerl import artifacts
         from purerl import sweep as sweeps
+
+        artifacts.remove_policies(job_dir)  # an earlier run's policies must not outlive its results
 
         export_cache = None
         if cfg.compile_cache.enabled:
@@ -348,7 +351,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         start = time.perf_counter()
         result = sweeps.run(
             train, plan.sweep, plan.seeds, max_batch=plan.max_batch,
-            export_cache=export_cache,
+            export_cache=export_cache, return_state=cfg.save_policies,
             # The key names the whole program: a progress callback makes it a different one.
             program_key=f"{plan.algo}:{plan.config!r}:progress={progress is not None}",
         )
@@ -357,6 +360,13 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         tidy = results.tidy(result, **ids)
         summary = results.summarize(result, **ids, wall_seconds=result.run_seconds)
         config_text = resolved_config_text(cfg)
+        if cfg.save_policies and not artifacts.savable(result.final_state):
+            log.warning("%s: saving policies of %s is not supported; none saved", job_dir, plan.algo)
+        elif cfg.save_policies:  # before write_job: a complete job has its policies
+            artifacts.save_policies(
+                job_dir, result.final_state, algo=plan.algo, config=plan.config,
+                settings=result.settings, seeds=result.seeds, fingerprint=plan.fingerprint,
+            )
         results.write_job(
             job_dir,
             tidy,

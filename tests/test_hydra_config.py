@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from experiments import schema
 from experiments.train import ConfigError, build_plan, run_job
+from purerl import sweep
 from purerl.algos import ALGORITHMS, get_algorithm
 
 CONF = str(schema.CONF_DIR)
@@ -220,7 +221,7 @@ def test_resolved_config_round_trips():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("grid.foo=[1,2]", "grid.foo: unknown key; allowed: traced fields of ppo: lr, gamma, gae_lambda, clip_eps"),
+        ("grid.foo=[1,2]", "grid.foo: unknown key; allowed: traced fields of ppo: lr, gamma, gae_lambda, ent_coef"),
         ("algo=trpo grid.cg_itrs=[1]", "grid.cg_itrs: unknown key; allowed: traced fields of trpo: "),
         ("algo.hyper.clip_eps=abc", "algo.hyper.clip_eps: got 'abc'; allowed: a number"),
         ("grid.clip_eps=[0.1,abc]", "grid.clip_eps[1]: got 'abc'; allowed: a number"),
@@ -402,6 +403,6 @@ def test_progress_bar_advances_once_per_update_of_every_chunk(tmp_path, monkeypa
     assert run_job(cfg, tmp_path) == "complete"
     (bar,) = bars
     num_updates = 48 // (2 * 8)
-    chunks = train._num_chunks(2, 1, len(jax.local_devices()))
+    chunks = sweep.chunk_count(2, 1, len(jax.local_devices()))
     assert bar.bar.total == num_updates * chunks
     assert bar.calls == num_updates * chunks  # one tick per update, not one per chunk

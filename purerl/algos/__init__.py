@@ -14,6 +14,11 @@ ALGORITHMS: dict[str, str] = {
     "bandit": "purerl.algos.bandits",
     "dqn": "purerl.algos.dqn",
     "sac": "purerl.algos.sac",
+    # RL for language models on the tiny LM (purerl/llm, docs/llm.md)
+    "llm_ppo": "purerl.llm.ppo",
+    "grpo": "purerl.llm.grpo",
+    "dpo": "purerl.llm.dpo",
+    "reward_model": "purerl.llm.reward_model",
 }
 
 
