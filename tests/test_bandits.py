@@ -102,28 +102,42 @@ LINEAR = [("epsilon_greedy", "BernoulliBandit-misc", 0.1, 0.0), ("epsilon_greedy
 ids = lambda case: f"{case[0]}-{case[1].split('-')[0]}-decay{case[3]}"  # noqa: E731
 
 
-@pytest.mark.parametrize("case", [c for c in SUBLINEAR + LINEAR if c[1] != "LinearContextualBandit"], ids=ids)
-def test_regret_equals_numpy_from_arm_means_and_pull_counts(case):
-    """R_T = Σ_a n_a (μ* − μ_a), with μ read from the env's parameters in NumPy."""
-    result = run_64_seeds(*case)
+def check_regret_against_numpy(result, env: str, pulls: int) -> None:
+    """R_T = Σ_a n_a (μ* − μ_a) in float64 NumPy, μ read from the env's parameters."""
     state = jax.tree.map(lambda x: np.asarray(x)[0], result.final_state)  # [seed, ...]
-    for seed in range(0, 64, 7):
-        if case[1] == "BernoulliBandit-misc":
+    for seed in range(len(result.seeds)):
+        if env == "BernoulliBandit-misc":
             means = np.asarray(state.env_state.reward_probs[seed], np.float64)
         else:
             means = np.array([0.0, state.env_state.mu[seed]], np.float64)
         counts = np.asarray(state.learner.counts[seed], np.float64)
-        assert counts.sum() == 10_000
+        assert counts.sum() == pulls
         expected = np.sum(counts * (means.max() - means))
         regret = result.metrics["regret"][0, seed]
         np.testing.assert_allclose(regret[-1], expected, rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(np.cumsum(result.metrics["block_regret"][0, seed]), regret, rtol=1e-5, atol=1e-3)
-    assert np.all(result.metrics["env_steps"][0, 0] == np.arange(1, 41) * 250)
 
 
-# Measured (64 seeds, T = 5,000 vs 2T): ratios ucb1 1.19, thompson_beta 1.13, thompson_gaussian
-# 1.13, linucb 1.08, decaying ε 1.1x; fixed ε 1.97 (Bernoulli) / 1.98 (contextual). Logarithmic
-# growth would give ln(1e4)/ln(5e3) = 1.08, linear 2.0.
+@pytest.mark.parametrize("strategy,env", [("ucb1", "BernoulliBandit-misc"),
+                                          ("thompson_gaussian", "GaussianBandit-misc")])
+def test_regret_equals_numpy_from_arm_means_and_pull_counts(strategy, env):
+    config = bandits.Config(env=env, strategy=strategy, total_timesteps=2000, num_steps=100)
+    result = sweep.run(bandits.make_train(config), bandits.Hyper(), seeds=8, return_state=True)
+    check_regret_against_numpy(result, env, 2000)
+    np.testing.assert_array_equal(result.metrics["env_steps"][0, 0], np.arange(1, 21) * 100)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in SUBLINEAR + LINEAR if c[1] != "LinearContextualBandit"], ids=ids)
+def test_long_runs_regret_equals_numpy(case):
+    check_regret_against_numpy(run_64_seeds(*case), case[1], 10_000)
+
+
+# Measured (64 seeds, T = 5,000 vs 2T): R(2T)/R(T) = ucb1 1.24, thompson_beta 1.11,
+# thompson_gaussian 1.15, linucb 1.06, decaying ε 1.17; fixed ε 1.86 (Bernoulli, whose early
+# pulls before the greedy arm settles add an offset) and 1.95 (contextual). Logarithmic growth
+# would give ln(1e4)/ln(5e3) = 1.08, linear 2.0.
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SUBLINEAR, ids=ids)
 def test_regret_grows_sublinearly(case):
     at_t, at_2t = regret_at_t_and_2t(run_64_seeds(*case))
@@ -131,10 +145,11 @@ def test_regret_grows_sublinearly(case):
     assert at_2t / at_t < 1.35, (at_t, at_2t)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", LINEAR, ids=ids)
 def test_fixed_epsilon_greedy_regret_grows_linearly(case):
     at_t, at_2t = regret_at_t_and_2t(run_64_seeds(*case))
-    assert at_2t / at_t > 1.8, (at_t, at_2t)
+    assert at_2t / at_t > 1.7, (at_t, at_2t)
     if case[1] == "BernoulliBandit-misc":
         # Once the greedy arm is right, regret accrues at ε · (K−1)/K · Δ = 0.1 · 0.5 · 0.2 per pull.
         np.testing.assert_allclose((at_2t - at_t) / 5000, 0.01, rtol=0.1)

@@ -94,9 +94,14 @@ def test_epsilon_schedule_is_linear_then_flat():
 def test_replay_holds_true_next_observations():
     """With one env and one step per phase, consecutive slots are consecutive steps: s'_t = s_{t+1}
     unless the episode ended, where s'_t is the final observation, not the reset one."""
-    config = dqn.Config(**{**TINY, "num_envs": 1, "num_steps": 64, "total_timesteps": 64, "buffer_size": 64})
-    state, metrics = jax.jit(dqn.make_train(config))(jax.random.PRNGKey(0), dqn.Hyper())
+    config = dqn.Config(**{**TINY, "num_envs": 1, "num_steps": 128, "total_timesteps": 128, "buffer_size": 128,
+                           "normalize_obs": True})
+    random_policy = dqn.Hyper(epsilon_start=1.0, epsilon_end=1.0)  # ~20-step episodes
+    state, metrics = jax.jit(dqn.make_train(config))(jax.random.PRNGKey(0), random_policy)
     data = jax.tree.map(np.asarray, state.buffer.data)
+    # The buffer keeps RAW observations; the agent's statistics are those of every observation acted on.
+    np.testing.assert_allclose(state.obs_stats.mean, data.obs.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(state.obs_stats.var, data.obs.var(0), rtol=1e-3, atol=1e-5)
     done = data.terminated | data.truncated
     assert done[:-1].sum() >= 2, "need finished episodes inside the buffer"
     same = np.all(data.next_obs[:-1] == data.obs[1:], axis=1)
