@@ -123,16 +123,14 @@ def build_plan(cfg: DictConfig) -> Plan:
         raise ConfigError(message) from None
 
     hyper_kwargs = OmegaConf.to_container(cfg.algo.hyper, resolve=True)
-    hyper = Hyper(
-        **{
-            k: _number(f"algo.hyper.{k}", v, f"a number in {intervals.get(k) or '(-inf, inf)'}")
-            for k, v in hyper_kwargs.items()
-        }
-    )
+    numbers = {
+        k: _number(f"algo.hyper.{k}", v, f"a number in {intervals.get(k) or '(-inf, inf)'}")
+        for k, v in hyper_kwargs.items()
+    }
     try:
-        validate_hyper(hyper)
+        hyper = Hyper(**numbers)  # validated on construction
     except ValueError as e:
-        raise ConfigError(_rename(str(e), type(hyper).__name__, "algo.hyper.")) from None
+        raise ConfigError(_rename(str(e), Hyper.__name__, "algo.hyper.")) from None
 
     hyper_fields = [f.name for f in dataclasses.fields(Hyper)]
     static_fields = [f.name for f in dataclasses.fields(Config)]

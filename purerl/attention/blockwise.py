@@ -43,7 +43,7 @@ def blockwise_attention(
     scale: float,
     causal: bool = True,
     kv_lengths: jax.Array | None = None,
-    block_size: int = 512,
+    block_size: int = 256,
 ) -> jax.Array:
     """q [B, T, H, d], k and v [B, S, H_kv, d] -> [B, T, H, d] (dtype of q).
 
