@@ -98,12 +98,13 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def savable(final_state: Any) -> bool:
-    """Whether `save_policies` can save this state: an on-policy actor-critic TrainState
-    (what load_policy rebuilds); other algorithms' states are not handled yet."""
-    from purerl.rl.on_policy import TrainState
+def supports(config: Any) -> bool:
+    """Whether jobs of this Config can save policies: the on-policy actor-critics (PPO, A2C,
+    TRPO, REINFORCE), whose network `load_policy` rebuilds from the Config. Off-policy,
+    bandit and language-model algorithms keep other states; they are not handled yet."""
+    from purerl.config import OnPolicyConfig
 
-    return isinstance(final_state, TrainState)
+    return isinstance(config, OnPolicyConfig)
 
 
 def _batched_tree(final_state: Any) -> dict[str, Any]:
@@ -565,6 +566,6 @@ __all__ = [
     "load_policy",
     "record_episode",
     "remove_policies",
-    "savable",
+    "supports",
     "save_policies",
 ]
