@@ -307,7 +307,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
 
     Everything is validated before the job's status is touched, and a complete job is never
     marked failed by a rerun that does not validate."""
-    from purerl import results
+    from purerl import artifacts, results
 
     job_dir = Path(job_dir)
     progress = None
@@ -326,7 +326,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
 
     if action == "skip":
         log.info("skipping %s: results exist (force=true redoes it)", job_dir)
-        if cfg.save_policies and not (job_dir / "policies").is_dir():
+        if cfg.save_policies and artifacts.supports(plan.config) and not (job_dir / "policies").is_dir():
             log.info("%s has no saved policies (trained with save_policies=false); force=true retrains it", job_dir)
         if cfg.print_table:
             import pandas as pd
@@ -337,10 +337,12 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     meta = plan.record
     results.mark_running(job_dir, **meta)
     try:
-        from purerl import artifacts
         from purerl import sweep as sweeps
 
         artifacts.remove_policies(job_dir)  # an earlier run's policies must not outlive its results
+        save = cfg.save_policies and artifacts.supports(plan.config)
+        if cfg.save_policies and not save:
+            log.info("%s: saved policies are not supported for %s; none will be saved", job_dir, plan.algo)
 
         export_cache = None
         if cfg.compile_cache.enabled:
@@ -351,7 +353,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         start = time.perf_counter()
         result = sweeps.run(
             train, plan.sweep, plan.seeds, max_batch=plan.max_batch,
-            export_cache=export_cache, return_state=cfg.save_policies,
+            export_cache=export_cache, return_state=save,
             # The key names the whole program: a progress callback makes it a different one.
             program_key=f"{plan.algo}:{plan.config!r}:progress={progress is not None}",
         )
@@ -360,9 +362,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         tidy = results.tidy(result, **ids)
         summary = results.summarize(result, **ids, wall_seconds=result.run_seconds)
         config_text = resolved_config_text(cfg)
-        if cfg.save_policies and not artifacts.savable(result.final_state):
-            log.warning("%s: saving policies of %s is not supported; none saved", job_dir, plan.algo)
-        elif cfg.save_policies:  # before write_job: a complete job has its policies
+        if save:  # before write_job: a complete job has its policies
             artifacts.save_policies(
                 job_dir, result.final_state, algo=plan.algo, config=plan.config,
                 settings=result.settings, seeds=result.seeds, fingerprint=plan.fingerprint,

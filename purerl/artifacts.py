@@ -98,12 +98,13 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def savable(final_state: Any) -> bool:
-    """Whether `save_policies` can save this state: an on-policy actor-critic TrainState
-    (what load_policy rebuilds); other algorithms' states are not handled yet."""
-    from purerl.rl.on_policy import TrainState
+def supports(config: Any) -> bool:
+    """Whether jobs of this Config can save policies: the on-policy actor-critics (PPO, A2C,
+    TRPO, REINFORCE), whose network `load_policy` rebuilds from the Config. Off-policy,
+    bandit and language-model algorithms keep other states; they are not handled yet."""
+    from purerl.config import OnPolicyConfig
 
-    return isinstance(final_state, TrainState)
+    return isinstance(config, OnPolicyConfig)
 
 
 def _batched_tree(final_state: Any) -> dict[str, Any]:
@@ -144,11 +145,11 @@ def save_policies(
 
     `final_state` is `sweep.run(..., return_state=True).final_state`: a TrainState whose
     leaves have leading [setting, seed] axes. Returns the `policies/` directory."""
+    import jax
+
     job_dir = Path(job_dir).resolve()
     seeds = [int(s) for s in np.asarray(seeds).reshape(-1)]
     tree = _batched_tree(final_state)
-    import jax
-
     for leaf in jax.tree.leaves(tree):
         if leaf.shape[:2] != (len(settings), len(seeds)):
             raise ValueError(
@@ -297,14 +298,19 @@ def load_policy(job_dir: str | os.PathLike, setting: int = 0, seed: int = 0) -> 
 
 
 # ---------------------------------------------------------------- acting
-def act(network: Any, params: Any, obs_stats: Any, obs: Any, key: Any, deterministic: bool) -> Any:
+def act(network: Any, params: Any, obs_stats: Any, obs: Any, key: Any, deterministic: Any) -> Any:
     """The action of the policy network for raw observations [..., obs_dim]: normalised with
-    the agent's own statistics, then the distribution's mode or a sample."""
+    the agent's own statistics, then the distribution's mode or a sample. `deterministic`
+    is a Python bool, or a traced one (then one program serves both modes)."""
+    import jax.numpy as jnp
+
     from purerl.nets import ActorCritic
     from purerl.rl import normalization
 
     dist = network.apply(params, normalization.normalize(obs_stats, obs), method=ActorCritic.policy)
-    return dist.mode() if deterministic else dist.sample(seed=key)
+    if isinstance(deterministic, bool):
+        return dist.mode() if deterministic else dist.sample(seed=key)
+    return jnp.where(deterministic, dist.mode(), dist.sample(seed=key))
 
 
 @functools.lru_cache(maxsize=16)
@@ -381,17 +387,6 @@ def episode_limit(config: Any) -> int:
 MODES = ("deterministic", "stochastic")
 
 
-def _policy_action(network: Any, params: Any, obs_stats: Any, obs: Any, key: Any, deterministic: Any) -> Any:
-    """`act` with a traced `deterministic` flag (one program serves both modes)."""
-    import jax.numpy as jnp
-
-    from purerl.nets import ActorCritic
-    from purerl.rl import normalization
-
-    dist = network.apply(params, normalization.normalize(obs_stats, obs), method=ActorCritic.policy)
-    return jnp.where(deterministic, dist.mode(), dist.sample(seed=key))
-
-
 @functools.lru_cache(maxsize=8)
 def _evaluation_program(config: Any, episodes: int, max_steps: int) -> Any:
     """jit(program(deterministic [M], params [P, ...], obs_stats [P, ...], key)) ->
@@ -408,7 +403,7 @@ def _evaluation_program(config: Any, episodes: int, max_steps: int) -> Any:
         def step(carry, step_key):
             obs, state, returns, finished = carry
             act_key, env_key = jax.random.split(step_key)
-            action = _policy_action(network, params, obs_stats, obs, act_key, deterministic)
+            action = act(network, params, obs_stats, obs, act_key, deterministic)
             obs, state, _, _, _, info = env.step(env_key, state, action, env_params)
             first_end = info["episode_done"] & ~finished
             returns = jnp.where(first_end, info["episode_return"], returns)
@@ -528,7 +523,7 @@ def _episode_program(config: Any, max_steps: int) -> Any:
         def step(carry, step_key):
             obs, state = carry
             act_key, env_key = jax.random.split(step_key)
-            action = _policy_action(network, params, obs_stats, obs, act_key, deterministic)
+            action = act(network, params, obs_stats, obs, act_key, deterministic)
             next_obs, next_state, reward, _, _, info = env.step(env_key, state, action, env_params)
             return (next_obs, next_state), (info["next_state"], info["episode_done"][0], reward[0])
 
@@ -571,6 +566,6 @@ __all__ = [
     "load_policy",
     "record_episode",
     "remove_policies",
-    "savable",
+    "supports",
     "save_policies",
 ]

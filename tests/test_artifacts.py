@@ -147,6 +147,18 @@ def test_save_policies_false_saves_nothing(cartpole_job, tmp_path, monkeypatch):
     assert not (tmp_path / artifacts.POLICIES).exists()
     with pytest.raises(artifacts.PoliciesNotFound, match="save_policies=true"):
         purerl.load_policy(tmp_path)
+    # Algorithms whose states load_policy cannot rebuild do not ask for them (and keep the
+    # exported-program cache); their jobs run as before.
+    dqn_job = tmp_path / "dqn"
+    assert run_job(compose_cfg("algo=dqn", "seeds=2", "compile_cache.enabled=false", "print_table=false"), dqn_job)
+    assert asked == [False, False] and not (dqn_job / artifacts.POLICIES).exists()
+
+
+def test_policies_are_supported_for_the_on_policy_actor_critics():
+    from purerl.algos import ALGORITHMS, get_algorithm
+
+    supported = {name for name in ALGORITHMS if artifacts.supports(get_algorithm(name).Config())}
+    assert supported == {"ppo", "a2c", "trpo", "reinforce"}
 
 
 def test_load_errors_name_what_is_allowed(cartpole_job, tmp_path):
