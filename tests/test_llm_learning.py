@@ -8,7 +8,6 @@ Measured (seeds 0-7): sampled accuracy on 64 held-out prompts, SFT start IQM 0.3
 the last 5 updates IQM 0.451; per-seed gain IQM +0.145 (range −0.01 … +0.23).
 """
 
-import numpy as np
 import pytest
 from scipy.stats import trim_mean
 
