@@ -224,3 +224,16 @@ def test_bradley_terry_recovers_a_known_preference_ordering():
     fitted = np.asarray(scores) - np.asarray(scores).mean()
     np.testing.assert_allclose(fitted, utilities - utilities.mean(), atol=0.2)
     assert float(losses.bradley_terry_loss(scores[chosen], scores[rejected])[1]["pair_accuracy"]) > 0.6
+
+
+def test_pairs_with_zero_weight_do_not_count():
+    """Dropped ties: the weighted losses equal the losses over the remaining pairs."""
+    values = [jnp.asarray(rng.normal(size=10) - 5, jnp.float32) for _ in range(4)]
+    weights = jnp.asarray([1, 0, 1, 1, 0, 0, 1, 1, 0, 1], jnp.float32)
+    keep = np.asarray(weights) > 0
+    weighted, _ = losses.dpo_loss(*values, 0.5, weights)
+    subset, _ = losses.dpo_loss(*(v[keep] for v in values), 0.5)
+    np.testing.assert_allclose(weighted, subset, rtol=1e-6)
+    weighted, _ = losses.bradley_terry_loss(values[0], values[1], weights)
+    subset, _ = losses.bradley_terry_loss(values[0][keep], values[1][keep])
+    np.testing.assert_allclose(weighted, subset, rtol=1e-6)

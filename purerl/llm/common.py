@@ -59,6 +59,9 @@ class LMRLConfig:
     reward: str = "verifiable"
     rm_steps: int = 200
     rm_batch: int = 64
+    # Preference pairs whose hidden scores are equal are ties: left out of the Bradley-Terry and
+    # DPO losses (annotators can say "tie"; datasets usually drop them) instead of coin-flip labels.
+    drop_ties: bool = True
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -242,6 +245,12 @@ class LMSetup:
         return problems, preference_pairs(label_key, self.task, problems, first, second,
                                           hyper.preference_noise)
 
+    def pair_weights(self, pairs: PreferencePairs) -> jax.Array | None:
+        """1 for pairs the losses learn from; ties get 0 when `drop_ties`."""
+        if not self.config.drop_ties:
+            return None
+        return (pairs.chosen_score != pairs.rejected_score).astype(jnp.float32)
+
     def pair_sequences(self, problems: Problems, pairs: PreferencePairs) -> tuple[Sequences, Sequences]:
         def build(tokens):
             return assemble(problems.prompt, tokens, completion_mask(tokens))
@@ -271,16 +280,17 @@ class LMSetup:
         params = self.init_reward_model(init_key, reference_params)
         optimizer = adam_clipped(hyper.rm_lr, hyper.max_grad_norm)
 
-        def loss_fn(params, chosen: Sequences, rejected: Sequences):
+        def loss_fn(params, chosen: Sequences, rejected: Sequences, weights: jax.Array | None):
             return losses.bradley_terry_loss(self.reward_model_score(params, chosen),
-                                             self.reward_model_score(params, rejected))
+                                             self.reward_model_score(params, rejected), weights)
 
         def step(carry, inputs):
             params, opt_state = carry
             step_index, step_key = inputs
             problems, pairs = self.sample_pairs(reference_params, step_key, self.config.rm_batch, hyper)
             chosen, rejected = self.pair_sequences(problems, pairs)
-            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, chosen, rejected)
+            weights = self.pair_weights(pairs)
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, chosen, rejected, weights)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             if on_step is not None:
                 jax.debug.callback(on_step, step_index)

@@ -3,8 +3,8 @@
 Per update: `num_prompts` fresh prompts, two completions each sampled from the frozen SFT
 reference (`pair_source="reference"`: offline DPO from an unlimited dataset of reference
 samples) or from the current policy (`"policy"`: online DPO), labelled by the task's hidden
-scoring rule with Bradley-Terry noise (`preference_noise`). Then `update_epochs` ×
-`num_minibatches` Adam steps on
+scoring rule with Bradley-Terry noise (`preference_noise`); ties (equal hidden scores) are left out
+of the loss unless `drop_ties=False`. Then `update_epochs` × `num_minibatches` Adam steps on
 
     −log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))])
 
@@ -77,6 +77,7 @@ class PairBatch:
     rejected_mask: jax.Array
     ref_chosen: jax.Array  # [n] sequence log-probs under π_ref
     ref_rejected: jax.Array
+    weight: jax.Array  # [n] 0 for dropped ties
 
 
 def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = None
@@ -89,7 +90,8 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
     def loss_fn(params, batch: PairBatch, hyper: Hyper):
         chosen = sequence_log_probs(params, batch.chosen, batch.chosen_mask, hyper.temperature)
         rejected = sequence_log_probs(params, batch.rejected, batch.rejected_mask, hyper.temperature)
-        loss, stats = losses.dpo_loss(chosen, rejected, batch.ref_chosen, batch.ref_rejected, hyper.beta)
+        loss, stats = losses.dpo_loss(chosen, rejected, batch.ref_chosen, batch.ref_rejected, hyper.beta,
+                                      batch.weight)
         return loss, {"dpo_loss": loss, **stats}
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -110,10 +112,12 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
             source = state.reference if config.pair_source == "reference" else state.params
             problems, pairs = setup.sample_pairs(source, pair_key, config.num_prompts, hyper)
             chosen, rejected = setup.pair_sequences(problems, pairs)
+            weights = setup.pair_weights(pairs)
             batch = PairBatch(
                 chosen.tokens, rejected.tokens, chosen.target_mask, rejected.target_mask,
                 sequence_log_probs(state.reference, chosen.tokens, chosen.target_mask, hyper.temperature),
                 sequence_log_probs(state.reference, rejected.tokens, rejected.target_mask, hyper.temperature),
+                jnp.ones(config.num_prompts) if weights is None else weights,
             )
             (params, opt_state), stats = shuffled_minibatch_epochs(
                 epoch_key, (state.params, state.opt_state), batch, config.update_epochs,

@@ -119,24 +119,32 @@ def sequence_log_prob(log_prob: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(mask > 0, log_prob, 0.0), axis=1)
 
 
+def pair_mean(x: jax.Array, weights: jax.Array | None) -> jax.Array:
+    """Mean over pairs, or the weighted mean Σ w·x / Σ w (0 when no pair has weight)."""
+    if weights is None:
+        return jnp.mean(x)
+    return jnp.sum(weights * x) / jnp.maximum(jnp.sum(weights), 1e-8)
+
+
 def dpo_loss(chosen: jax.Array, rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array,
-             beta: float | jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+             beta: float | jax.Array, weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """−mean log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]) over pairs
-    of sequence log-probs [n]. Diagnostics: the implicit rewards' accuracy and margin."""
+    of sequence log-probs [n] (weighted by `weights`, e.g. 0 for ties). Diagnostics: the implicit
+    rewards' accuracy and margin."""
     chosen_reward = beta * (chosen - ref_chosen)
     rejected_reward = beta * (rejected - ref_rejected)
     margin = chosen_reward - rejected_reward
-    return -jnp.mean(jax.nn.log_sigmoid(margin)), {
-        "reward_accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
-        "reward_margin": jnp.mean(margin),
+    return -pair_mean(jax.nn.log_sigmoid(margin), weights), {
+        "reward_accuracy": pair_mean((margin > 0).astype(jnp.float32), weights),
+        "reward_margin": pair_mean(margin, weights),
     }
 
 
-def bradley_terry_loss(chosen_reward: jax.Array, rejected_reward: jax.Array
+def bradley_terry_loss(chosen_reward: jax.Array, rejected_reward: jax.Array, weights: jax.Array | None = None
                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """−mean log σ(r(y_w) − r(y_l)): the logistic loss of P(y_w ≻ y_l) = σ(r_w − r_l)."""
     margin = chosen_reward - rejected_reward
-    return -jnp.mean(jax.nn.log_sigmoid(margin)), {
-        "pair_accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
-        "reward_margin": jnp.mean(margin),
+    return -pair_mean(jax.nn.log_sigmoid(margin), weights), {
+        "pair_accuracy": pair_mean((margin > 0).astype(jnp.float32), weights),
+        "reward_margin": pair_mean(margin, weights),
     }
