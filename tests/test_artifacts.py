@@ -245,6 +245,7 @@ def test_a_killed_save_is_never_loadable(kill_at, tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", script, kill_at, str(old) if kill_at == "orbax" else "-", str(target)],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # the killed save's orbax link stays in here
     )
     assert out.returncode == -9, (out.returncode, out.stdout, out.stderr[-2000:])
     assert list(target.glob(".policies.tmp-*")), "the kill happened while the save was in flight"
