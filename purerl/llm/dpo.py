@@ -129,7 +129,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 "greedy_accuracy": scores["greedy_accuracy"],
                 "kl_to_ref": scores["kl_to_ref"],
                 "informative_pairs": jnp.mean((pairs.chosen_score != pairs.rejected_score).astype(jnp.float32)),
-                **stats,
+                **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
             }
             if on_update is not None:
                 jax.debug.callback(on_update, update_index)

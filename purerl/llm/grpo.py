@@ -157,7 +157,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 "kl_to_ref": scores["kl_to_ref"],
                 "completion_length": jnp.mean(completions.lengths.astype(jnp.float32)),
                 "zero_std_groups": jnp.mean(jnp.all(grouped == grouped[:, :1], axis=1).astype(jnp.float32)),
-                **stats,
+                **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
             }
             if on_update is not None:
                 jax.debug.callback(on_update, update_index)

@@ -199,7 +199,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 "sample_reward": jnp.mean(score),
                 "completion_length": jnp.mean(completions.lengths.astype(jnp.float32)),
                 "explained_variance": _masked_explained_variance(values, targets, mask),
-                **stats,
+                **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
             }
             if on_update is not None:
                 jax.debug.callback(on_update, update_index)
