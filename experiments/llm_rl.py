@@ -74,7 +74,7 @@ def run_specs(scale: Scale) -> list[dict[str, Any]]:
         dict(name="PPO + reward model", algo="llm_ppo", config=dict(ppo_config, reward="model"), hyper=dict(lr=1e-3),
              extra_samples=2 * scale.rm_steps * base.get("rm_batch", 64)),
         dict(name="DPO", algo="dpo", config=dict(base, num_prompts=64, num_minibatches=4),
-             hyper=dict(lr=1e-3, beta=0.1)),
+             hyper=dict(lr=3e-4), grid=dict(beta=[0.1, 0.5])),
         dict(name="GSPO", algo="grpo", config=dict(grpo_config, ratio="sequence"), hyper=dict(lr=1e-3),
              grid=dict(clip_eps=[0.2, 0.02])),
         dict(name="GRPO H_kv=2", algo="grpo", config=dict(grpo_config, num_kv_heads=2), hyper=dict(lr=1e-3)),
@@ -311,7 +311,7 @@ def plot_curves(runs: dict[str, Any], names: list[str], path: Path) -> None:
 
 def write_report(data: dict[str, Any]) -> str:
     runs, scale = data["runs"], data["scale"]
-    main = ["PPO", "PPO + reward model", "GRPO", "DPO"]
+    main = ["PPO", "PPO + reward model", "GRPO"] + [n for n in runs if n.startswith("DPO")]
     plot_curves(runs, main, REPORTS / "llm_rl_curves.png")
     plot_curves(runs, ["GRPO"] + [n for n in runs if n.startswith("GSPO")], REPORTS / "llm_rl_ratios.png")
     lines = [
@@ -423,28 +423,53 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="ci")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from llm_rl.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the sections already in --cache (after a crash or to redo one section)")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/purerl_llm_rl_cache"),
+                        help="partial results and PPO's final state, between sections")
     args = parser.parse_args(argv)
     REPORTS.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         data = json.loads(DATA.read_text())
     else:
-        import jax
-
-        scale = SCALES[args.scale]
-        start = time.perf_counter()
-        runs, (ppo_config, ppo_states) = train_runs(scale, keep_state="PPO")
-        data = {
-            "scale_name": args.scale, "scale": dataclasses.asdict(scale), "runs": runs,
-            "gradient_variance": gradient_variance(scale, ppo_config, ppo_states),
-            "rollout": rollout_times(scale), "memory": memory(scale),
-            "machine": f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s)",
-            "jax": f"jax {jax.__version__}",
-        }
-        data["wall_minutes"] = (time.perf_counter() - start) / 60
+        data = collect(SCALES[args.scale], args.scale, args.cache, args.resume)
         DATA.write_text(json.dumps(data))
     report = write_report(data)
     (REPORTS / "llm_rl.md").write_text(report)
     print(report)
+
+
+def collect(scale: Scale, scale_name: str, cache: Path, resume: bool) -> dict[str, Any]:
+    import pickle
+
+    import jax
+
+    cache.mkdir(parents=True, exist_ok=True)
+    partial, state_file = cache / f"{scale_name}.json", cache / f"{scale_name}_ppo_state.pkl"
+    data = json.loads(partial.read_text()) if resume and partial.exists() else {}
+    seconds = data.get("seconds", {})
+
+    def section(name, compute):
+        if name not in data:
+            start = time.perf_counter()
+            data[name] = compute()
+            seconds[name] = time.perf_counter() - start
+            data["seconds"] = seconds
+            partial.write_text(json.dumps(data))
+
+    def runs():
+        out, kept = train_runs(scale, keep_state="PPO")
+        state_file.write_bytes(pickle.dumps(jax.device_get(kept)))
+        return out
+
+    section("runs", runs)
+    section("gradient_variance", lambda: gradient_variance(scale, *pickle.loads(state_file.read_bytes())))
+    section("rollout", lambda: rollout_times(scale))
+    section("memory", lambda: memory(scale))
+    data.update(scale_name=scale_name, scale=dataclasses.asdict(scale), jax=f"jax {jax.__version__}",
+                machine=f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s)",
+                wall_minutes=sum(seconds.values()) / 60)
+    return data
 
 
 if __name__ == "__main__":

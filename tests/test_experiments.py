@@ -123,6 +123,48 @@ def test_sampled_gae_agrees_with_the_closed_form():
     np.testing.assert_allclose(samples.var(-1), var, rtol=0.1)
 
 
+# ---------------------------------------------------------------- update_kl (A2C, PPO)
+def test_policy_kl_is_the_exact_mean_categorical_kl(highest_precision):
+    from conftest import tol
+
+    from purerl.algos import a2c
+    from purerl.nets import ActorCritic
+    from purerl.rl import on_policy
+    from purerl.rl.agent import build_env_and_network, init_params
+
+    env, env_params, network = build_env_and_network(a2c.Config(num_envs=2, num_steps=4, total_timesteps=8))
+    old, new = (init_params(network, env, env_params, jax.random.PRNGKey(i)) for i in (0, 1))
+    obs = jax.random.normal(jax.random.PRNGKey(2), (6, 4))
+
+    def log_probs(params):
+        logits = np.asarray(network.apply(params, obs, method=ActorCritic.policy).logits, np.float64)
+        return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+    lp_old, lp_new = log_probs(old), log_probs(new)
+    per_state = (np.exp(lp_old) * (lp_old - lp_new)).sum(-1)
+    np.testing.assert_allclose(on_policy.policy_kl(network, old, new, obs), per_state.mean(), **tol())
+    mask = jnp.asarray([1, 1, 0, 1, 0, 0], jnp.float32)
+    np.testing.assert_allclose(on_policy.policy_kl(network, old, new, obs, mask), per_state[[0, 1, 3]].mean(), **tol())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["a2c", "ppo"])
+def test_update_kl_vanishes_with_the_learning_rate(algo):
+    from purerl import sweep
+    from purerl.algos import a2c, ppo
+
+    module, config = {
+        "a2c": (a2c, a2c.Config(num_envs=2, num_steps=8, total_timesteps=48, actor_hidden=(8,), critic_hidden=(8,))),
+        "ppo": (ppo, ppo.Config(num_envs=2, num_steps=8, total_timesteps=48, num_minibatches=2, actor_hidden=(8,),
+                                critic_hidden=(8,))),
+    }[algo]
+    result = sweep.run(module.make_train(config), sweep.grid(module.Hyper(), lr=[1e-9, 3e-2]), seeds=1)
+    update_kl = result.metrics["update_kl"][:, 0]  # [lr, update]
+    assert update_kl.shape == (2, config.num_updates)
+    # Float32 round-off of the KL is ~1e-8; a step of lr 3e-2 moves the policy by far more.
+    assert np.all(update_kl[0] < 1e-6) and np.all(update_kl[1] > 1e-4), update_kl
+
+
 # ---------------------------------------------------------------- command line
 def test_unknown_scale_and_key_are_one_line_errors(capsys):
     from experiments import gae_lambda_gamma

@@ -4,6 +4,7 @@ vmapped run equals the same run alone. Learning itself: test_llm_learning.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import ON_CPU, tol
 
 from purerl.llm import dpo, ppo, reward_model
 
@@ -49,16 +50,20 @@ def test_dpo_vmapped_run_equals_the_same_run_alone():
     hyper = dpo.Hyper(beta=0.2)
     _, batched = run(dpo, config, [3, 4], hyper)
     check_metrics(batched, config, 2)
+    assert np.all(batched["dpo_loss"] > 0)
     _, alone = run(dpo, config, [4], hyper)
-    # Sampled tokens, hence accuracies, agree exactly. Losses and norms agree to float rounding, not
-    # bitwise: XLA:CPU reduces the transformer's matmuls in another order when they carry an extra
-    # batch dimension (measured: ≤ 1 ulp, e.g. 6e-8 on a gradient norm of 0.58).
+    assert not np.array_equal(batched["sft_loss"][0], batched["sft_loss"][1])
+    # The supervised phase has no sampling: equal to kernel tolerance everywhere.
+    np.testing.assert_allclose(batched["sft_loss"][1], alone["sft_loss"][0], **tol(exact_on_cpu=True))
+    if not ON_CPU:
+        return  # on GPU a last-bit difference may flip a sampled token, and everything after it
+    # On CPU sampled tokens, hence accuracies, agree exactly. Losses and norms agree to float
+    # rounding, not bitwise: XLA:CPU reduces the transformer's matmuls in another order when they
+    # carry an extra batch dimension (measured: ≤ 1 ulp, e.g. 6e-8 on a gradient norm of 0.58).
     for name in ("episode_return", "greedy_accuracy", "sft_accuracy", "informative_pairs", "reward_accuracy"):
         np.testing.assert_array_equal(batched[name][1], alone[name][0], err_msg=name)
     for name in batched:
         np.testing.assert_allclose(batched[name][1], alone[name][0], rtol=1e-5, atol=1e-7, err_msg=name)
-    assert not np.array_equal(batched["sft_loss"][0], batched["sft_loss"][1])
-    assert np.all(batched["dpo_loss"] > 0)
 
 
 def test_reward_model_algorithm_reports_held_out_order_accuracy():

@@ -118,8 +118,8 @@ def test_metrics_are_per_update():
     _, metrics = jax.jit(ppo.make_train(config))(jax.random.PRNGKey(0), ppo.Hyper())
     expected = {
         "env_steps_in_update", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
-        "entropy", "approx_kl", "approx_kl_first_epoch", "clip_frac", "explained_variance", "grad_norm",
-        "lr", "hyper_ok",
+        "entropy", "approx_kl", "approx_kl_first_epoch", "update_kl", "clip_frac", "explained_variance",
+        "grad_norm", "lr", "hyper_ok",
     }
     assert set(metrics) == expected
     assert all(v.shape == (config.num_updates,) for v in metrics.values())

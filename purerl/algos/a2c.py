@@ -103,6 +103,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
                 **rollout.episodes.metrics(),
                 **loss_stats,
                 "grad_norm": optax.global_norm(grads),
+                "update_kl": on_policy.policy_kl(network, state.params, params, batch.obs),
                 "explained_variance": losses.explained_variance(rollout.values, targets),
                 "lr": lr_schedule(update_index),
             }

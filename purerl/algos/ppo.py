@@ -19,7 +19,8 @@ and every loss and diagnostic averages over the valid (in-episode) steps only.
 
 Reported per update: losses and entropy averaged over all epochs and minibatches;
 `approx_kl` is the mean over the LAST epoch (comparable to CleanRL's, which logs the last
-minibatch) and `approx_kl_first_epoch` over the first.
+minibatch) and `approx_kl_first_epoch` over the first; `update_kl` is the exact mean
+KL(π_old ‖ π_new) over the batch's states of the whole update.
 """
 
 from __future__ import annotations
@@ -157,8 +158,9 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             # 1. Experience from the current policy, with advantages.
             state, samples, episodes, diagnostics = experience(state, rollout_key, hyper)
             # 2. E epochs of clipped-surrogate SGD over shuffled minibatches.
+            flat = flatten_time(samples)
             (params, opt_state), per_epoch = shuffled_minibatch_epochs(
-                epoch_key, (state.params, state.opt_state), flatten_time(samples),
+                epoch_key, (state.params, state.opt_state), flat,
                 config.update_epochs, config.num_minibatches, sgd_step,
             )
             metrics = {
@@ -167,6 +169,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
                 **{name: jnp.mean(values) for name, values in per_epoch.items()},
                 "approx_kl": per_epoch["approx_kl"][-1],
                 "approx_kl_first_epoch": per_epoch["approx_kl"][0],
+                "update_kl": on_policy.policy_kl(network, state.params, params, flat.obs, flat.mask),
                 **diagnostics,
                 "lr": lr_schedule(update_index * steps_per_update),
             }

@@ -18,8 +18,9 @@ import optax
 from flax import struct
 
 from purerl.config import OnPolicyConfig, ValidatedHyper, check_divides, hyper_field
+from purerl.nets import ActorCritic
 from purerl.rl import advantages as adv
-from purerl.rl import normalization
+from purerl.rl import losses, normalization
 from purerl.rl.agent import init_obs_stats, init_params, make_policy_sampler, make_value_fn
 from purerl.rl.normalization import RunningStats
 from purerl.rl.rollout import (
@@ -132,6 +133,17 @@ def gae(rollout: Rollout, gamma: jax.Array, gae_lambda: jax.Array) -> tuple[jax.
         batch.reward, rollout.values, rollout.next_values, batch.terminated, batch.truncated,
         gamma, gae_lambda,
     )
+
+
+def policy_kl(
+    network: nn.Module, old_params: Any, new_params: Any, obs: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
+    """Mean KL(π_old(·|s) ‖ π_new(·|s)) over the states of a batch (exact, per state): how
+    far one update moved the policy (`mask`: average over the valid samples only)."""
+    old = network.apply(old_params, obs, method=ActorCritic.policy)
+    new = network.apply(new_params, obs, method=ActorCritic.policy)
+    kl = old.kl_divergence(new)
+    return jnp.mean(kl) if mask is None else losses.masked_mean(kl, mask)
 
 
 def apply_gradients(
