@@ -50,11 +50,12 @@ def test_dpo_vmapped_run_equals_the_same_run_alone():
     hyper = dpo.Hyper(beta=0.2)
     _, batched = run(dpo, config, [3, 4], hyper)
     check_metrics(batched, config, 2)
-    assert np.all(batched["dpo_loss"] > 0)
+    # −log σ(·) > 0 on every update that had a non-tied pair (tied pairs are dropped: loss 0).
+    assert np.all((batched["dpo_loss"] > 0) | (batched["informative_pairs"] == 0))
     _, alone = run(dpo, config, [4], hyper)
     assert not np.array_equal(batched["sft_loss"][0], batched["sft_loss"][1])
     # The supervised phase has no sampling: equal to kernel tolerance everywhere.
-    np.testing.assert_allclose(batched["sft_loss"][1], alone["sft_loss"][0], **tol(exact_on_cpu=True))
+    np.testing.assert_allclose(batched["sft_loss"][1], alone["sft_loss"][0], **tol(vmapped=True))
     if not ON_CPU:
         return  # on GPU a last-bit difference may flip a sampled token, and everything after it
     # On CPU sampled tokens, hence accuracies, agree exactly. Losses and norms agree to float
