@@ -185,6 +185,8 @@ def test_eos_ends_each_sequence_and_masks_the_rest():
                                 r"\[0, 32\)"),
         (dict(prompt=np.zeros((3,), np.int32)), r"generate.prompt: got shape \(3,\)"),
         (dict(prompt=np.zeros((3, 2), np.float32)), r"generate.prompt: got dtype float32"),
+        (dict(prompt=np.full((3, 2), VOCAB)), r"generate.prompt: got token ids in \[32, 32\]; "
+                                              r"allowed: \[0, LMConfig.vocab_size=32\)"),
     ],
 )
 def test_bad_arguments_raise_before_compiling(kwargs, pattern):

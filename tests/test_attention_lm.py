@@ -247,6 +247,7 @@ def test_training_seeds_vmap():
                      params, params_i)
 
 
+@pytest.mark.slow
 def test_softmax_lm_learns_mqar():
     """2-layer softmax LM on MQAR (vocab 32, 16 tokens, 4 pairs), 300 steps, fixed seed.
 
