@@ -1,11 +1,12 @@
 """Structured configs (Hydra ConfigStore) derived from each algorithm's dataclasses.
 
-For every algorithm in `purerl.algos.ALGORITHMS` this registers, in group `algo`:
+For every algorithm in `purerl.algos.ALGORITHMS` this registers:
 
-- `<name>_schema`: a typed node `{name, config: <Config fields>, hyper: <Hyper fields>}`
-  that `conf/algo/<name>.yaml` extends (`defaults: [<name>_schema, _self_]`);
-- `<name>` itself, when there is no `conf/algo/<name>.yaml`, so that a newly registered
-  algorithm works with `algo=<name>` without any YAML.
+- `schema/algo/<name>`: a typed node `{name, config: <Config fields>, hyper: <Hyper fields>}`
+  that `conf/algo/<name>.yaml` extends (`defaults: [/schema/algo/<name>@_here_, _self_]`).
+  It lives outside the `algo` group so that only real algorithms are choices of `algo=`;
+- `algo/<name>` itself, when there is no `conf/algo/<name>.yaml`, so that a newly
+  registered algorithm works with `algo=<name>` without any YAML.
 
 The root schema `train_schema` types the top-level keys; its `grid` node has one
 optional list per field of any algorithm, so a misspelt grid key fails at composition.
@@ -28,6 +29,7 @@ from omegaconf import MISSING
 from purerl.algos import ALGORITHMS, get_algorithm
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+SCHEMA_GROUP = "schema/algo"  # not `algo`: a schema must not be selectable as an algorithm
 
 
 class GridMode(enum.Enum):
@@ -136,6 +138,7 @@ def train_schema(names: list[str]) -> type:
             ("force", bool, dataclasses.field(default=False)),
             ("progress", bool, dataclasses.field(default=False)),
             ("print_table", bool, dataclasses.field(default=True)),
+            ("save_policies", bool, dataclasses.field(default=True)),
             ("compile_cache", CompileCacheConf, dataclasses.field(default_factory=CompileCacheConf)),
         ],
     )
@@ -154,7 +157,7 @@ def register(conf_dir: Path = CONF_DIR) -> None:
     cs.store(name="train_schema", node=train_schema(names))
     for name in names:
         schema = algo_schema(name)
-        cs.store(group="algo", name=f"{name}_schema", node=schema)
+        cs.store(group=SCHEMA_GROUP, name=name, node=schema)
         if not (conf_dir / "algo" / f"{name}.yaml").exists():
             cs.store(group="algo", name=name, node=schema)
     _registered.add(key)

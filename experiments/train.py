@@ -17,11 +17,13 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import purerl  # noqa: F401  (sets XLA flags; must precede any JAX import)
@@ -47,7 +49,21 @@ class Plan:
     seeds: list[int]
     experiment: str
     max_batch: int | None
-    fingerprint: str
+    # What produced the results: configuration, purerl's source hash, library versions.
+    config_fingerprint: str
+    provenance: dict[str, Any]
+    fingerprint: str  # over both: equal fingerprints mean the same numbers
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """What `job.json` stores about the plan (and what a rerun is compared with)."""
+        return {
+            "fingerprint": self.fingerprint,
+            "config_fingerprint": self.config_fingerprint,
+            **self.provenance,
+            "algo": self.algo,
+            "experiment": self.experiment,
+        }
 
 
 def _rename(message: str, owner: str, key_prefix: str) -> str:
@@ -62,19 +78,38 @@ def _tuples(value: Any) -> Any:
     return value
 
 
+def _number(key: str, value: Any, allowed: str = "a number") -> float:
+    """`float(value)`, or a ConfigError naming the key (non-numeric strings, lists, None, booleans)."""
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: got {value!r}; allowed: {allowed}")
+
+
+def _hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def build_plan(cfg: DictConfig) -> Plan:
     """Validate the composed config and build Config, base Hyper and the in-job grid.
 
     Raises ConfigError naming the offending key. Does not compile anything."""
+    from purerl import provenance
     from purerl import sweep as sweeps
-    from purerl.algos import get_algorithm
+    from purerl.algos import ALGORITHMS, get_algorithm
     from purerl.config import validate_hyper
 
+    choice = _algo_choice(cfg)
+    if choice is not None and choice not in ALGORITHMS:
+        raise ConfigError(f"algo: got {choice!r}; allowed: {', '.join(sorted(ALGORITHMS))}")
     try:
         module = get_algorithm(cfg.algo.name)
     except ValueError as e:
         raise ConfigError(f"algo.name: {e}") from None
     Config, Hyper = module.Config, module.Hyper
+    intervals = {f.name: f.metadata.get("interval", "") for f in dataclasses.fields(Hyper)}
 
     config_kwargs = _tuples(OmegaConf.to_container(cfg.algo.config, resolve=True))
     try:
@@ -88,11 +123,14 @@ def build_plan(cfg: DictConfig) -> Plan:
         raise ConfigError(message) from None
 
     hyper_kwargs = OmegaConf.to_container(cfg.algo.hyper, resolve=True)
-    hyper = Hyper(**{k: float(v) for k, v in hyper_kwargs.items()})
+    numbers = {
+        k: _number(f"algo.hyper.{k}", v, f"a number in {intervals.get(k) or '(-inf, inf)'}")
+        for k, v in hyper_kwargs.items()
+    }
     try:
-        validate_hyper(hyper)
+        hyper = Hyper(**numbers)  # validated on construction
     except ValueError as e:
-        raise ConfigError(_rename(str(e), type(hyper).__name__, "algo.hyper.")) from None
+        raise ConfigError(_rename(str(e), Hyper.__name__, "algo.hyper.")) from None
 
     hyper_fields = [f.name for f in dataclasses.fields(Hyper)]
     static_fields = [f.name for f in dataclasses.fields(Config)]
@@ -111,30 +149,50 @@ def build_plan(cfg: DictConfig) -> Plan:
             raise ConfigError(f"grid.{key}: not a field of {cfg.algo.name}.Hyper; allowed: {', '.join(hyper_fields)}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid.{key}: expected a non-empty list of numbers, got {values!r}")
-        axes[key] = [float(v) for v in values]
+        axes[key] = [_number(f"grid.{key}", v, f"numbers in {intervals[key]}") for v in values]
 
     for key, values in axes.items():  # range-check each axis, naming it
         try:
-            validate_hyper(hyper.replace(**{key: __import__("numpy").asarray(values)}))
+            validate_hyper(hyper.replace(**{key: np.asarray(values)}))
         except ValueError as e:
             raise ConfigError(_rename(str(e), type(hyper).__name__, "grid.")) from None
 
     mode = cfg.grid_mode.value if hasattr(cfg.grid_mode, "value") else str(cfg.grid_mode)
+    for key, values in axes.items() if mode == "product" else ():
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(
+                f"grid.{key}: {', '.join(f'{v:g}' for v in repeated)} listed more than once; each "
+                f"setting would train twice and count its seeds twice; allowed: distinct values"
+            )
     if mode == "zip" and len({len(v) for v in axes.values()}) > 1:
         raise ConfigError(
             f"grid_mode: 'zip' needs grid lists of equal length, got { {k: len(v) for k, v in axes.items()} }"
         )
-    if cfg.seeds <= 0:
-        raise ConfigError(f"seeds: got {cfg.seeds}; allowed: a positive integer")
-    if cfg.max_batch is not None and cfg.max_batch <= 0:
-        raise ConfigError(f"max_batch: got {cfg.max_batch}; allowed: a positive integer or null")
-    if not axes:
-        sweep = sweeps.from_settings(hyper, [{}])
-    elif mode == "zip":
-        sweep = sweeps.zipped(hyper, **axes)
-    else:
-        sweep = sweeps.grid(hyper, **axes)
-    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
+    seeds_count = cfg.seeds
+    if isinstance(seeds_count, bool) or not isinstance(seeds_count, int) or seeds_count <= 0:
+        raise ConfigError(f"seeds: got {seeds_count!r}; allowed: a positive integer")
+    if isinstance(cfg.first_seed, bool) or not isinstance(cfg.first_seed, int) or cfg.first_seed < 0:
+        raise ConfigError(f"first_seed: got {cfg.first_seed!r}; allowed: a non-negative integer")
+    max_batch = cfg.max_batch
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch <= 0):
+        raise ConfigError(f"max_batch: got {max_batch!r}; allowed: a positive integer or null")
+    try:
+        if not axes:
+            sweep = sweeps.from_settings(hyper, [{}])
+        elif mode == "zip":
+            sweep = sweeps.zipped(hyper, **axes)
+        else:
+            sweep = sweeps.grid(hyper, **axes)
+    except ValueError as e:
+        raise ConfigError(f"grid: {e}") from None
+    settings = [tuple(sorted(s.items())) for s in sweep.settings]
+    if len(set(settings)) != len(settings):
+        raise ConfigError(
+            "grid: the zipped lists repeat a setting; each setting would train twice and count its "
+            "seeds twice; allowed: distinct settings"
+        )
+    seeds = list(range(cfg.first_seed, cfg.first_seed + seeds_count))
 
     identity = {
         "name": cfg.name,
@@ -145,7 +203,8 @@ def build_plan(cfg: DictConfig) -> Plan:
         "grid_mode": mode,
         "seeds": seeds,
     }
-    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    config_fingerprint = _hash(identity)
+    made_by = provenance.provenance()
     return Plan(
         algo=cfg.algo.name,
         module=module,
@@ -155,8 +214,48 @@ def build_plan(cfg: DictConfig) -> Plan:
         axes=axes,
         seeds=seeds,
         experiment=cfg.name,
-        max_batch=cfg.max_batch,
-        fingerprint=fingerprint,
+        max_batch=max_batch,
+        config_fingerprint=config_fingerprint,
+        provenance=made_by,
+        fingerprint=_hash({"config": config_fingerprint, **made_by}),
+    )
+
+
+def _algo_choice(cfg: DictConfig) -> str | None:
+    """The `algo=` choice Hydra composed (None outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if "hydra" in cfg:
+            return cfg.hydra.runtime.choices.get("algo")
+        if HydraConfig.initialized():
+            return HydraConfig.get().runtime.choices.get("algo")
+    except Exception:  # noqa: BLE001 - no Hydra node: nothing to check
+        return None
+    return None
+
+
+def check_existing(job_dir: str | os.PathLike, plan: Plan, force: bool) -> str:
+    """What to do with `job_dir`: "train", or "skip" (complete, same fingerprint).
+
+    A complete job made from another configuration, other purerl source or other library
+    versions is refused (ConfigError saying what changed) unless `force`."""
+    from purerl import provenance, results
+
+    job_dir = Path(job_dir)
+    if force or not results.is_complete(job_dir):
+        return "train"
+    status = results.read_status(job_dir) or {}
+    if status.get("fingerprint") == plan.fingerprint:
+        return "skip"
+    changes = provenance.describe_changes(status, plan.provenance)
+    recorded_config = status.get("config_fingerprint", status.get("fingerprint"))
+    if recorded_config != plan.config_fingerprint:
+        changes.insert(0, "another configuration")
+    what = ", ".join(changes) or f"fingerprint {status.get('fingerprint')} (now {plan.fingerprint})"
+    raise ConfigError(
+        f"{job_dir}: its complete results were made with {what}; rerun with force=true to "
+        f"replace them, or give a new name=... to keep both"
     )
 
 
@@ -190,55 +289,84 @@ def resolved_config_text(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(container))
 
 
+def _progress_bar(plan: Plan) -> Any:
+    """A bar that advances once per training update (of every chunk), on the host."""
+    import jax
+
+    from purerl.sweep import UpdateProgress, chunk_count
+
+    chunks = chunk_count(len(plan.sweep) * len(plan.seeds), plan.max_batch, len(jax.local_devices()))
+    num_updates = getattr(plan.config, "num_updates", None)
+    total = num_updates * chunks if num_updates else None
+    return UpdateProgress(total, desc=f"{plan.algo} ({len(plan.sweep) * len(plan.seeds)} runs, {chunks} chunk(s))")
+
+
 def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     """Train one job into `job_dir` unless it is already complete. Returns
-    "skipped" or "complete"; raises (after recording the failure) on error."""
-    from purerl import results
+    "skipped" or "complete"; raises (after recording the failure) on error.
+
+    Everything is validated before the job's status is touched, and a complete job is never
+    marked failed by a rerun that does not validate."""
+    from purerl import artifacts, results
 
     job_dir = Path(job_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
+    progress = None
     try:
         plan = build_plan(cfg)
+        action = check_existing(job_dir, plan, cfg.force)
+        if action == "train":
+            progress = _progress_bar(plan) if cfg.progress else None
+            train = plan.module.make_train(plan.config, **({"on_update": progress} if progress else {}))
     except Exception as e:
-        results.mark_failed(job_dir, e)
+        if progress is not None:
+            progress.close()
+        if not results.is_complete(job_dir):
+            results.mark_failed(job_dir, e)
         raise
 
-    status = results.read_status(job_dir)
-    if results.is_complete(job_dir) and not cfg.force:
-        if status.get("fingerprint") != plan.fingerprint:
-            error = ConfigError(
-                f"{job_dir}: holds complete results of a different configuration "
-                f"(fingerprint {status.get('fingerprint')} != {plan.fingerprint}); rerun with "
-                f"force=true to overwrite, or choose another name=/output dir"
-            )
-            raise error
+    if action == "skip":
         log.info("skipping %s: results exist (force=true redoes it)", job_dir)
+        if cfg.save_policies and artifacts.supports(plan.config) and not (job_dir / "policies").is_dir():
+            log.info("%s has no saved policies (trained with save_policies=false); force=true retrains it", job_dir)
         if cfg.print_table:
             import pandas as pd
 
             print_table(pd.read_parquet(job_dir / results.SUMMARY), list(plan.axes), f"[skipped] {job_dir}")
         return "skipped"
 
-    meta = {"fingerprint": plan.fingerprint, "algo": plan.algo, "experiment": plan.experiment}
+    meta = plan.record
     results.mark_running(job_dir, **meta)
     try:
         from purerl import sweep as sweeps
 
+        artifacts.remove_policies(job_dir)  # an earlier run's policies must not outlive its results
+        save = cfg.save_policies and artifacts.supports(plan.config)
+        if cfg.save_policies and not save:
+            log.info("%s: saved policies are not supported for %s; none will be saved", job_dir, plan.algo)
+
         export_cache = None
         if cfg.compile_cache.enabled:
-            # Persistent XLA cache + exported programs: a warm identical job skips tracing too.
-            export_cache = enable_compile_cache(cfg.compile_cache.dir) / "exported"
+            cache_dir = enable_compile_cache(cfg.compile_cache.dir)
+            # Exported programs let a warm identical job skip tracing; a program with a
+            # progress callback cannot be exported, and must not pick up one without it.
+            export_cache = None if progress is not None else cache_dir / "exported"
         start = time.perf_counter()
-        train = plan.module.make_train(plan.config)
         result = sweeps.run(
-            train, plan.sweep, plan.seeds, max_batch=plan.max_batch, progress=cfg.progress,
-            export_cache=export_cache, program_key=f"{plan.algo}:{plan.config!r}",
+            train, plan.sweep, plan.seeds, max_batch=plan.max_batch,
+            export_cache=export_cache, return_state=save,
+            # The key names the whole program: a progress callback makes it a different one.
+            program_key=f"{plan.algo}:{plan.config!r}:progress={progress is not None}",
         )
         wall = time.perf_counter() - start
         ids = dict(experiment=plan.experiment, algo=plan.algo, config=plan.config, base_hyper=plan.hyper)
         tidy = results.tidy(result, **ids)
         summary = results.summarize(result, **ids, wall_seconds=result.run_seconds)
         config_text = resolved_config_text(cfg)
+        if save:  # before write_job: a complete job has its policies
+            artifacts.save_policies(
+                job_dir, result.final_state, algo=plan.algo, config=plan.config,
+                settings=result.settings, seeds=result.seeds, fingerprint=plan.fingerprint,
+            )
         results.write_job(
             job_dir,
             tidy,
@@ -252,6 +380,9 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     except BaseException as e:
         results.mark_failed(job_dir, e, **meta)
         raise
+    finally:
+        if progress is not None:
+            progress.close()
     log.info(
         "%s: %d runs, compile %.2fs, run %.2fs, %d diverged",
         job_dir,
@@ -277,18 +408,137 @@ OmegaConf.register_new_resolver("purerl_subdir", _subdir, replace=True)
 schema.register()
 
 
+# ---------------------------------------------------------------- command line
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _allowed_keys(key: str, job: list[str], config_name: str) -> str:
+    """The keys allowed next to the unknown `key` (for `grid.*`: the algorithm's traced fields)."""
+    from hydra import compose
+
+    parent = key.rpartition(".")[0]
+    def name(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    groups = [o for o in job if "=" in o and "." not in name(o) and name(o) != key]
+    try:
+        cfg = compose(config_name, overrides=groups)
+    except Exception:  # noqa: BLE001 - a bad group choice is reported on its own
+        return ""
+    if parent == "grid":
+        return f"traced fields of {cfg.algo.name}: {', '.join(cfg.algo.hyper)}"
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
+
+
+def composition_error(error: Exception, job: list[str], config_name: str = "config") -> str:
+    """One line for a Hydra composition error: the key, the bad value, what is allowed."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        group, _, name = str(error.missing_cfg_file or "").rpartition("/")
+        return f"{group or 'config'}: got {name!r}; allowed: {', '.join(error.options)}"
+    cause = error.__cause__
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        allowed = _allowed_keys(key, job, config_name)
+        return f"{key}: unknown key" + (f"; allowed: {allowed}" if allowed else "")
+    if isinstance(cause, ValidationError) and key:
+        message = str(getattr(cause, "msg", cause)).splitlines()[0]
+        converted = re.search(r"could not be converted to (\w+)", message)
+        if converted:
+            kind = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false"}
+            return f"{key}: got {cause.value!r}; allowed: {kind.get(converted.group(1), converted.group(1))}"
+        return f"{key}: {message}"
+    noise = ("Config search path", "provider=")
+    lines = [line for line in str(error).splitlines() if not line.lstrip().startswith(noise)]
+    return _one_line(" ".join(lines)) + (f": {_one_line(cause)}" if cause else "")
+
+
+def validate_command_line(argv: list[str]) -> list[str]:
+    """Compose and validate every job the command line would run, before any of them runs.
+
+    Returns one line per invalid job (empty when all are valid, or when the command is not
+    a plain run/multirun of the bundled configs, e.g. --help or --cfg: Hydra handles those).
+    Checks composition, `build_plan` and, for jobs whose folder holds complete results,
+    that a rerun would not mix results of other code or configuration."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return []  # argparse's own message; Hydra will repeat it
+    if any([args.help, args.hydra_help, args.cfg, args.info, args.shell_completion, args.config_path,
+            args.config_dir, args.experimental_rerun, args.package]):
+        return []
+    config_name = args.config_name or "config"
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException as e:
+        return [_one_line(e)]
+    hydra_overrides = [o.input_line for o in parsed if o.is_hydra_override()]
+    task = [o for o in parsed if not o.is_hydra_override()]
+    swept = {o.key_or_group for o in task if o.is_sweep_override()}
+    if args.multirun:
+        jobs = [list(job) for batch in BasicSweeper.split_arguments(task, None) for job in batch]
+    elif any(o.is_sweep_override() for o in task):
+        return []  # Hydra explains that a sweep needs -m
+    else:
+        jobs = [[o.input_line for o in task]]
+
+    errors = []
+    with initialize_config_dir(version_base="1.3", config_dir=str(schema.CONF_DIR), job_name="train"):
+        for job in jobs:
+            varying = [o for o in job if o.split("=", 1)[0] in swept]
+            label = f"job {' '.join(varying)}: " if len(jobs) > 1 else ""
+            try:
+                cfg = compose(config_name, overrides=hydra_overrides + job, return_hydra_config=True)
+            except Exception as e:  # noqa: BLE001 - any composition error is reported
+                errors.append(label + composition_error(e, job, config_name))
+                continue
+            try:
+                sweep = cfg.hydra.sweep
+                job_dir = Path(sweep.dir) / sweep.subdir if args.multirun else Path(cfg.hydra.run.dir)
+                check_existing(job_dir, build_plan(cfg), cfg.force)
+            except ConfigError as e:
+                errors.append(label + str(e))
+    if errors and len(jobs) > 1:
+        errors.append(f"nothing was started: {len(errors)} of {len(jobs)} jobs are invalid")
+    return errors
+
+
 @hydra.main(version_base="1.3", config_path=str(schema.CONF_DIR), config_name="config")
 def _app(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     hc = HydraConfig.get()
     if "joblib" in str(hc.launcher.get("_target_", "")).lower():
         # Jobs share the machine (and its GPU): don't let each grab 75% of GPU memory.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    return run_job(cfg, hc.runtime.output_dir)
+    try:
+        return run_job(cfg, hc.runtime.output_dir)
+    except ValueError as e:  # ConfigError included
+        if hc.mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failure and runs the other jobs
+        where = "" if isinstance(e, ConfigError) else f" (traceback in {Path(hc.runtime.output_dir) / 'job.json'})"
+        print(f"purerl-train: error: {_one_line(e)}{where}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:
+    """`purerl-train`: validate every job of the command line, then let Hydra run them."""
+    errors = validate_command_line(sys.argv[1:])
+    if errors:
+        for line in errors:
+            print(f"purerl-train: error: {line}", file=sys.stderr)
+        sys.exit(2)
     _app()
 
 

@@ -1,17 +1,20 @@
-"""purerl: a pure-JAX laboratory for policy-gradient RL and efficient attention."""
+"""purerl: a pure-JAX laboratory for policy-gradient RL and efficient attention.
 
-import os
-
-# XLA:CPU (jaxlib 0.10.x) can deadlock executing vmapped training programs: its
-# concurrency-optimised scheduler leaves the worker pool parked with no work while
-# `block_until_ready` waits forever (reproduced here with 2 vmapped PPO seeds; also
-# reported upstream as the Eigen pool "wedging" on vmap graphs). Turning that scheduler
-# off fixes it at no measurable cost. It must be set before JAX creates its CPU
-# backend; it only affects the CPU backend. Set PURERL_KEEP_XLA_FLAGS=1 to opt out.
-_CPU_WORKAROUND = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-if not os.environ.get("PURERL_KEEP_XLA_FLAGS"):
-    _flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_enable_concurrency_optimized_scheduler" not in _flags:
-        os.environ["XLA_FLAGS"] = f"{_flags} {_CPU_WORKAROUND}".strip()
+Importing purerl changes no global settings (no XLA flags, no JAX config). The XLA:CPU
+hang that an earlier version worked around with an import-time flag was a batched
+LAPACK QR (orthogonal initialisation) blocking the CPU thread pool; training programs no
+longer call LAPACK (purerl.nets.orthogonal_init). Details: docs/algorithms.md.
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["load_policy"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import purerl` stays cheap (no JAX, no orbax) until a saved policy is loaded.
+    if name == "load_policy":
+        from purerl.artifacts import load_policy
+
+        return load_policy
+    raise AttributeError(f"module 'purerl' has no attribute {name!r}")

@@ -1,21 +1,32 @@
-"""The static/traced split every algorithm follows, and its validation.
+"""The static/traced split every algorithm follows, and one validation vocabulary.
 
 - A `Config` is a frozen (hashable) dataclass of everything that changes shapes or
   program structure: env, sizes, counts, booleans. It is validated on construction,
-  so bad input fails before anything compiles.
+  so bad input fails before anything compiles. Configs are assembled from parts:
+  `EnvConfig` (which env, how many copies, observation/action handling) and
+  `NetworkConfig` (MLP sizes, activation, policy distribution) are shared by every
+  agent; `OnPolicyConfig` adds the rollout (steps per update, total budget).
 - A `Hyper` is a `flax.struct` dataclass of scalars: traced, vmappable, sweepable.
-  Each field declares its allowed interval with `hyper_field`; `validate_hyper`
-  checks concrete values (scalars or whole sweep batches) against it. Values that are
-  tracers (inside `jit`) are skipped: `purerl.sweep.run` validates before tracing.
+  Each field declares its allowed interval with `hyper_field`. Hypers subclass
+  `ValidatedHyper`, so concrete values are checked where they enter: on construction
+  (and `.replace`), and again by `purerl.sweep.run`. Inside `train` the values may be
+  tracers (a user's own `jax.jit`, or a Hyper built from traced values); the contract
+  there is explicit: a run whose traced hyperparameters leave their intervals reports
+  NaN for every float metric and `hyper_ok = 0` (see `purerl.rl.loop`).
+
+Every error names the owner and field, the bad value and what is allowed:
+"Config.num_envs: got 0; allowed: a positive integer".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
@@ -25,53 +36,116 @@ from purerl.nets import check_activation
 _INTERVAL = re.compile(r"^\s*([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])\s*$")
 
 
+# ---------------------------------------------------------------- checks (one vocabulary)
+def check_positive_int(owner: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{owner}.{name}: got {value!r}; allowed: a positive integer")
+
+
+def check_choice(owner: str, name: str, value: Any, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name}: got {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def check_positive_int_tuple(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, tuple) or not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in value
+    ):
+        raise ValueError(f"{owner}.{name}: got {value!r}; allowed: a tuple of positive integers")
+
+
+def check_divides(owner: str, name: str, value: int, total: int, total_name: str) -> None:
+    """`value` must divide `total` (e.g. minibatches into the batch)."""
+    if total % value:
+        divisors = [d for d in range(1, total + 1) if total % d == 0]
+        shown = ", ".join(map(str, divisors[:12])) + (", ..." if len(divisors) > 12 else "")
+        raise ValueError(
+            f"{owner}.{name}: {value} does not divide {total_name} = {total}; "
+            f"allowed: a divisor of {total} ({shown})"
+        )
+
+
+# ---------------------------------------------------------------- traced hyperparameters
 def hyper_field(default: float, interval: str, doc: str = "") -> Any:
     """A traced hyperparameter with its allowed interval, e.g. "[0, 1]" or "(0, inf)"."""
     if not _INTERVAL.match(interval):
         raise ValueError(f"bad interval spec {interval!r}")
-    return struct.field(
-        pytree_node=True, default=default, metadata={"interval": interval, "doc": doc}
-    )
+    return struct.field(pytree_node=True, default=default, metadata={"interval": interval, "doc": doc})
 
 
-def _in_interval(values: np.ndarray, interval: str) -> np.ndarray:
+def _bounds(interval: str) -> tuple[str, float, float, str]:
     left, low, high, right = _INTERVAL.match(interval).groups()
-    low, high = float(low), float(high)
+    return left, float(low), float(high), right
+
+
+def _in_interval(values: Any, interval: str, xp: Any = np) -> Any:
+    left, low, high, right = _bounds(interval)
     above = values >= low if left == "[" else values > low
     below = values <= high if right == "]" else values < high
-    return above & below & ~np.isnan(values)
+    return above & below & ~xp.isnan(values)
+
+
+def _concrete_numbers(owner: str, name: str, value: Any, interval: str) -> np.ndarray | None:
+    """The value as a float64 array if it is a concrete number (or array of numbers);
+    None for what is not a hyperparameter value at all: tracers, and the placeholders
+    JAX puts in pytree slots (None, shape structs, axis specs as bools)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, str):
+        raise ValueError(f"{owner}.{name}: got {value!r} (a string); allowed: a number in {interval}")
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return np.asarray(value, np.float64)
+    if isinstance(value, (np.ndarray, jax.Array)):
+        if value.dtype == bool or not np.issubdtype(value.dtype, np.number):
+            return None
+        return np.asarray(value, dtype=np.float64)
+    return None
 
 
 def validate_hyper(hyper: Any) -> None:
-    """Raise ValueError naming the field, the bad value and the allowed interval."""
+    """Raise ValueError naming the field, the bad value(s) and the allowed interval.
+    Checks every concrete value (scalars or whole sweep batches); skips tracers."""
+    owner = type(hyper).__name__
     for field in dataclasses.fields(hyper):
         interval = field.metadata.get("interval")
-        value = getattr(hyper, field.name)
-        if interval is None or isinstance(value, jax.core.Tracer):
+        if interval is None:
             continue
-        values = np.asarray(value, dtype=np.float64)
+        values = _concrete_numbers(owner, field.name, getattr(hyper, field.name), interval)
+        if values is None:
+            continue
         ok = _in_interval(values, interval)
         if not np.all(ok):
             bad = values[~ok] if values.ndim else values
-            shown = [f"{v:.6g}" for v in np.unique(bad.ravel())[:5]]
+            shown = [f"{v:.6g}" for v in np.unique(np.ravel(bad))[:5]]
             got = shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"
-            raise ValueError(f"{type(hyper).__name__}.{field.name}: got {got}; allowed: {interval}")
+            raise ValueError(f"{owner}.{field.name}: got {got}; allowed: {interval}")
+
+
+def traced_hyper_ok(hyper: Any) -> jax.Array:
+    """In-graph check of the same intervals: a scalar bool (per run under vmap)."""
+    ok = jnp.bool_(True)
+    for field in dataclasses.fields(hyper):
+        interval = field.metadata.get("interval")
+        if interval is not None:
+            value = jnp.asarray(getattr(hyper, field.name), jnp.float32)
+            ok = ok & jnp.all(_in_interval(value, interval, jnp))
+    return ok
+
+
+class ValidatedHyper:
+    """Base of every `Hyper`: concrete values are validated on construction."""
+
+    def __post_init__(self) -> None:
+        validate_hyper(self)
 
 
 def hyper_names(hyper_cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(hyper_cls))
 
 
-def check_positive_int(owner: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{owner}.{name}: got {value!r}; allowed: a positive integer")
-
-
-def check_choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{owner}.{name}: got {value!r}; allowed: {', '.join(map(repr, allowed))}")
-
-
+# ---------------------------------------------------------------- static configuration parts
 def _freeze(value: Any) -> Any:
     """Make dicts/lists hashable so a Config can be a static jit argument."""
     if isinstance(value, dict):
@@ -81,56 +155,94 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+class _ConfigPart:
+    """Cooperative `__post_init__`: each part validates its own fields, then the next."""
+
+    def __post_init__(self) -> None:
+        pass
+
+    @property
+    def _owner(self) -> str:
+        return type(self).__name__
+
+
 @dataclasses.dataclass(frozen=True)
-class OnPolicyConfig:
-    """Static settings shared by the on-policy actor-critic algorithms."""
+class EnvConfig(_ConfigPart):
+    """Which environment, how many copies, and how observations/actions are handled."""
 
     env: str = "CartPole-v1"
     env_kwargs: tuple = ()
     num_envs: int = 4
-    num_steps: int = 128
-    total_timesteps: int = 500_000
-    actor_hidden: tuple[int, ...] = (64, 64)
-    critic_hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    # "auto" picks categorical for Discrete and Gaussian for Box action spaces.
-    distribution: str = "auto"
+    # Running mean/variance normalisation; the statistics live in the agent's TrainState.
     normalize_obs: bool = False
     action_transform: str = "clip"
 
     def __post_init__(self) -> None:
-        owner = type(self).__name__
-        for name in ("env_kwargs", "actor_hidden", "critic_hidden"):
-            object.__setattr__(self, name, _freeze(getattr(self, name)))
-        if isinstance(self.total_timesteps, float) and self.total_timesteps.is_integer():
-            object.__setattr__(self, "total_timesteps", int(self.total_timesteps))
-        for name in ("num_envs", "num_steps", "total_timesteps"):
-            check_positive_int(owner, name, getattr(self, name))
+        super().__post_init__()
+        object.__setattr__(self, "env_kwargs", _freeze(self.env_kwargs))
+        check_positive_int(self._owner, "num_envs", self.num_envs)
+        check_choice(self._owner, "action_transform", self.action_transform, ("clip", "rescale"))
+        envs.make_env(self.env, **dict(self.env_kwargs))  # unknown names fail here
+
+    def make_env(self) -> tuple[Any, Any]:
+        """The unwrapped gymnax env and its parameters."""
+        return envs.make_env(self.env, **dict(self.env_kwargs))
+
+    @property
+    def discrete_actions(self) -> bool:
+        return envs.is_discrete(*self.make_env())
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig(_ConfigPart):
+    """MLP sizes and the policy distribution ("auto": categorical for Discrete, Gaussian for Box)."""
+
+    actor_hidden: tuple[int, ...] = (64, 64)
+    critic_hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    distribution: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("actor_hidden", "critic_hidden"):
-            sizes = getattr(self, name)
-            if not all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes):
+            object.__setattr__(self, name, _freeze(getattr(self, name)))
+            check_positive_int_tuple(self._owner, name, getattr(self, name))
+        check_activation(self.activation, f"{self._owner}.activation")
+        check_choice(self._owner, "distribution", self.distribution, ("auto", "categorical", "gaussian"))
+        env = getattr(self, "env", None)
+        if env is not None and self.distribution != "auto":
+            discrete = self.discrete_actions
+            wanted = "categorical" if discrete else "gaussian"
+            if self.distribution != wanted:
+                kind = "a discrete" if self.distribution == "categorical" else "a continuous (Box)"
+                space = self.make_env()[0].action_space(self.make_env()[1])
                 raise ValueError(
-                    f"{owner}.{name}: got {sizes!r}; allowed: a tuple of positive integers"
+                    f"{self._owner}.distribution: {self.distribution!r} needs {kind} action space, but "
+                    f"{env} has {space}; allowed here: 'auto', {wanted!r}"
                 )
-        check_activation(self.activation, f"{owner}.activation")
-        check_choice(owner, "distribution", self.distribution, ("auto", "categorical", "gaussian"))
-        check_choice(owner, "action_transform", self.action_transform, ("clip", "rescale"))
+
+
+def _integral(value: Any) -> Any:
+    """1e6 from YAML/CLI arrives as a float: accept it when it is a whole number."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+@dataclasses.dataclass(frozen=True)
+class OnPolicyConfig(NetworkConfig, EnvConfig):
+    """Static settings shared by the on-policy actor-critic algorithms."""
+
+    num_steps: int = 128
+    total_timesteps: int = 500_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total_timesteps", _integral(self.total_timesteps))
+        super().__post_init__()
+        check_positive_int(self._owner, "num_steps", self.num_steps)
+        check_positive_int(self._owner, "total_timesteps", self.total_timesteps)
         if self.total_timesteps < self.batch_size:
             raise ValueError(
-                f"{owner}.total_timesteps: got {self.total_timesteps}; allowed: at least "
+                f"{self._owner}.total_timesteps: got {self.total_timesteps}; allowed: at least "
                 f"num_envs * num_steps = {self.batch_size} (one update)"
-            )
-        env, env_params = envs.make_env(self.env, **dict(self.env_kwargs))
-        discrete = envs.is_discrete(env, env_params)
-        if self.distribution == "categorical" and not discrete:
-            raise ValueError(
-                f"{owner}.distribution: 'categorical' needs a discrete action space, but "
-                f"{self.env} has {env.action_space(env_params)}; allowed here: 'auto', 'gaussian'"
-            )
-        if self.distribution == "gaussian" and discrete:
-            raise ValueError(
-                f"{owner}.distribution: 'gaussian' needs a continuous (Box) action space, but "
-                f"{self.env} has {env.action_space(env_params)}; allowed here: 'auto', 'categorical'"
             )
 
     @property

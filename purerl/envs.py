@@ -9,7 +9,10 @@ advantage estimation bootstraps from V(final observation) on truncation.
 Stack built by `make_vec_env` (innermost first):
     gymnax env -> VectorObservation (non-vector obs) -> ClipAction / RescaleAction
     (continuous) -> EpisodeStatistics -> VecEnv (num_envs copies, vmapped)
-    -> NormalizeObservation (optional; statistics shared by all copies)
+
+Observation normalisation is not an env wrapper: its running statistics belong to the
+agent (purerl.rl.normalization), so episodic collectors that reset the envs every update,
+evaluation and saved policies all see the same statistics.
 """
 
 from __future__ import annotations
@@ -178,68 +181,10 @@ class VecEnv(Wrapper):
         return jax.vmap(self._env.step, in_axes=(0, 0, 0, None))(keys, state, action, params)
 
 
-@struct.dataclass
-class NormalizeObservationState:
-    env_state: Any
-    mean: jax.Array
-    var: jax.Array
-    count: jax.Array
-
-
-class NormalizeObservation(Wrapper):
-    """Normalises batched observations with running mean/variance kept in the state.
-
-    Wraps a `VecEnv`: the statistics are shared by all copies and updated with each
-    batch (parallel Welford merge), so they live in the (vmappable) state rather than
-    in Python. `final_observation` is normalised with the same statistics so that
-    bootstrapped values see the same input distribution as the policy.
-    """
-
-    def __init__(self, env: Any, epsilon: float = 1e-8, clip: float = 10.0):
-        super().__init__(env)
-        self.epsilon = epsilon
-        self.clip = clip
-
-    def _update(self, state: NormalizeObservationState, obs: jax.Array):
-        batch_mean = jnp.mean(obs, axis=0)
-        batch_var = jnp.var(obs, axis=0)
-        batch_count = obs.shape[0]
-        delta = batch_mean - state.mean
-        total = state.count + batch_count
-        mean = state.mean + delta * batch_count / total
-        m2 = state.var * state.count + batch_var * batch_count
-        m2 = m2 + jnp.square(delta) * state.count * batch_count / total
-        return state.replace(mean=mean, var=m2 / total, count=total)
-
-    def _normalize(self, state: NormalizeObservationState, obs: jax.Array) -> jax.Array:
-        normalized = (obs - state.mean) / jnp.sqrt(state.var + self.epsilon)
-        return jnp.clip(normalized, -self.clip, self.clip)
-
-    def reset(self, key, params=None):
-        obs, env_state = self._env.reset(key, params)
-        state = NormalizeObservationState(
-            env_state,
-            mean=jnp.zeros(obs.shape[1:], jnp.float32),
-            var=jnp.ones(obs.shape[1:], jnp.float32),
-            count=jnp.float32(1e-4),
-        )
-        state = self._update(state, obs)
-        return self._normalize(state, obs), state
-
-    def step(self, key, state, action, params=None):
-        obs, env_state, reward, terminated, truncated, info = self._env.step(
-            key, state.env_state, action, params
-        )
-        state = self._update(state.replace(env_state=env_state), obs)
-        info = {**info, "final_observation": self._normalize(state, info["final_observation"])}
-        return self._normalize(state, obs), state, reward, terminated, truncated, info
-
-
 def make_vec_env(
     name: str,
     num_envs: int,
     env_kwargs: dict[str, Any] | None = None,
-    normalize_obs: bool = False,
     action_transform: str = "clip",
 ) -> tuple[Any, Any]:
     """Build the standard wrapper stack; returns (vec_env, env_params).
@@ -258,7 +203,4 @@ def make_vec_env(
         env = VectorObservation(env, params)
     if not is_discrete(env, params):
         env = ClipAction(env) if action_transform == "clip" else RescaleAction(env)
-    env = VecEnv(EpisodeStatistics(env), num_envs)
-    if normalize_obs:
-        env = NormalizeObservation(env)
-    return env, params
+    return VecEnv(EpisodeStatistics(env), num_envs), params

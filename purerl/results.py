@@ -9,10 +9,16 @@ A job directory holds, once finished:
   before it, e.g. PPO's scheduled `lr` vs the `Hyper.lr`, is stored as `metric_<name>`).
 - `summary.parquet`: one row per run with the same identifying columns plus
   final_return (mean return over the last 10% of updates), auc (mean return over all
-  updates: the area under the learning curve divided by its length), diverged and
+  updates: the area under the learning curve divided by its length), final_episodes
+  (episodes finished in that last 10%; final_return is NaN when it is 0), diverged and
   diverged_update (first update with a NaN/inf metric), num_updates, env_steps,
   wall_seconds and compile_seconds (of the whole job: its runs train together).
+  A diverged run has NaN final_return and auc: its numbers after divergence mean
+  nothing, and a finite value would let it pass for a result (analysis counts it as
+  diverged instead, see `analysis.aggregate`).
 - `config.yaml`: the fully resolved configuration (text supplied by the caller).
+- `policies/` (purerl-train's `save_policies=true`, the default): the final parameters
+  and observation statistics of every run, written by `purerl.artifacts` (orbax).
 - `job.json`: status `running` -> `complete` | `failed`, plus a fingerprint of the
   configuration. It is written first (running) and last (complete); every file is
   written to a temporary name and `os.replace`d into place, so a job killed at any
@@ -48,6 +54,18 @@ RETURN_METRIC = "episode_return"
 # Metrics that are NaN by design in updates in which no episode finished.
 EPISODE_METRICS = ("episode_return", "episode_length")
 ID_COLUMNS = ("experiment", "algo", "env", "seed", "setting")
+# Columns of summary.parquet that are outcomes of a run, not its configuration.
+OUTCOME_COLUMNS = (
+    "final_return",
+    "auc",
+    "final_episodes",
+    "diverged",
+    "diverged_update",
+    "num_updates",
+    "env_steps",
+    "wall_seconds",
+    "compile_seconds",
+)
 FINAL_FRACTION = 0.1
 
 
@@ -274,7 +292,8 @@ def summarize(
     return_metric: str = RETURN_METRIC,
     wall_seconds: float | None = None,
 ) -> pd.DataFrame:
-    """One row per run: identity columns, final_return, auc, divergence, timings."""
+    """One row per run: identity columns, final_return, auc, final_episodes, divergence,
+    timings (see the module docstring; diverged runs get NaN final_return and auc)."""
     metrics = {k: np.asarray(v) for k, v in result.metrics.items()}
     returns = metrics[return_metric].astype(np.float64)
     num_updates = returns.shape[-1]
@@ -285,9 +304,17 @@ def summarize(
         final = np.nanmean(finite[..., -window:], axis=-1)
         auc = np.nanmean(finite, axis=-1)
     diverged, first = divergence(metrics)
+    final = np.where(diverged, np.nan, final)
+    auc = np.where(diverged, np.nan, auc)
+    if "episodes" in metrics:
+        final_episodes = np.asarray(metrics["episodes"])[..., -window:].sum(axis=-1).reshape(-1)
+        final_episodes = pd.array(final_episodes.astype(np.int64), dtype="Int64")
+    else:  # unknown: whether an episode finished is only known from the return being finite
+        final_episodes = pd.array([None] * diverged.size, dtype="Int64")
     columns = _identity(result, experiment, algo, config, base_hyper, env)
     columns["final_return"] = final.reshape(-1)
     columns["auc"] = auc.reshape(-1)
+    columns["final_episodes"] = final_episodes
     columns["diverged"] = diverged.reshape(-1)
     columns["diverged_update"] = pd.array([None if u < 0 else int(u) for u in first.reshape(-1)], dtype="Int64")
     columns["num_updates"] = np.full(diverged.size, num_updates, dtype=np.int64)

@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from purerl import provenance
 from purerl.config import validate_hyper
+from purerl.rl.loop import host_metrics
 
 
 # ---------------------------------------------------------------- building batches
@@ -65,12 +67,17 @@ def from_settings(base: Any, settings: Sequence[dict[str, float]]) -> Sweep:
     if not settings:
         raise ValueError("a sweep needs at least one setting")
     _check_axes(base, {k: [v] for s in settings for k, v in s.items()})
-    columns = {
-        f.name: np.asarray(
-            [s.get(f.name, getattr(base, f.name)) for s in settings], dtype=np.float32
-        )
-        for f in dataclasses.fields(base)
-    }
+    columns = {}
+    for f in dataclasses.fields(base):
+        values = [s.get(f.name, getattr(base, f.name)) for s in settings]
+        try:
+            columns[f.name] = np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError):
+            bad = next(v for v in values if not isinstance(v, (int, float, np.number)))
+            interval = f.metadata.get("interval", "")
+            raise ValueError(
+                f"{type(base).__name__}.{f.name}: got {bad!r}; allowed: a number in {interval}"
+            ) from None
     hypers = base.replace(**{k: jnp.asarray(v) for k, v in columns.items()})
     validate_hyper(hypers)
     return Sweep(hypers, settings)
@@ -157,8 +164,8 @@ class SweepResult:
             return np.nanmean(values, axis=-1)
 
     def table(self, metric: str = "episode_return", last: int = 10):
-        """pandas DataFrame: one row per setting with mean/std/min/max over seeds."""
-        import pandas as pd
+        """pandas DataFrame: one row per setting with mean/std/min/max over seeds
+        (printing it shows every column)."""
 
         finals = self.final(metric, last)
         rows = []
@@ -173,7 +180,24 @@ class SweepResult:
                     f"{metric}_max": float(np.max(finals[s])),
                 }
             )
-        return pd.DataFrame(rows)
+        return _table_class()(rows)
+
+
+@functools.cache
+def _table_class():
+    import pandas as pd
+
+    class Table(pd.DataFrame):
+        """A DataFrame whose printed form never elides columns."""
+
+        @property
+        def _constructor(self):
+            return Table
+
+        def __repr__(self) -> str:
+            return self.to_string()
+
+    return Table
 
 
 class UpdateProgress:
@@ -199,14 +223,34 @@ class UpdateProgress:
 
 
 def _seed_array(seeds: int | Sequence[int]) -> np.ndarray:
-    if isinstance(seeds, (int, np.integer)):
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         if seeds <= 0:
-            raise ValueError(f"seeds: got {seeds}; allowed: a positive count or a list of ints")
+            raise ValueError(f"seeds: got {seeds}; allowed: a positive count or a list of distinct ints")
         return np.arange(seeds)
-    seeds = np.asarray(seeds)
-    if seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer):
-        raise ValueError("seeds: allowed: a positive count or a non-empty list of integers")
-    return seeds
+    array = np.asarray(seeds)
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"seeds: got {seeds!r}; allowed: a positive count or a non-empty list of distinct ints")
+    values, counts = np.unique(array, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(
+            f"seeds: got duplicates {values[counts > 1].tolist()}; allowed: distinct integers "
+            "(a repeated seed trains an identical run and would count twice)"
+        )
+    return array
+
+
+def chunk_size(num_runs: int, max_batch: int | None, num_devices: int) -> int:
+    """Runs per compiled call in `run`: as large as `max_batch` allows, a multiple of the
+    device count (chunks are padded to it)."""
+    chunk = min(max_batch or num_runs, num_runs)
+    return max(num_devices, math.ceil(chunk / num_devices) * num_devices)
+
+
+def chunk_count(num_runs: int, max_batch: int | None, num_devices: int) -> int:
+    """How many compiled calls `run` splits `num_runs` runs into. A per-update progress
+    bar over a chunked sweep: `make_train(config, on_update=UpdateProgress(num_updates *
+    chunk_count(runs, max_batch, jax.local_device_count())))`."""
+    return math.ceil(num_runs / chunk_size(num_runs, max_batch, num_devices))
 
 
 def run(
@@ -227,11 +271,15 @@ def run(
     runs per call (memory); chunks are padded to equal size so one executable serves all.
     `devices` defaults to all local devices; the batch axis is sharded over them.
 
+    `program_key` names the program `train` compiles to (algorithm, Config and any
+    `on_update` callback): runs with the same key and batch shapes reuse one executable
+    within the process (without it, the `train` object itself is the key).
     `export_cache` + `program_key` skip re-tracing an identical program in a later process:
     the lowered program is stored with `jax.export`, keyed by `program_key` (what `train`
-    is, e.g. algorithm + Config) plus purerl's source, the JAX version, the devices and the
-    batch shapes. With JAX's persistent compilation cache also on, a warm job then only
-    deserialises and fetches the executable.
+    is, e.g. algorithm + Config) plus purerl's source hash, the versions of jax, jaxlib,
+    gymnax, flax, optax and distrax (purerl.provenance), the devices and the batch shapes.
+    With JAX's persistent compilation cache also on, a warm job then only deserialises and
+    fetches the executable.
     """
     if not isinstance(sweep, Sweep):
         sweep = from_settings(sweep, [{}])
@@ -243,9 +291,7 @@ def run(
     if max_batch is not None and max_batch <= 0:
         raise ValueError(f"max_batch: got {max_batch}; allowed: a positive integer or None")
 
-    # Chunk size: as large as allowed, a multiple of the device count.
-    chunk = min(max_batch or total, total)
-    chunk = max(len(devices), math.ceil(chunk / len(devices)) * len(devices))
+    chunk = chunk_size(total, max_batch, len(devices))
     num_chunks = math.ceil(total / chunk)
     padded = num_chunks * chunk
 
@@ -269,11 +315,19 @@ def run(
 
     start = time.perf_counter()
     example = chunk_inputs(0)
-    compiled = None
-    if export_cache is not None and program_key is not None and not return_state:
-        compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key)
+    signature = (
+        program_key if program_key is not None else train,
+        return_state,
+        tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(example)),
+        tuple(devices),
+    )
+    compiled = _EXECUTABLES.get(signature)
     if compiled is None:
-        compiled = jax.jit(batched).lower(*example).compile()
+        if export_cache is not None and program_key is not None and not return_state:
+            compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key)
+        if compiled is None:
+            compiled = jax.jit(batched).lower(*example).compile()
+        _remember(signature, compiled)
     compile_seconds = time.perf_counter() - start
 
     chunks = range(num_chunks)
@@ -282,7 +336,9 @@ def run(
 
         chunks = tqdm(chunks, desc=f"sweep ({total} runs, {num_chunks} chunks)", unit="chunk")
     start = time.perf_counter()
-    outputs = [jax.device_get(compiled(*chunk_inputs(c))) for c in chunks]
+    # Dispatch every chunk before fetching any: the device never waits for the host.
+    pending = [compiled(*chunk_inputs(c)) for c in chunks]
+    outputs = [jax.device_get(o) for o in pending]
     run_seconds = time.perf_counter() - start
 
     def gather(*parts):
@@ -290,7 +346,7 @@ def run(
         return flat.reshape((num_settings, num_seeds) + flat.shape[1:])
 
     states = [o[0] for o in outputs]
-    metrics = jax.tree.map(gather, *[o[1] for o in outputs])
+    metrics = host_metrics(jax.tree.map(gather, *[o[1] for o in outputs]))
     final_state = jax.tree.map(gather, *states) if return_state else None
     return SweepResult(
         metrics=metrics,
@@ -303,18 +359,20 @@ def run(
     )
 
 
+# Compiled executables of this process, keyed by program (program_key, or the train
+# function itself), input shapes and devices: a second `run` of the same program with
+# the same batch shapes skips tracing and compilation. Small LRU: executables hold memory.
+_EXECUTABLES: dict[tuple, Any] = {}
+_MAX_EXECUTABLES = 16
+
+
+def _remember(signature: tuple, compiled: Any) -> None:
+    _EXECUTABLES[signature] = compiled
+    while len(_EXECUTABLES) > _MAX_EXECUTABLES:
+        _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
+
+
 # ---------------------------------------------------------------- exported-program cache
-@functools.cache
-def _source_digest() -> str:
-    """Hash of purerl's own source files: any code change invalidates cached programs."""
-    digest = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: str):
     """Compile `batched` through a serialised `jax.export` artefact; None if that fails.
 
@@ -326,7 +384,7 @@ def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: st
     leaves, treedef = jax.tree.flatten(example)
     signature = [(x.shape, str(x.dtype)) for x in leaves]
     devices = [(d.platform, d.device_kind) for d in jax.local_devices()]
-    identity = repr((program_key, signature, devices, jax.__version__, _source_digest()))
+    identity = repr((program_key, signature, devices, provenance.dependency_versions(), provenance.source_digest()))
     path = cache_dir / (hashlib.sha256(identity.encode()).hexdigest()[:24] + ".jaxexport")
 
     def metrics_program(*flat):

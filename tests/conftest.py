@@ -5,9 +5,11 @@
   ~1e-3 relative error and would fail any float32 tolerance.
 - Tolerances come from `tol(dtype)`, one table keyed on dtype (and widened on GPU for
   comparisons of two JAX computations that run different kernels).
-- Bitwise equality of a vmapped run and the same run alone holds on CPU; on GPU the
-  batched kernels may reduce in a different order, so `tol(..., exact_on_cpu=True)`
-  gives 0 on CPU and a stated tolerance elsewhere.
+- A vmapped run and the same run alone are NOT bitwise equal, even on CPU: vmap turns
+  matmuls and reductions into batched kernels whose summation order differs (measured:
+  6e-8 absolute on PPO's explained_variance after one update). `tol(vmapped=True)` is the
+  stated tolerance for that comparison: tight on CPU, wider on GPU (TF32-free but
+  differently tiled kernels). Whole chaotic trajectories are compared on CPU only.
 """
 
 from __future__ import annotations
@@ -27,16 +29,15 @@ _TOLERANCES = {
     np.dtype(jax.numpy.bfloat16): (2e-2, 2e-2),
     np.dtype(np.float16): (2e-3, 2e-3),
 }
-# Two float32 JAX programs that should agree but may run different kernels on GPU.
-_GPU_FLOAT32_KERNEL_TOLERANCE = (1e-4, 1e-5)
+# Two float32 JAX programs that should agree but run batched vs unbatched kernels.
+_VMAPPED_TOLERANCE = {True: (1e-5, 1e-5), False: (1e-4, 1e-5)}  # keyed on ON_CPU
 
 
-def tol(dtype=np.float32, *, exact_on_cpu: bool = False) -> dict[str, float]:
-    """`np.testing.assert_allclose(..., **tol(dtype))`."""
-    if exact_on_cpu:
-        if ON_CPU:
-            return {"rtol": 0.0, "atol": 0.0}
-        rtol, atol = _GPU_FLOAT32_KERNEL_TOLERANCE
+def tol(dtype=np.float32, *, vmapped: bool = False) -> dict[str, float]:
+    """`np.testing.assert_allclose(..., **tol(dtype))`; `vmapped=True` for a vmapped
+    float32 computation against the same computation alone."""
+    if vmapped:
+        rtol, atol = _VMAPPED_TOLERANCE[ON_CPU]
         return {"rtol": rtol, "atol": atol}
     rtol, atol = _TOLERANCES[np.dtype(dtype)]
     return {"rtol": rtol, "atol": atol}

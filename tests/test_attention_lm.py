@@ -242,7 +242,7 @@ def test_training_seeds_vmap():
         params_i, metrics_i = run(key)
         for name in ("loss", "accuracy"):
             np.testing.assert_allclose(metrics[name][i], metrics_i[name],
-                                       **tol(exact_on_cpu=True))
+                                       **tol(vmapped=True))
         jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b, **tol()),
                      params, params_i)
 

@@ -1,4 +1,5 @@
-"""gymnax wrappers: names, episode statistics across auto-reset, normalisation, actions."""
+"""gymnax wrappers: names, episode statistics across auto-reset, actions (observation
+normalisation is the agent's: tests/test_skeleton.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -78,32 +79,6 @@ def test_final_observation_differs_from_reset_observation_on_done():
     assert not np.allclose(final, np.asarray(obs)[0])
     assert final[0] == pytest.approx(prev[0] + 0.02 * prev[1], abs=1e-6)
     assert final[2] == pytest.approx(prev[2] + 0.02 * prev[3], abs=1e-6)
-
-
-def test_normalize_observation_statistics_in_state_and_vmappable():
-    env, params = envs.make_vec_env("Pendulum-v1", num_envs=8, normalize_obs=True)
-
-    def run(key):
-        obs, state = env.reset(key, params)
-        def body(carry, k):
-            obs, state = carry
-            obs, state, *_ = env.step(k, state, jnp.ones((8, 1)), params)
-            return (obs, state), obs
-        (obs, state), all_obs = jax.lax.scan(body, (obs, state), jax.random.split(key, 50))
-        return state, all_obs
-
-    states, all_obs = jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(0), 2))
-    assert states.mean.shape == (2, 3)  # one set of statistics per vmapped run
-    assert np.all(np.abs(np.asarray(all_obs)) <= 10.0)
-    assert float(states.count[0]) == pytest.approx(51 * 8, rel=1e-3)
-    # The running statistics match the plain mean of the raw observations they saw.
-    raw_env, _ = envs.make_vec_env("Pendulum-v1", num_envs=8)
-    obs, state = raw_env.reset(jax.random.split(jax.random.PRNGKey(0), 2)[0], params)
-    seen = [obs]
-    for k in jax.random.split(jax.random.split(jax.random.PRNGKey(0), 2)[0], 50):
-        obs, state, *_ = raw_env.step(k, state, jnp.ones((8, 1)), params)
-        seen.append(obs)
-    np.testing.assert_allclose(states.mean[0], np.mean(np.concatenate(seen), axis=0), atol=1e-3)
 
 
 def test_minatar_observations_are_flattened():

@@ -4,11 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tol
 
 from purerl import sweep
 from purerl.algos import ppo, reinforce
 from purerl.rl import group
 from purerl.rl.agent import build_env_and_network
+from purerl.rl.rollout import first_episode_mask
 
 
 def test_group_advantages_match_formula_and_are_zero_mean_per_group():
@@ -25,7 +27,7 @@ def test_first_episode_mask_and_step_advantages():
     # 2 envs (one group of 2), 5 steps: env 0's first episode ends at t=1, env 1's at t=3.
     terminated = jnp.array([[0, 0], [1, 0], [0, 0], [0, 1], [1, 0]], bool)
     truncated = jnp.zeros_like(terminated)
-    mask = group.first_episode_mask(terminated, truncated)
+    mask = first_episode_mask(terminated, truncated)
     np.testing.assert_array_equal(mask, [[1, 1], [1, 1], [0, 1], [0, 1], [0, 0]])
     rewards = jnp.ones((5, 2))
     steps = np.asarray(group.group_step_advantages(rewards, mask, group_size=2))
@@ -37,7 +39,7 @@ def test_group_advantages_under_vmap_equal_per_batch():
     returns = jax.random.normal(jax.random.PRNGKey(0), (5, 12)) * 30.0 + 100.0
     batched = jax.vmap(lambda r: group.group_relative_advantages(r, 3))(returns)
     for b in range(5):
-        np.testing.assert_allclose(batched[b], group.group_relative_advantages(returns[b], 3), rtol=1e-6)
+        np.testing.assert_allclose(batched[b], group.group_relative_advantages(returns[b], 3), **tol(vmapped=True))
         np.testing.assert_allclose(np.asarray(batched[b]).reshape(4, 3).mean(axis=1), 0.0, atol=1e-5)
         np.testing.assert_allclose(np.asarray(batched[b]).reshape(4, 3).std(axis=1), 1.0, rtol=1e-4)
 
@@ -59,8 +61,6 @@ def test_group_settings_are_validated():
         ppo.Config(advantage="group", group_size=3)
     with pytest.raises(ValueError, match=r"Config\.group_size: got 1"):
         reinforce.Config(baseline="group", group_size=1)
-    with pytest.raises(ValueError, match=r"Config\.normalize_obs: got True"):
-        ppo.Config(advantage="group", normalize_obs=True)
     with pytest.raises(ValueError, match=r"Config\.advantage: got 'vtrace'; allowed: 'gae', 'group'"):
         ppo.Config(advantage="vtrace")
 
@@ -71,6 +71,5 @@ def test_ppo_group_advantage_selectable_and_vmaps_over_seeds():
     for name in ("episode_return", "policy_loss", "entropy"):
         assert np.all(np.isfinite(result.metrics[name])), name
     assert not np.allclose(result.metrics["policy_loss"][0, 0], result.metrics["policy_loss"][0, 1])
-    # Every env's first episode is counted each update; the critic is not used.
+    # Every env's first episode is counted each update (the critic: test_skeleton.py).
     np.testing.assert_array_equal(result.metrics["episodes"], 8)
-    np.testing.assert_array_equal(result.metrics["value_loss"], 0.0)

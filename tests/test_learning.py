@@ -1,37 +1,86 @@
-"""PPO learns: fixed seeds, thresholds measured on our 2-core CPU (see README)."""
+"""Learning tests: 8 vmapped seeds each, asserted on the IQM (25 % trimmed mean) with a
+margin below what was measured on our 2-core CPU (figures in docs/algorithms.md, command:
+`sweep.run(make_train(Config(...)), Hyper(...), seeds=8)` with the settings below).
+A random CartPole policy scores about 22; a random Pendulum policy about −1200 to −1300."""
 
 import numpy as np
 import pytest
+from scipy.stats import trim_mean
 
 import purerl  # noqa: F401
 from purerl import sweep
-from purerl.algos import ppo
+from purerl.algos import a2c, ppo, reinforce, trpo
+
+SEEDS = list(range(8))
+
+
+def iqm(values: np.ndarray) -> float:
+    return float(trim_mean(np.asarray(values, np.float64), 0.25))
+
+
+def finals(module, config, hyper, last: int) -> tuple[np.ndarray, np.ndarray]:
+    result = sweep.run(module.make_train(config), hyper, seeds=SEEDS)
+    returns = result.metrics["episode_return"][0]
+    return result.final("episode_return", last=last)[0], np.nanmean(returns[:, :5], axis=1)
 
 
 @pytest.mark.slow
 def test_ppo_solves_cartpole_with_default_settings():
-    # PureJaxRL's CartPole settings (the defaults), 5e5 steps, 4 seeds in one compiled call.
-    result = sweep.run(ppo.make_train(ppo.Config()), ppo.Hyper(), seeds=[0, 1, 2, 3])
-    final = result.final("episode_return", last=10)[0]
-    assert np.all(final >= 475), f"mean return over the last 10 updates per seed: {final}"
+    # PureJaxRL's CartPole settings (the defaults), 5e5 steps. Measured IQM 500.0
+    # (seeds 0-7: 478.8 and 7 × 500 over the last 10 updates).
+    final, first = finals(ppo, ppo.Config(), ppo.Hyper(), last=10)
+    assert iqm(final) >= 475, final
+    assert iqm(first) < 60, first  # it started from scratch
 
 
-# Pendulum: a random policy scores about -1200 to -1300; measured finals with these
-# settings were about -200 (see README). The threshold leaves a wide margin while still
-# demanding a policy that swings up and balances most of the time.
+# Pendulum: measured IQM −219.6 over the last 10 updates (seeds 0-7: −193 to −268).
 PENDULUM_CONFIG = dict(
     env="Pendulum-v1", num_envs=16, num_steps=256, total_timesteps=409_600,
     update_epochs=10, num_minibatches=32,
 )
 PENDULUM_HYPER = dict(lr=1e-3, gamma=0.9, gae_lambda=0.95, ent_coef=0.0)
+PENDULUM_THRESHOLD = -350
 
 
 @pytest.mark.slow
 def test_continuous_ppo_learns_pendulum():
-    result = sweep.run(
-        ppo.make_train(ppo.Config(**PENDULUM_CONFIG)), ppo.Hyper(**PENDULUM_HYPER), seeds=[0, 1]
-    )
-    returns = result.metrics["episode_return"][0]
-    first, final = np.nanmean(returns[:, :5], axis=1), result.final("episode_return", last=10)[0]
-    assert np.all(first < -900), f"first updates should look random: {first}"
-    assert np.all(final > -400), f"final returns per seed: {final}"
+    final, first = finals(ppo, ppo.Config(**PENDULUM_CONFIG), ppo.Hyper(**PENDULUM_HYPER), last=10)
+    assert iqm(first) < -900, first
+    assert iqm(final) > PENDULUM_THRESHOLD, final
+
+
+@pytest.mark.slow
+def test_a2c_learns_cartpole():
+    # Defaults: 16 envs × 8 steps, one Adam step per rollout, 3e5 steps; few episodes end per
+    # 128-step update near 500, so the window is the last 100 updates. Measured IQM 316.1
+    # (seeds 0-7: 225, 139, 135, 381, 171, 487, 500, 500): A2C is the noisiest learner here.
+    final, first = finals(a2c, a2c.Config(), a2c.Hyper(), last=100)
+    assert iqm(final) >= 200, final
+    assert iqm(first) < 40, first
+
+
+@pytest.mark.slow
+def test_trpo_learns_cartpole():
+    # Defaults: 8 envs × 128 steps, δ = 0.01, λ = 0.98, 2e5 steps (195 updates). Measured IQM
+    # 500.0 (seeds 0-7: 500, 494.5, 500, 500, 500, 500, 500, 356.5).
+    result = sweep.run(trpo.make_train(trpo.Config(total_timesteps=200_000)), trpo.Hyper(), seeds=SEEDS)
+    final = result.final("episode_return", last=10)[0]
+    assert result.metrics["env_steps"][0, 0, -1] <= 200_000
+    assert iqm(final) >= 450, final
+    # The trust region held on every update of every seed.
+    assert np.all(result.metrics["kl"] <= 0.01 * (1 + 1e-3))
+    assert np.mean(result.metrics["line_search_success"]) > 0.9
+
+
+# Measured IQM over the last 5 updates, seeds 0-7: value 459.2 (434-485), group 436.7 (368-461).
+REINFORCE_THRESHOLD = {"value": 400, "group": 380}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("baseline", ["value", "group"])
+def test_reinforce_learns_cartpole(baseline):
+    # 16 complete episodes (horizon 500) per update, one Adam step each; 60 updates.
+    config = reinforce.Config(baseline=baseline, total_timesteps=60 * 16 * 500)
+    final, first = finals(reinforce, config, reinforce.Hyper(), last=5)
+    assert iqm(final) >= REINFORCE_THRESHOLD[baseline], final
+    assert iqm(first) < 60, first

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from conftest import ON_CPU, tol
 
 import purerl  # noqa: F401
 from purerl import sweep
@@ -42,12 +43,12 @@ def test_bad_config_fails_with_a_clear_error(kwargs, match):
     ],
 )
 def test_bad_hyper_fails_before_compiling(field, value, allowed, monkeypatch):
-    train = ppo.make_train(ppo.Config(**SHORT))
     compiled = []
     monkeypatch.setattr(jax, "jit", lambda *a, **k: compiled.append(1))
-    with pytest.raises(ValueError, match=rf"Hyper.{field}: got {value:g}; allowed: {allowed}"):
-        train(jax.random.PRNGKey(0), ppo.Hyper().replace(**{field: value}))
-    with pytest.raises(ValueError, match=rf"Hyper.{field}: got {value:g}; allowed: {allowed}"):
+    message = rf"Hyper.{field}: got {value:g}; allowed: {allowed}"
+    with pytest.raises(ValueError, match=message):  # at construction: before any jit
+        ppo.Hyper(**{field: value})
+    with pytest.raises(ValueError, match=message):
         sweep.grid(ppo.Hyper(), **{field: [0.5 if field != "lr" else 1e-3, value]})
     assert not compiled
 
@@ -68,15 +69,31 @@ def short_train():
 
 
 def test_vmapped_seeds_equal_runs_alone(short_train):
+    # Whole (chaotic) trajectories drift apart on GPU: a CPU-only check.
+    if not ON_CPU:
+        pytest.skip("whole-trajectory equality is a CPU check; GPU: test_one_update_vmapped_equals_alone")
     seeds = [0, 5, 11]
     result = sweep.run(short_train, ppo.Hyper(), seeds=seeds)
     alone = jax.jit(short_train)
     for k, seed in enumerate(seeds):
         _, metrics = alone(jax.random.PRNGKey(seed), ppo.Hyper())
         for name, values in metrics.items():
-            np.testing.assert_allclose(result.metrics[name][0, k], values, atol=1e-5, rtol=1e-5, err_msg=name)
+            np.testing.assert_allclose(result.metrics[name][0, k], values, **tol(vmapped=True), err_msg=name)
 
 
+def test_one_update_vmapped_equals_alone():
+    # One update on fixed inputs: equal to a stated tolerance on every backend.
+    train = ppo.make_train(ppo.Config(num_envs=4, num_steps=32, total_timesteps=128))
+    hypers = sweep.grid(ppo.Hyper(), clip_eps=[0.1, 0.3]).hypers
+    keys = jax.random.split(jax.random.PRNGKey(7), 2)
+    _, batched = jax.jit(jax.vmap(train))(keys, hypers)
+    for i, hyper in enumerate([ppo.Hyper(clip_eps=0.1), ppo.Hyper(clip_eps=0.3)]):
+        _, alone = jax.jit(train)(keys[i], hyper)
+        for name, values in alone.items():
+            np.testing.assert_allclose(batched[name][i], values, **tol(vmapped=True), err_msg=name)
+
+
+@pytest.mark.skipif(not ON_CPU, reason="whole-trajectory equality is a CPU check")
 def test_grid_setting_equals_that_setting_alone(short_train):
     grid = sweep.grid(ppo.Hyper(), clip_eps=[0.1, 0.3], ent_coef=[0.0, 0.05])
     result = sweep.run(short_train, grid, seeds=2, max_batch=3)  # 8 runs in 3 chunks of 3
@@ -84,7 +101,7 @@ def test_grid_setting_equals_that_setting_alone(short_train):
     assert grid.settings[2] == {"clip_eps": 0.3, "ent_coef": 0.0}
     _, metrics = jax.jit(short_train)(jax.random.PRNGKey(1), ppo.Hyper(clip_eps=0.3, ent_coef=0.0))
     for name, values in metrics.items():
-        np.testing.assert_allclose(result.metrics[name][2, 1], values, atol=1e-5, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(result.metrics[name][2, 1], values, **tol(vmapped=True), err_msg=name)
 
 
 def test_same_seed_same_numbers_and_different_seeds_differ(short_train):
@@ -100,12 +117,13 @@ def test_metrics_are_per_update():
     config = ppo.Config(**SHORT)
     _, metrics = jax.jit(ppo.make_train(config))(jax.random.PRNGKey(0), ppo.Hyper())
     expected = {
-        "env_steps", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
-        "entropy", "approx_kl", "clip_frac", "explained_variance", "grad_norm", "lr",
+        "env_steps_in_update", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
+        "entropy", "approx_kl", "approx_kl_first_epoch", "update_kl", "clip_frac", "explained_variance",
+        "grad_norm", "lr", "hyper_ok",
     }
     assert set(metrics) == expected
     assert all(v.shape == (config.num_updates,) for v in metrics.values())
-    np.testing.assert_array_equal(metrics["env_steps"], config.batch_size * np.arange(1, 5))
+    np.testing.assert_array_equal(metrics["env_steps_in_update"], config.batch_size)
     # Annealed linearly from lr towards 0, constant within an update.
     np.testing.assert_allclose(metrics["lr"], 2.5e-4 * (1 - np.arange(4) / 4), rtol=1e-6)
 

@@ -103,6 +103,10 @@ def test_summary_final_return_auc_and_divergence():
     for s in range(2):
         for k, seed in enumerate([3, 7]):
             row = summary[(summary.setting == s) & (summary.seed == seed)]
+            assert row.final_episodes.item() == 2  # one per update in the final window
+            if (s, seed) == (1, 7):  # diverged: no finite number may pass for its result
+                assert np.isnan(row.final_return.item()) and np.isnan(row.auc.item())
+                continue
             # last 10% of 20 updates = the last 2
             assert row.final_return.item() == pytest.approx(returns[s, k, -2:].mean())
             assert row.auc.item() == pytest.approx(np.nanmean(returns[s, k]))
@@ -111,6 +115,15 @@ def test_summary_final_return_auc_and_divergence():
     first = summary.set_index(["setting", "seed"]).diverged_update
     assert first[(1, 7)] == 13 and pd.isna(first[(0, 3)])
     assert (summary.compile_seconds == 1.5).all() and (summary.wall_seconds == 0.25).all()
+
+
+def test_no_finished_episode_in_the_final_window_is_counted_not_diverged():
+    result = make_result(num_updates=20)
+    result.metrics["episode_return"][0, 1, -2:] = np.nan
+    result.metrics["episodes"][0, 1, -2:] = 0
+    row = res.summarize(result, **IDS).set_index(["setting", "seed"]).loc[(0, 7)]
+    assert np.isnan(row.final_return) and row.final_episodes == 0 and not row.diverged
+    assert np.isfinite(row.auc)
 
 
 def test_nan_return_with_finished_episodes_is_divergence():

@@ -12,27 +12,20 @@ Adam with the same lr is the common substitute.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax import lax
 
-from purerl.config import (
-    OnPolicyConfig,
-    check_choice,
-    check_positive_int,
-    hyper_field,
-    validate_hyper,
-)
+from purerl.config import OnPolicyConfig, check_choice, check_positive_int
 from purerl.rl import advantages as adv
-from purerl.rl import losses
-from purerl.rl.agent import build_env_and_network, init_params, make_policy_sampler, make_value_fn
-from purerl.rl.rollout import EnvRunner, collect, evaluate_values, flatten_time, init_runner
-from purerl.rl.training import adam_clipped, linear_decay
+from purerl.rl import losses, on_policy
+from purerl.rl.agent import build_env_and_network
+from purerl.rl.loop import OnUpdate, TrainFn, run_updates
+from purerl.rl.rollout import flatten_time
+from purerl.rl.training import adam_clipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +48,9 @@ class Config(OnPolicyConfig):
 
 
 @struct.dataclass
-class Hyper:
-    """Traced hyperparameters: a batch of these is just data to `vmap` over."""
-
-    lr: float = hyper_field(1e-3, "(0, inf)", "Adam learning rate (initial, if annealed)")
-    gamma: float = hyper_field(0.99, "[0, 1]", "discount")
-    gae_lambda: float = hyper_field(0.95, "[0, 1]", "GAE λ (advantage='gae')")
-    ent_coef: float = hyper_field(0.01, "[0, inf)", "entropy bonus weight")
-    vf_coef: float = hyper_field(0.5, "[0, inf)", "value loss weight")
-    max_grad_norm: float = hyper_field(0.5, "(0, inf]", "global gradient-norm clip")
-
-
-@struct.dataclass
-class TrainState:
-    params: Any
-    opt_state: Any
-    runner: EnvRunner
+class Hyper(on_policy.ActorCriticHyper):
+    """Traced hyperparameters (lr, γ, λ, entropy and value weights, gradient clip): a
+    batch of these is just data to `vmap` over."""
 
 
 @struct.dataclass
@@ -81,14 +61,22 @@ class Batch:
     target: jax.Array
 
 
-def make_train(
-    config: Config, on_update: Callable[[jax.Array], None] | None = None
-) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
-    """Build `train(key, hyper) -> (final_state, metrics)`; metrics have a leading
-    update axis. `on_update(update_index)` is called on the host after each update."""
+def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
+    """`train(key, hyper) -> (final_state, per-update metrics)` (purerl.rl.loop)."""
     env, env_params, network = build_env_and_network(config)
 
-    def loss_fn(params, batch: Batch, hyper: Hyper):
+    def estimate_advantages(rollout: on_policy.Rollout, hyper: Hyper) -> tuple[jax.Array, jax.Array]:
+        """(advantages, value targets), both [T, N]."""
+        if config.advantage == "gae":
+            return on_policy.gae(rollout, hyper.gamma, hyper.gae_lambda)
+        batch = rollout.batch
+        targets = adv.n_step_targets(
+            batch.reward, rollout.values, rollout.next_values, batch.terminated, batch.truncated,
+            hyper.gamma, config.n_step,
+        )
+        return targets - rollout.values, targets
+
+    def loss_fn(params: Any, batch: Batch, hyper: Hyper):
         dist, values = network.apply(params, batch.obs)
         advantages = losses.normalize(batch.advantage) if config.normalize_advantages else batch.advantage
         policy_loss = losses.policy_gradient_loss(dist.log_prob(batch.action), advantages)
@@ -97,60 +85,30 @@ def make_train(
         total = policy_loss + hyper.vf_coef * value_loss - hyper.ent_coef * entropy
         return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy}
 
-    def estimate_advantages(batch, values, next_values, hyper: Hyper):
-        """(advantages, value targets), both [T, N]."""
-        if config.advantage == "gae":
-            return adv.gae(
-                batch.reward, values, next_values, batch.terminated, batch.truncated,
-                hyper.gamma, hyper.gae_lambda,
-            )
-        targets = adv.n_step_targets(
-            batch.reward, values, next_values, batch.terminated, batch.truncated,
-            hyper.gamma, config.n_step,
-        )
-        return targets - values, targets
-
-    def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
-        init_key, env_key, key = jax.random.split(key, 3)
-        params = init_params(network, env, env_params, init_key)
-        lr_schedule = (
-            linear_decay(hyper.lr, 1, config.num_updates)
-            if config.anneal_lr
-            else (lambda count: hyper.lr * jnp.ones_like(count, jnp.float32))
-        )
+    def train(key: jax.Array, hyper: Hyper) -> tuple[on_policy.TrainState, dict[str, jax.Array]]:
+        init_key, key = jax.random.split(key)
+        lr_schedule = on_policy.learning_rate(hyper.lr, config.anneal_lr, 1, config.num_updates)
         optimizer = adam_clipped(lr_schedule, hyper.max_grad_norm)
-        state = TrainState(params, optimizer.init(params), init_runner(env, env_params, env_key))
+        state = on_policy.init_state(config, env, env_params, network, optimizer.init, init_key)
 
-        def update(carry, update_index):
-            state, key = carry
-            key, rollout_key = jax.random.split(key)
-            runner, batch, episodes = collect(
-                env, env_params, make_policy_sampler(network, state.params), state.runner,
-                rollout_key, config.num_steps,
-            )
-            values, next_values = evaluate_values(make_value_fn(network, state.params), batch)
-            advantages, targets = estimate_advantages(batch, values, next_values, hyper)
-
+        def update_step(state: on_policy.TrainState, key: jax.Array, update_index: jax.Array):
+            state, rollout = on_policy.collect_rollout(env, env_params, network, state, key, config.num_steps)
+            advantages, targets = estimate_advantages(rollout, hyper)
             # One gradient step on the whole rollout: that is what makes it A2C, not PPO.
-            grads, loss_stats = jax.grad(loss_fn, has_aux=True)(
-                state.params, flatten_time(Batch(batch.obs, batch.action, advantages, targets)), hyper
-            )
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-
+            batch = flatten_time(Batch(rollout.batch.obs, rollout.batch.action, advantages, targets))
+            grads, loss_stats = jax.grad(loss_fn, has_aux=True)(state.params, batch, hyper)
+            params, opt_state = on_policy.apply_gradients(optimizer, state.params, state.opt_state, grads)
             metrics = {
-                "env_steps": (update_index + 1) * config.batch_size,
-                **episodes.metrics(),
+                "env_steps_in_update": jnp.int32(config.batch_size),
+                **rollout.episodes.metrics(),
                 **loss_stats,
                 "grad_norm": optax.global_norm(grads),
-                "explained_variance": losses.explained_variance(values, targets),
+                "update_kl": on_policy.policy_kl(network, state.params, params, batch.obs),
+                "explained_variance": losses.explained_variance(rollout.values, targets),
+                "lr": lr_schedule(update_index),
             }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
-            return (TrainState(params, opt_state, runner), key), metrics
+            return state.replace(params=params, opt_state=opt_state), metrics
 
-        (state, _), metrics = lax.scan(update, (state, key), jnp.arange(config.num_updates))
-        return state, metrics
+        return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

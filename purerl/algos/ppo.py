@@ -14,34 +14,32 @@ entropy bonus; E epochs over shuffled minibatches. Defaults = PureJaxRL's CartPo
 resets the envs in groups of `group_size` sharing a start state, plays each env's first
 episode (horizon `num_steps`), and every step of episode i gets the group-relative
 advantage (R_i − mean_group) / (std_group + ε); steps after the episode are masked out.
-The group advantages are standardised already, so `normalize_advantages` does not apply.
+The group advantages are standardised already, so `normalize_advantages` does not apply,
+and every loss and diagnostic averages over the valid (in-episode) steps only.
+
+Reported per update: losses and entropy averaged over all epochs and minibatches;
+`approx_kl` is the mean over the LAST epoch (comparable to CleanRL's, which logs the last
+minibatch) and `approx_kl_first_epoch` over the first; `update_kl` is the exact mean
+KL(π_old ‖ π_new) over the batch's states of the whole update.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax import lax
 
-from purerl.config import (
-    OnPolicyConfig,
-    check_choice,
-    check_positive_int,
-    hyper_field,
-    validate_hyper,
-)
+from purerl.config import OnPolicyConfig, check_choice, check_positive_int, hyper_field
 from purerl.nets import ActorCritic
-from purerl.rl import advantages as adv
-from purerl.rl import group, losses
-from purerl.rl.agent import build_env_and_network, init_params, make_policy_sampler, make_value_fn
-from purerl.rl.rollout import EnvRunner, collect, evaluate_values, flatten_time, init_runner
-from purerl.rl.training import adam_clipped, linear_decay, shuffled_minibatch_epochs
+from purerl.rl import group, losses, on_policy
+from purerl.rl.agent import build_env_and_network
+from purerl.rl.loop import OnUpdate, TrainFn, run_updates
+from purerl.rl.rollout import flatten_time
+from purerl.rl.training import adam_clipped, shuffled_minibatch_epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,178 +61,120 @@ class Config(OnPolicyConfig):
         super().__post_init__()
         check_choice("Config", "advantage", self.advantage, ("gae", "group"))
         if self.advantage == "group":
-            group.check_group_settings("Config", self)
+            group.check_group_size("Config", self.group_size, self.num_envs)
         check_positive_int("Config", "update_epochs", self.update_epochs)
         check_positive_int("Config", "num_minibatches", self.num_minibatches)
-        if self.batch_size % self.num_minibatches:
-            divisors = [d for d in range(1, self.batch_size + 1) if self.batch_size % d == 0]
-            raise ValueError(
-                f"Config.num_minibatches: {self.num_minibatches} does not divide "
-                f"num_envs * num_steps = {self.batch_size}; allowed: a divisor of "
-                f"{self.batch_size}, e.g. {divisors[:12]}"
-            )
+        on_policy.check_minibatches("Config", "num_minibatches", self.num_minibatches, self.batch_size)
 
 
 @struct.dataclass
-class Hyper:
+class Hyper(on_policy.ActorCriticHyper):
     """Traced hyperparameters: a batch of these is just data to `vmap` over."""
 
     lr: float = hyper_field(2.5e-4, "(0, inf)", "Adam learning rate (initial, if annealed)")
-    gamma: float = hyper_field(0.99, "[0, 1]", "discount")
-    gae_lambda: float = hyper_field(0.95, "[0, 1]", "GAE λ")
     clip_eps: float = hyper_field(0.2, "(0, inf)", "policy ratio clip ε")
     vf_clip_eps: float = hyper_field(0.2, "(0, inf)", "value clip range (if clip_value_loss)")
-    ent_coef: float = hyper_field(0.01, "[0, inf)", "entropy bonus weight")
-    vf_coef: float = hyper_field(0.5, "[0, inf)", "value loss weight")
-    max_grad_norm: float = hyper_field(0.5, "(0, inf]", "global gradient-norm clip")
     adam_eps: float = hyper_field(1e-5, "(0, inf)", "Adam ε")
 
 
 @struct.dataclass
-class TrainState:
-    params: Any
-    opt_state: Any
-    runner: EnvRunner
+class Samples:
+    """Per-step training data [T, N] (flattened to [T·N] for minibatches)."""
 
-
-@struct.dataclass
-class Minibatch:
     obs: jax.Array
     action: jax.Array
-    log_prob: jax.Array
-    value: jax.Array
+    log_prob: jax.Array  # behaviour policy
+    value: jax.Array  # critic at collection time (value clipping); 0 without a critic
     advantage: jax.Array
-    target: jax.Array
+    target: jax.Array  # λ-return; 0 without a critic
+    mask: jax.Array  # 1 for steps that count (all of them with GAE)
 
 
-@struct.dataclass
-class GroupMinibatch:
-    obs: jax.Array
-    action: jax.Array
-    log_prob: jax.Array
-    advantage: jax.Array  # zero outside each env's first episode
-    mask: jax.Array
-
-
-def make_train(
-    config: Config, on_update: Callable[[jax.Array], None] | None = None
-) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
-    """Build `train(key, hyper) -> (final_state, metrics)`; metrics have a leading
-    update axis. `on_update(update_index)` is called on the host after each update
-    (progress bars), via `jax.debug.callback`."""
+def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
+    """`train(key, hyper) -> (final_state, per-update metrics)` (purerl.rl.loop)."""
     env, env_params, network = build_env_and_network(config)
-    if config.advantage == "group":
+    uses_critic = config.advantage == "gae"
+    if not uses_critic:
         env = group.make_grouped_env(env, config.group_size)
     steps_per_update = config.update_epochs * config.num_minibatches
 
-    def loss_fn(params, mb: Minibatch, hyper: Hyper):
-        dist, values = network.apply(params, mb.obs)
-        log_prob = dist.log_prob(mb.action)
-        advantages = losses.normalize(mb.advantage) if config.normalize_advantages else mb.advantage
-        policy_loss, stats = losses.clipped_surrogate(log_prob, mb.log_prob, advantages, hyper.clip_eps)
-        old_values = mb.value if config.clip_value_loss else None
-        value_loss = losses.value_loss(values, mb.target, old_values, hyper.vf_clip_eps)
-        entropy = jnp.mean(dist.entropy())
-        total = policy_loss + hyper.vf_coef * value_loss - hyper.ent_coef * entropy
-        return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, **stats}
-
-    def group_loss_fn(params, mb: GroupMinibatch, hyper: Hyper):
-        dist = network.apply(params, mb.obs, method=ActorCritic.policy)
-        policy_loss, stats = losses.clipped_surrogate(
-            dist.log_prob(mb.action), mb.log_prob, mb.advantage, hyper.clip_eps
+    def gae_samples(state: on_policy.TrainState, key: jax.Array, hyper: Hyper):
+        """Continue every env for num_steps; GAE from the critic."""
+        state, rollout = on_policy.collect_rollout(env, env_params, network, state, key, config.num_steps)
+        advantages, targets = on_policy.gae(rollout, hyper.gamma, hyper.gae_lambda)
+        batch = rollout.batch
+        samples = Samples(
+            batch.obs, batch.action, batch.log_prob, rollout.values, advantages, targets,
+            jnp.ones_like(advantages),
         )
-        # Masked steps have zero advantage, so they add exactly 0 to the batch mean:
-        # rescaling by size / valid count turns it into the mean over valid steps.
-        valid = jnp.sum(mb.mask)
-        policy_loss = policy_loss * mb.mask.shape[0] / jnp.maximum(valid, 1.0)
+        diagnostics = {"explained_variance": losses.explained_variance(rollout.values, targets)}
+        return state, samples, rollout.episodes, diagnostics
+
+    def group_samples(state: on_policy.TrainState, key: jax.Array, hyper: Hyper):
+        """Each env's first episode from grouped start states; group-relative advantages."""
+        state, batch, mask, episodes = on_policy.collect_episodes(
+            env, env_params, network, state, key, config.num_steps
+        )
+        advantages = group.group_step_advantages(batch.reward, mask, config.group_size)
+        no_critic = jnp.zeros_like(advantages)
+        samples = Samples(batch.obs, batch.action, batch.log_prob, no_critic, advantages, no_critic, mask)
+        return state, samples, episodes, {}
+
+    experience = gae_samples if uses_critic else group_samples
+
+    def loss_fn(params: Any, mb: Samples, hyper: Hyper):
+        dist = network.apply(params, mb.obs, method=ActorCritic.policy)
+        advantages = mb.advantage
+        if config.normalize_advantages and uses_critic:
+            advantages = losses.normalize(advantages)
+        policy_loss, stats = losses.clipped_surrogate(
+            dist.log_prob(mb.action), mb.log_prob, advantages, hyper.clip_eps, mb.mask
+        )
         entropy = losses.masked_mean(dist.entropy(), mb.mask)
         total = policy_loss - hyper.ent_coef * entropy
-        no_critic = jnp.float32(0.0)
-        return total, {"policy_loss": policy_loss, "value_loss": no_critic, "entropy": entropy, **stats}
+        stats = {"policy_loss": policy_loss, "entropy": entropy, **stats}
+        if uses_critic:
+            values = network.apply(params, mb.obs, method=ActorCritic.value)
+            old_values = mb.value if config.clip_value_loss else None
+            value_loss = losses.value_loss(values, mb.target, old_values, hyper.vf_clip_eps)
+            total = total + hyper.vf_coef * value_loss
+            stats["value_loss"] = value_loss
+        return total, stats
 
-    def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
-        init_key, env_key, key = jax.random.split(key, 3)
-        params = init_params(network, env, env_params, init_key)
-        lr_schedule = (
-            linear_decay(hyper.lr, steps_per_update, config.num_updates)
-            if config.anneal_lr
-            else (lambda count: hyper.lr * jnp.ones_like(count, jnp.float32))
-        )
+    def train(key: jax.Array, hyper: Hyper) -> tuple[on_policy.TrainState, dict[str, jax.Array]]:
+        init_key, key = jax.random.split(key)
+        lr_schedule = on_policy.learning_rate(hyper.lr, config.anneal_lr, steps_per_update, config.num_updates)
         optimizer = adam_clipped(lr_schedule, hyper.max_grad_norm, eps=hyper.adam_eps)
-        state = TrainState(params, optimizer.init(params), init_runner(env, env_params, env_key))
+        state = on_policy.init_state(config, env, env_params, network, optimizer.init, init_key, continuing=uses_critic)
 
-        def sgd_step(carry, mb: Minibatch | GroupMinibatch):
+        def sgd_step(carry, mb: Samples):
             params, opt_state = carry
-            minibatch_loss = group_loss_fn if config.advantage == "group" else loss_fn
-            grads, loss_stats = jax.grad(minibatch_loss, has_aux=True)(params, mb, hyper)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state), {**loss_stats, "grad_norm": optax.global_norm(grads)}
+            grads, stats = jax.grad(loss_fn, has_aux=True)(params, mb, hyper)
+            params, opt_state = on_policy.apply_gradients(optimizer, params, opt_state, grads)
+            return (params, opt_state), {**stats, "grad_norm": optax.global_norm(grads)}
 
-        def update(carry, update_index):
-            state, key = carry
-            key, rollout_key, epoch_key = jax.random.split(key, 3)
-
-            # 1. Experience from the current policy.
-            policy_fn = make_policy_sampler(network, state.params)
-            if config.advantage == "group":
-                return group_update(state, key, update_index, policy_fn, rollout_key, epoch_key)
-            runner, batch, episodes = collect(
-                env, env_params, policy_fn, state.runner, rollout_key, config.num_steps
-            )
-
-            # 2. Advantages: GAE, bootstrapping from V(final obs) on truncation.
-            values, next_values = evaluate_values(make_value_fn(network, state.params), batch)
-            advantages, targets = adv.gae(
-                batch.reward, values, next_values, batch.terminated, batch.truncated,
-                hyper.gamma, hyper.gae_lambda,
-            )
-
-            # 3. E epochs of clipped-surrogate SGD over shuffled minibatches.
-            samples = flatten_time(
-                Minibatch(batch.obs, batch.action, batch.log_prob, values, advantages, targets)
-            )
-            (params, opt_state), loss_stats = shuffled_minibatch_epochs(
-                epoch_key, (state.params, state.opt_state), samples,
-                config.update_epochs, config.num_minibatches, sgd_step,
-            )
-
-            metrics = {
-                "env_steps": (update_index + 1) * config.batch_size,
-                **episodes.metrics(),
-                **loss_stats,
-                "explained_variance": losses.explained_variance(values, targets),
-                "lr": lr_schedule(update_index * steps_per_update),
-            }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
-            return (TrainState(params, opt_state, runner), key), metrics
-
-        def group_update(state, key, update_index, policy_fn, rollout_key, epoch_key):
-            """The critic-free update: grouped episodes, group-relative advantages."""
-            batch, mask, episodes = group.collect_first_episodes(
-                env, env_params, policy_fn, rollout_key, config.num_steps
-            )
-            advantages = group.group_step_advantages(batch.reward, mask, config.group_size)
-            samples = flatten_time(
-                GroupMinibatch(batch.obs, batch.action, batch.log_prob, advantages, mask)
-            )
-            (params, opt_state), loss_stats = shuffled_minibatch_epochs(
-                epoch_key, (state.params, state.opt_state), samples,
+        def update_step(state: on_policy.TrainState, key: jax.Array, update_index: jax.Array):
+            rollout_key, epoch_key = jax.random.split(key)
+            # 1. Experience from the current policy, with advantages.
+            state, samples, episodes, diagnostics = experience(state, rollout_key, hyper)
+            # 2. E epochs of clipped-surrogate SGD over shuffled minibatches.
+            flat = flatten_time(samples)
+            (params, opt_state), per_epoch = shuffled_minibatch_epochs(
+                epoch_key, (state.params, state.opt_state), flat,
                 config.update_epochs, config.num_minibatches, sgd_step,
             )
             metrics = {
-                "env_steps": (update_index + 1) * config.batch_size,
+                "env_steps_in_update": jnp.int32(config.batch_size),
                 **episodes.metrics(),
-                **loss_stats,
+                **{name: jnp.mean(values) for name, values in per_epoch.items()},
+                "approx_kl": per_epoch["approx_kl"][-1],
+                "approx_kl_first_epoch": per_epoch["approx_kl"][0],
+                "update_kl": on_policy.policy_kl(network, state.params, params, flat.obs, flat.mask),
+                **diagnostics,
                 "lr": lr_schedule(update_index * steps_per_update),
             }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
-            return (TrainState(params, opt_state, state.runner), key), metrics
+            return state.replace(params=params, opt_state=opt_state), metrics
 
-        (state, _), metrics = lax.scan(update, (state, key), jnp.arange(config.num_updates))
-        return state, metrics
+        return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

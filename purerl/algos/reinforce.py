@@ -13,32 +13,29 @@ steps: the horizon, = CartPole's time limit by default) and takes one gradient s
 `normalize_returns` standardises w over the batch's valid steps ("none"/"value"; the
 group weights are standardised by construction). Steps after an env's first episode
 ended are masked out of every loss. `env_steps` counts simulated steps (num_envs ×
-num_steps per update); `episode_steps` counts the steps inside the episodes.
+num_steps per update); `episode_steps` counts the steps inside the episodes (both exact
+int64 on the host, from the per-update `*_in_update` counts; purerl.rl.loop).
+Observation statistics (normalize_obs) live in the on_policy.TrainState, so they accumulate over
+the whole run although every update resets the envs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax import lax
 
-from purerl.config import (
-    OnPolicyConfig,
-    check_choice,
-    hyper_field,
-    validate_hyper,
-)
+from purerl.config import OnPolicyConfig, ValidatedHyper, check_choice, hyper_field
 from purerl.nets import ActorCritic
 from purerl.rl import advantages as adv
-from purerl.rl import group, losses
-from purerl.rl.agent import build_env_and_network, init_params, make_policy_sampler
-from purerl.rl.rollout import flatten_time
+from purerl.rl import group, losses, on_policy
+from purerl.rl.agent import build_env_and_network
+from purerl.rl.loop import OnUpdate, TrainFn, run_updates
+from purerl.rl.rollout import Transition, flatten_time
 from purerl.rl.training import adam_clipped
 
 
@@ -57,11 +54,11 @@ class Config(OnPolicyConfig):
         super().__post_init__()
         check_choice("Config", "baseline", self.baseline, ("none", "value", "group"))
         if self.baseline == "group":
-            group.check_group_settings("Config", self)
+            group.check_group_size("Config", self.group_size, self.num_envs)
 
 
 @struct.dataclass
-class Hyper:
+class Hyper(ValidatedHyper):
     """Traced hyperparameters: a batch of these is just data to `vmap` over."""
 
     lr: float = hyper_field(2e-3, "(0, inf)", "Adam learning rate")
@@ -74,12 +71,6 @@ class Hyper:
 
 
 @struct.dataclass
-class TrainState:
-    params: Any
-    opt_state: Any
-
-
-@struct.dataclass
 class Batch:
     obs: jax.Array
     action: jax.Array
@@ -88,28 +79,13 @@ class Batch:
     mask: jax.Array
 
 
-def make_train(
-    config: Config, on_update: Callable[[jax.Array], None] | None = None
-) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
-    """Build `train(key, hyper) -> (final_state, metrics)`; metrics have a leading
-    update axis. `on_update(update_index)` is called on the host after each update."""
+def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
+    """`train(key, hyper) -> (final_state, per-update metrics)` (purerl.rl.loop)."""
     env, env_params, network = build_env_and_network(config)
     if config.baseline == "group":
         env = group.make_grouped_env(env, config.group_size)
 
-    def loss_fn(params, batch: Batch, hyper: Hyper):
-        dist, values = network.apply(params, batch.obs)
-        policy_loss = -losses.masked_mean(dist.log_prob(batch.action) * batch.weight, batch.mask)
-        entropy = losses.masked_mean(dist.entropy(), batch.mask)
-        total = policy_loss - hyper.ent_coef * entropy
-        stats = {"policy_loss": policy_loss, "entropy": entropy}
-        if config.baseline == "value":
-            value_loss = 0.5 * losses.masked_mean(jnp.square(values - batch.target), batch.mask)
-            total = total + hyper.vf_coef * value_loss
-            stats["value_loss"] = value_loss
-        return total, stats
-
-    def policy_weights(params, batch, returns, mask):
+    def policy_weights(params: Any, batch: Transition, returns: jax.Array, mask: jax.Array) -> jax.Array:
         """w_t for the configured baseline, [T, N], zero outside the first episodes."""
         if config.baseline == "group":
             return group.group_step_advantages(batch.reward, mask, config.group_size)
@@ -120,45 +96,44 @@ def make_train(
             return losses.masked_normalize(weights, mask)
         return weights * mask
 
-    def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
-        init_key, key = jax.random.split(key)
-        params = init_params(network, env, env_params, init_key)
-        optimizer = adam_clipped(hyper.lr, hyper.max_grad_norm)
-        state = TrainState(params, optimizer.init(params))
+    def loss_fn(params: Any, batch: Batch, hyper: Hyper):
+        dist = network.apply(params, batch.obs, method=ActorCritic.policy)
+        policy_loss = losses.policy_gradient_loss(dist.log_prob(batch.action), batch.weight, batch.mask)
+        entropy = losses.masked_mean(dist.entropy(), batch.mask)
+        total = policy_loss - hyper.ent_coef * entropy
+        stats = {"policy_loss": policy_loss, "entropy": entropy}
+        if config.baseline == "value":
+            values = network.apply(params, batch.obs, method=ActorCritic.value)
+            value_loss = losses.value_loss(values, batch.target, mask=batch.mask)
+            total = total + hyper.vf_coef * value_loss
+            stats["value_loss"] = value_loss
+        return total, stats
 
-        def update(carry, update_index):
-            state, key, episode_steps = carry
-            key, rollout_key = jax.random.split(key)
-            batch, mask, episodes = group.collect_first_episodes(
-                env, env_params, make_policy_sampler(network, state.params), rollout_key,
-                config.num_steps,
+    def train(key: jax.Array, hyper: Hyper) -> tuple[on_policy.TrainState, dict[str, jax.Array]]:
+        init_key, key = jax.random.split(key)
+        optimizer = adam_clipped(hyper.lr, hyper.max_grad_norm)
+        state = on_policy.init_state(config, env, env_params, network, optimizer.init, init_key, continuing=False)
+
+        def update_step(state: on_policy.TrainState, key: jax.Array, update_index: jax.Array):
+            state, batch, mask, episodes = on_policy.collect_episodes(
+                env, env_params, network, state, key, config.num_steps
             )
             # Monte-Carlo return-to-go inside each episode; no bootstrapping anywhere.
             returns = adv.discounted_returns(batch.reward, batch.terminated, batch.truncated, hyper.gamma)
             weights = policy_weights(state.params, batch, returns, mask)
-
             grads, loss_stats = jax.grad(loss_fn, has_aux=True)(
                 state.params, flatten_time(Batch(batch.obs, batch.action, weights, returns, mask)), hyper
             )
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-
-            episode_steps = episode_steps + episodes.length_sum
+            params, opt_state = on_policy.apply_gradients(optimizer, state.params, state.opt_state, grads)
             metrics = {
-                "env_steps": (update_index + 1) * config.batch_size,
-                "episode_steps": episode_steps,
+                "env_steps_in_update": jnp.int32(config.batch_size),
+                "episode_steps_in_update": jnp.sum(mask, dtype=jnp.int32),
                 **episodes.metrics(),
                 **loss_stats,
                 "grad_norm": optax.global_norm(grads),
             }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
-            return (TrainState(params, opt_state), key, episode_steps), metrics
+            return state.replace(params=params, opt_state=opt_state), metrics
 
-        (state, _, _), metrics = lax.scan(
-            update, (state, key, jnp.float32(0.0)), jnp.arange(config.num_updates)
-        )
-        return state, metrics
+        return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

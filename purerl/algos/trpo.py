@@ -29,13 +29,13 @@ from flax import struct
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from purerl.config import OnPolicyConfig, check_positive_int, hyper_field, validate_hyper
+from purerl.config import OnPolicyConfig, ValidatedHyper, check_positive_int, hyper_field
 from purerl.nets import ActorCritic
-from purerl.rl import advantages as adv
-from purerl.rl import losses
+from purerl.rl import losses, on_policy
 from purerl.rl import trust_region as tr
-from purerl.rl.agent import build_env_and_network, init_params, make_policy_sampler, make_value_fn
-from purerl.rl.rollout import EnvRunner, collect, evaluate_values, flatten_time, init_runner
+from purerl.rl.agent import build_env_and_network
+from purerl.rl.loop import OnUpdate, TrainFn, run_updates
+from purerl.rl.rollout import flatten_time
 from purerl.rl.training import shuffled_minibatch_epochs
 
 
@@ -59,17 +59,11 @@ class Config(OnPolicyConfig):
         super().__post_init__()
         for name in ("cg_iters", "line_search_steps", "critic_epochs", "critic_minibatches"):
             check_positive_int("Config", name, getattr(self, name))
-        if self.batch_size % self.critic_minibatches:
-            divisors = [d for d in range(1, self.batch_size + 1) if self.batch_size % d == 0]
-            raise ValueError(
-                f"Config.critic_minibatches: {self.critic_minibatches} does not divide "
-                f"num_envs * num_steps = {self.batch_size}; allowed: a divisor of "
-                f"{self.batch_size}, e.g. {divisors[:12]}"
-            )
+        on_policy.check_minibatches("Config", "critic_minibatches", self.critic_minibatches, self.batch_size)
 
 
 @struct.dataclass
-class Hyper:
+class Hyper(ValidatedHyper):
     """Traced hyperparameters: vmappable over seeds and over δ."""
 
     max_kl: float = hyper_field(0.01, "(0, inf)", "trust-region radius δ on mean KL(π_old ‖ π)")
@@ -78,13 +72,6 @@ class Hyper:
     critic_lr: float = hyper_field(1e-3, "(0, inf)", "critic Adam learning rate")
     gamma: float = hyper_field(0.99, "[0, 1]", "discount")
     gae_lambda: float = hyper_field(0.98, "[0, 1]", "GAE λ (also the critic's λ-return targets)")
-
-
-@struct.dataclass
-class TrainState:
-    params: Any  # {"params": {"actor": ..., "critic": ...}}
-    critic_opt_state: Any
-    runner: EnvRunner
 
 
 @struct.dataclass
@@ -155,11 +142,8 @@ def make_policy_update(
     return policy_update
 
 
-def make_train(
-    config: Config, on_update: Callable[[jax.Array], None] | None = None
-) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
-    """Build `train(key, hyper) -> (final_state, metrics)`; metrics have a leading
-    update axis. `on_update(update_index)` is called on the host after each update."""
+def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
+    """`train(key, hyper) -> (final_state, per-update metrics)` (purerl.rl.loop)."""
     env, env_params, network = build_env_and_network(config)
     policy_update = make_policy_update(network, config)
 
@@ -169,15 +153,13 @@ def make_train(
         )
         return losses.value_loss(values, sample.target)
 
-    def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
-        init_key, env_key, key = jax.random.split(key, 3)
-        params = init_params(network, env, env_params, init_key)
+    def train(key: jax.Array, hyper: Hyper) -> tuple[on_policy.TrainState, dict[str, jax.Array]]:
+        init_key, key = jax.random.split(key)
+        # on_policy.TrainState.opt_state is the CRITIC's Adam state: the actor moves by trust-region steps.
         critic_optimizer = optax.adam(hyper.critic_lr)
-        state = TrainState(
-            params,
-            critic_optimizer.init(params["params"]["critic"]),
-            init_runner(env, env_params, env_key),
+        state = on_policy.init_state(
+            config, env, env_params, network,
+            lambda params: critic_optimizer.init(params["params"]["critic"]), init_key,
         )
 
         def critic_step(carry, sample: CriticSample):
@@ -186,53 +168,42 @@ def make_train(
             updates, opt_state = critic_optimizer.update(grads, opt_state, critic)
             return (optax.apply_updates(critic, updates), opt_state, params), {"critic_loss": loss}
 
-        def update(carry, update_index):
-            state, key = carry
-            key, rollout_key, critic_key = jax.random.split(key, 3)
+        def update_step(state: on_policy.TrainState, key: jax.Array, update_index: jax.Array):
+            rollout_key, critic_key = jax.random.split(key)
 
             # 1. Experience from the current policy; GAE from the current critic.
-            runner, batch, episodes = collect(
-                env, env_params, make_policy_sampler(network, state.params), state.runner,
-                rollout_key, config.num_steps,
-            )
-            values, next_values = evaluate_values(make_value_fn(network, state.params), batch)
-            advantages, targets = adv.gae(
-                batch.reward, values, next_values, batch.terminated, batch.truncated,
-                hyper.gamma, hyper.gae_lambda,
-            )
+            state, rollout = on_policy.collect_rollout(env, env_params, network, state, rollout_key, config.num_steps)
+            advantages, targets = on_policy.gae(rollout, hyper.gamma, hyper.gae_lambda)
             flat_advantages = flatten_time(advantages)
             if config.normalize_advantages:
                 flat_advantages = losses.normalize(flat_advantages)
 
             # 2-3. One trust-region step of the actor.
+            batch = rollout.batch
             params, policy_stats = policy_update(
-                state.params, flatten_time(batch.obs), flatten_time(batch.action),
-                flat_advantages, hyper,
+                state.params, flatten_time(batch.obs), flatten_time(batch.action), flat_advantages, hyper
             )
 
             # 4. Critic: several Adam epochs on the λ-returns (pre-update critic's targets).
             (critic, critic_opt_state, _), critic_stats = shuffled_minibatch_epochs(
                 critic_key,
-                (params["params"]["critic"], state.critic_opt_state, params),
+                (params["params"]["critic"], state.opt_state, params),
                 flatten_time(CriticSample(batch.obs, targets)),
                 config.critic_epochs, config.critic_minibatches, critic_step,
             )
             params = _with_subtree(params, "critic", critic)
 
             metrics = {
-                "env_steps": (update_index + 1) * config.batch_size,
-                **episodes.metrics(),
+                "env_steps_in_update": jnp.int32(config.batch_size),
+                **rollout.episodes.metrics(),
                 **policy_stats,
                 # Value loss of the critic that produced this update's advantages.
-                "value_loss": losses.value_loss(values, targets),
-                "critic_loss": critic_stats["critic_loss"],
-                "explained_variance": losses.explained_variance(values, targets),
+                "value_loss": losses.value_loss(rollout.values, targets),
+                "critic_loss": jnp.mean(critic_stats["critic_loss"]),
+                "explained_variance": losses.explained_variance(rollout.values, targets),
             }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
-            return (TrainState(params, critic_opt_state, runner), key), metrics
+            return state.replace(params=params, opt_state=critic_opt_state), metrics
 
-        (state, _), metrics = lax.scan(update, (state, key), jnp.arange(config.num_updates))
-        return state, metrics
+        return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

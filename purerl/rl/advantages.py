@@ -82,13 +82,8 @@ def gae(
 
 
 def lambda_returns(
-    rewards: jax.Array,
-    values: jax.Array,
-    next_values: jax.Array,
-    terminated: jax.Array,
-    truncated: jax.Array,
-    gamma: float | jax.Array,
-    td_lambda: float | jax.Array,
+    rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminated: jax.Array,
+    truncated: jax.Array, gamma: float | jax.Array, td_lambda: float | jax.Array,
 ) -> jax.Array:
     """TD(λ) targets G^λ_t (λ = 0: one-step TD targets, λ = 1: bootstrapped Monte Carlo)."""
     return gae(rewards, values, next_values, terminated, truncated, gamma, td_lambda)[1]
@@ -110,13 +105,8 @@ def discounted_returns(
 
 
 def n_step_targets(
-    rewards: jax.Array,
-    values: jax.Array,
-    next_values: jax.Array,
-    terminated: jax.Array,
-    truncated: jax.Array,
-    gamma: float | jax.Array,
-    n: int,
+    rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminated: jax.Array,
+    truncated: jax.Array, gamma: float | jax.Array, n: int,
 ) -> jax.Array:
     """n-step targets Σ_{k<m} γ^k r_{t+k} + γ^m V(s'_{t+m-1}), m ≤ n.
 

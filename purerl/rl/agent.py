@@ -1,50 +1,73 @@
-"""Building the environment stack and the actor-critic network from an OnPolicyConfig."""
+"""The agent's pieces shared by every algorithm: env stack + network from a config,
+parameter initialisation, and policy / value functions that apply the agent's own
+observation statistics (purerl.rl.normalization)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from purerl import envs
-from purerl.config import OnPolicyConfig
+from purerl.config import EnvConfig
 from purerl.nets import ActorCritic
+from purerl.rl import normalization
+from purerl.rl.normalization import RunningStats
+
+# network_factory(config, action_dim, discrete) -> flax module
+NetworkFactory = Callable[[Any, int, bool], nn.Module]
 
 
-def build_env_and_network(config: OnPolicyConfig) -> tuple[Any, Any, ActorCritic]:
-    env, env_params = envs.make_vec_env(
-        config.env,
-        config.num_envs,
-        env_kwargs=dict(config.env_kwargs),
-        normalize_obs=config.normalize_obs,
-        action_transform=config.action_transform,
-    )
-    network = ActorCritic(
-        action_dim=envs.action_dim(env, env_params),
-        discrete=envs.is_discrete(env, env_params),
+def actor_critic(config: Any, action_dim: int, discrete: bool) -> ActorCritic:
+    """The on-policy network: separate actor and critic MLPs (NetworkConfig fields)."""
+    return ActorCritic(
+        action_dim=action_dim,
+        discrete=discrete,
         actor_hidden=config.actor_hidden,
         critic_hidden=config.critic_hidden,
         activation=config.activation,
     )
+
+
+def build_env_and_network(
+    config: EnvConfig, network_factory: NetworkFactory = actor_critic
+) -> tuple[Any, Any, nn.Module]:
+    """(vectorised env, env params, network) for any config with the EnvConfig fields."""
+    env, env_params = envs.make_vec_env(
+        config.env,
+        config.num_envs,
+        env_kwargs=dict(config.env_kwargs),
+        action_transform=config.action_transform,
+    )
+    network = network_factory(config, envs.action_dim(env, env_params), envs.is_discrete(env, env_params))
     return env, env_params, network
 
 
-def init_params(network: ActorCritic, env: Any, env_params: Any, key: jax.Array) -> Any:
-    obs_shape = env.observation_space(env_params).shape
-    return network.init(key, jnp.zeros((1,) + tuple(obs_shape), jnp.float32))
+def observation_shape(env: Any, env_params: Any) -> tuple[int, ...]:
+    return tuple(env.observation_space(env_params).shape)
 
 
-def make_policy_sampler(network: ActorCritic, params: Any):
-    """policy_fn(obs, key) -> (action, log_prob) for `rollout.collect`; actor only."""
+def init_params(network: nn.Module, env: Any, env_params: Any, key: jax.Array) -> Any:
+    return network.init(key, jnp.zeros((1,) + observation_shape(env, env_params), jnp.float32))
+
+
+def init_obs_stats(config: EnvConfig, env: Any, env_params: Any) -> RunningStats | None:
+    return normalization.init(config.normalize_obs, observation_shape(env, env_params))
+
+
+def make_policy_sampler(network: nn.Module, params: Any, obs_stats: RunningStats | None = None):
+    """policy_fn(raw_obs, key) -> (action, log_prob) for `rollout.collect`; actor only."""
 
     def policy_fn(obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        dist = network.apply(params, obs, method=ActorCritic.policy)
-        action, log_prob = dist.sample_and_log_prob(seed=key)
-        return action, log_prob
+        dist = network.apply(params, normalization.normalize(obs_stats, obs), method=ActorCritic.policy)
+        return dist.sample_and_log_prob(seed=key)
 
     return policy_fn
 
 
-def make_value_fn(network: ActorCritic, params: Any):
+def make_value_fn(network: nn.Module, params: Any):
+    """V(obs) for observations that are already normalised."""
     return lambda obs: network.apply(params, obs, method=ActorCritic.value)

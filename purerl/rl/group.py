@@ -26,26 +26,16 @@ import jax
 import jax.numpy as jnp
 
 from purerl import envs
-from purerl.rl.rollout import EpisodeTotals, PolicyFn, Transition, collect, init_runner
+from purerl.config import check_divides
 
 
-def check_group_settings(owner: str, config: Any) -> None:
-    """Validation shared by every algorithm offering group-relative advantages."""
-    size = config.group_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+def check_group_size(owner: str, group_size: Any, total: int, total_name: str = "num_envs") -> None:
+    """The one check of a group size: an integer ≥ 2 dividing `total`."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
         raise ValueError(
-            f"{owner}.group_size: got {size!r}; allowed: an integer ≥ 2 (a group of one has no baseline)"
+            f"{owner}.group_size: got {group_size!r}; allowed: an integer ≥ 2 (a group of one has no baseline)"
         )
-    if config.num_envs % size:
-        raise ValueError(
-            f"{owner}.group_size: {size} does not divide num_envs = {config.num_envs}; allowed: "
-            f"a divisor ≥ 2 of {config.num_envs}"
-        )
-    if config.normalize_obs:
-        raise ValueError(
-            f"{owner}.normalize_obs: got True; allowed with group advantages: False (every update "
-            "resets the envs, which would reset the running observation statistics)"
-        )
+    check_divides(owner, "group_size", group_size, total, total_name)
 
 
 class GroupedVecEnv(envs.VecEnv):
@@ -54,10 +44,7 @@ class GroupedVecEnv(envs.VecEnv):
     per copy), so members diverge through their actions and the env's own noise."""
 
     def __init__(self, env: Any, num_envs: int, group_size: int):
-        if group_size < 1 or num_envs % group_size:
-            raise ValueError(
-                f"group_size: {group_size} must be a positive divisor of num_envs = {num_envs}"
-            )
+        check_group_size(type(self).__name__, group_size, num_envs)
         super().__init__(env, num_envs)
         self.group_size = group_size
 
@@ -68,24 +55,10 @@ class GroupedVecEnv(envs.VecEnv):
 
 
 def make_grouped_env(vec_env: Any, group_size: int) -> GroupedVecEnv:
-    """Rebuild `envs.make_vec_env`'s output with grouped resets.
-
-    Observation normalisation is not supported: its running statistics live in the
-    state that every per-update reset re-initialises.
-    """
+    """Rebuild `envs.make_vec_env`'s output with grouped resets."""
     if not isinstance(vec_env, envs.VecEnv):
-        raise ValueError(
-            f"group advantages need a plain VecEnv (normalize_obs=False), got {type(vec_env).__name__}"
-        )
+        raise ValueError(f"group advantages need the VecEnv of envs.make_vec_env, got {type(vec_env).__name__}")
     return GroupedVecEnv(vec_env._env, vec_env.num_envs, group_size)
-
-
-def first_episode_mask(terminated: jax.Array, truncated: jax.Array) -> jax.Array:
-    """[T, N] float: 1.0 for the steps of each env's first episode (up to and including
-    the step that ends it), 0.0 afterwards."""
-    done = jnp.logical_or(terminated, truncated).astype(jnp.int32)
-    ended_before = jnp.cumsum(done, axis=0) - done
-    return (ended_before == 0).astype(jnp.float32)
 
 
 def group_relative_advantages(
@@ -95,33 +68,11 @@ def group_relative_advantages(
     groups of `group_size`. A group whose returns are all equal gets zero advantages."""
     chex.assert_rank(returns, 1)
     num_envs = returns.shape[0]
-    if group_size < 1 or num_envs % group_size:
-        raise ValueError(f"group_size: {group_size} must be a positive divisor of {num_envs}")
+    check_group_size("group_relative_advantages", group_size, num_envs, "the number of returns")
     grouped = returns.reshape(num_envs // group_size, group_size)
     mean = jnp.mean(grouped, axis=1, keepdims=True)
     std = jnp.std(grouped, axis=1, keepdims=True)
     return ((grouped - mean) / (std + eps)).reshape(num_envs)
-
-
-def collect_first_episodes(
-    env: Any, env_params: Any, policy_fn: PolicyFn, key: jax.Array, num_steps: int
-) -> tuple[Transition, jax.Array, EpisodeTotals]:
-    """Reset every env (with `env`'s own reset: grouped or not) and collect `num_steps`
-    steps. Returns (batch [T, N], first-episode mask [T, N], totals over those N episodes).
-
-    The totals count every env's first episode, including ones cut at the horizon, so
-    the reported return is "return within num_steps steps"."""
-    reset_key, rollout_key = jax.random.split(key)
-    _, batch, _ = collect(
-        env, env_params, policy_fn, init_runner(env, env_params, reset_key), rollout_key, num_steps
-    )
-    mask = first_episode_mask(batch.terminated, batch.truncated)
-    totals = EpisodeTotals(
-        return_sum=jnp.sum(batch.reward * mask),
-        length_sum=jnp.sum(mask),
-        count=jnp.int32(mask.shape[1]),
-    )
-    return batch, mask, totals
 
 
 def group_step_advantages(

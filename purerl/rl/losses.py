@@ -10,15 +10,22 @@ import jax
 import jax.numpy as jnp
 
 
+def _mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return jnp.mean(x) if mask is None else masked_mean(x, mask)
+
+
 def normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
     """Zero mean, unit standard deviation over the batch (PPO's per-minibatch advantage
     normalisation)."""
     return (x - jnp.mean(x)) / (jnp.std(x) + eps)
 
 
-def policy_gradient_loss(log_prob: jax.Array, advantages: jax.Array) -> jax.Array:
-    """Vanilla score-function loss −E[log π(a|s) · Â] (REINFORCE, A2C)."""
-    return -jnp.mean(log_prob * jax.lax.stop_gradient(advantages))
+def policy_gradient_loss(
+    log_prob: jax.Array, advantages: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
+    """Vanilla score-function loss −E[log π(a|s) · Â] (REINFORCE, A2C); with `mask`, the
+    mean runs over the valid samples only."""
+    return -_mean(log_prob * jax.lax.stop_gradient(advantages), mask)
 
 
 def clipped_surrogate(
@@ -26,22 +33,24 @@ def clipped_surrogate(
     old_log_prob: jax.Array,
     advantages: jax.Array,
     clip_eps: float | jax.Array,
+    mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """PPO's pessimistic clipped objective, negated.
 
     L = −E[min(r Â, clip(r, 1 − ε, 1 + ε) Â)] with r = π/π_old. The min makes the bound
     pessimistic: once r leaves the band in the direction Â favours, the gradient is zero.
     Diagnostics: approx_kl uses the low-variance estimator (r − 1) − log r of KL(old‖new);
-    clip_frac is the fraction of samples with |r − 1| > ε.
+    clip_frac is the fraction of samples with |r − 1| > ε. With `mask`, the loss and both
+    diagnostics average over the valid samples only (padding would dilute them).
     """
     log_ratio = log_prob - old_log_prob
     ratio = jnp.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    loss = -jnp.mean(jnp.minimum(unclipped, clipped))
+    loss = -_mean(jnp.minimum(unclipped, clipped), mask)
     stats = {
-        "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
-        "clip_frac": jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32)),
+        "approx_kl": _mean((ratio - 1.0) - log_ratio, mask),
+        "clip_frac": _mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask),
     }
     return loss, stats
 
@@ -51,14 +60,15 @@ def value_loss(
     targets: jax.Array,
     old_values: jax.Array | None = None,
     clip_eps: float | jax.Array | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """½ E[(V − target)²]; with `old_values` and `clip_eps`, PPO's clipped variant
-    ½ E[max((V − G)², (V_old + clip(V − V_old, ±ε) − G)²)]."""
+    ½ E[max((V − G)², (V_old + clip(V − V_old, ±ε) − G)²)]; `mask` as in the others."""
     squared = jnp.square(values - targets)
     if old_values is not None and clip_eps is not None:
         clipped_values = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
         squared = jnp.maximum(squared, jnp.square(clipped_values - targets))
-    return 0.5 * jnp.mean(squared)
+    return 0.5 * _mean(squared, mask)
 
 
 def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:

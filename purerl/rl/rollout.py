@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from flax import struct
 from jax import lax
 
+from purerl.rl.normalization import normalize
+
 
 @struct.dataclass
 class Transition:
@@ -52,6 +54,12 @@ class EpisodeTotals:
             "episode_length": jnp.where(self.count > 0, self.length_sum / safe, jnp.nan),
             "episodes": self.count,
         }
+
+
+def normalize_observations(stats: Any, batch: Transition) -> Transition:
+    """The batch as the networks see it: observations and next observations normalised
+    with the statistics the rollout was collected with (identity when stats is None)."""
+    return batch.replace(obs=normalize(stats, batch.obs), next_obs=normalize(stats, batch.next_obs))
 
 
 @struct.dataclass
@@ -117,6 +125,36 @@ def evaluate_values(
     both = value_fn(jnp.concatenate([batch.obs, batch.next_obs], axis=0))
     horizon = batch.obs.shape[0]
     return both[:horizon], both[horizon:]
+
+
+def first_episode_mask(terminated: jax.Array, truncated: jax.Array) -> jax.Array:
+    """[T, N] float: 1.0 for the steps of each env's first episode (up to and including
+    the step that ends it), 0.0 afterwards."""
+    done = jnp.logical_or(terminated, truncated).astype(jnp.int32)
+    ended_before = jnp.cumsum(done, axis=0) - done
+    return (ended_before == 0).astype(jnp.float32)
+
+
+def collect_first_episodes(
+    env: Any, env_params: Any, policy_fn: PolicyFn, key: jax.Array, num_steps: int
+) -> tuple[Transition, jax.Array, EpisodeTotals]:
+    """Episodic collection: reset every env (with `env`'s own reset, grouped or not),
+    step `num_steps` times, and keep only each env's FIRST episode. Returns (batch
+    [T, N], first-episode mask [T, N], totals over those N episodes).
+
+    `num_steps` is the horizon: an episode still running then is cut there, and the
+    totals count it, so the reported return is "return within num_steps steps"."""
+    reset_key, rollout_key = jax.random.split(key)
+    _, batch, _ = collect(
+        env, env_params, policy_fn, init_runner(env, env_params, reset_key), rollout_key, num_steps
+    )
+    mask = first_episode_mask(batch.terminated, batch.truncated)
+    totals = EpisodeTotals(
+        return_sum=jnp.sum(batch.reward * mask),
+        length_sum=jnp.sum(mask),
+        count=jnp.int32(mask.shape[1]),
+    )
+    return batch, mask, totals
 
 
 def flatten_time(tree: Any) -> Any:

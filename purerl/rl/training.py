@@ -50,7 +50,8 @@ def shuffled_minibatch_epochs(
 ) -> tuple[Any, dict[str, jax.Array]]:
     """Run `step_fn(carry, minibatch) -> (carry, metrics)` over `num_epochs` passes of
     freshly shuffled minibatches of a flat batch (leading axis B). Returns the final
-    carry and every metric averaged over all gradient steps."""
+    carry and every metric averaged per epoch, shaped [num_epochs] (so callers can
+    report the first and the last epoch, e.g. PPO's approx_kl)."""
     batch_size = jax.tree.leaves(batch)[0].shape[0]
     if batch_size % num_minibatches:
         raise ValueError(
@@ -68,4 +69,4 @@ def shuffled_minibatch_epochs(
         return lax.scan(step_fn, carry, minibatches)
 
     carry, metrics = lax.scan(epoch, carry, jax.random.split(key, num_epochs))
-    return carry, jax.tree.map(jnp.mean, metrics)
+    return carry, jax.tree.map(lambda m: jnp.mean(m, axis=1), metrics)

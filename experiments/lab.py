@@ -1,0 +1,290 @@
+"""Plumbing shared by the experiment scripts (`python -m experiments.<name> scale=ci`).
+
+An experiment is three things:
+
+- `conf/experiment/<name>.yaml`: a `purerl-train` preset, the base every training job of
+  the experiment starts from (`purerl-train experiment=<name>` trains its main grid alone);
+- `conf/experiment/<name>/<scale>.yaml` (`ci`, `paper`, and `smoke` for the tests): what
+  the experiment runs at that scale — its training jobs (each a list of `purerl-train`
+  overrides on top of the preset), seeds, and the sizes of its own measurements;
+- `experiments/<name>.py`: a thin script that trains the jobs (`run_job`, so finished
+  jobs are skipped and stale ones refused), runs any measurement that is not training,
+  and writes the report `experiments/reports[/<scale>]/<name>.md` with its PNG plots.
+
+Command line: `key=value` pairs; `scale` picks the file, every other key overrides a key
+of it (dotted paths, YAML values: `seeds=4`, `force=true`, `tabular.num_mdps=8`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import schema
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT_CONF = schema.CONF_DIR / "experiment"
+MEASUREMENTS = "measurements.parquet"
+MEASUREMENT_STATUS = "measurement.json"
+
+
+class ExperimentError(ValueError):
+    """A bad command-line value or a stale result; the message says which and what to do."""
+
+
+# ---------------------------------------------------------------- configuration
+def scales(name: str) -> list[str]:
+    return sorted(p.stem for p in (EXPERIMENT_CONF / name).glob("*.yaml"))
+
+
+def load_plan(name: str, argv: Sequence[str]) -> DictConfig:
+    """The experiment's plan at the requested scale, with command-line overrides.
+
+    Adds `experiment`, `scale`, `out_dir` and `report_dir` (absolute paths)."""
+    pairs = []
+    for arg in argv:
+        if "=" not in arg:
+            raise ExperimentError(f"argument {arg!r}: expected key=value (e.g. scale=ci)")
+        pairs.append(arg.split("=", 1))
+    scale = dict(pairs).get("scale", "ci")
+    path = EXPERIMENT_CONF / name / f"{scale}.yaml"
+    if not path.exists():
+        raise ExperimentError(f"scale: got {scale!r}; allowed: {', '.join(scales(name))}")
+    plan = OmegaConf.merge(
+        OmegaConf.create({"force": False, "out_dir": f"outputs/experiments/{name}/{scale}"}),
+        OmegaConf.load(path),
+    )
+    OmegaConf.set_struct(plan, True)
+    for key, value in pairs:
+        if key == "scale":
+            continue
+        if OmegaConf.select(plan, key, default="__missing__") == "__missing__":
+            raise ExperimentError(f"{key}: unknown key of {name} scale={scale}; allowed: {', '.join(_keys(plan))}")
+        OmegaConf.update(plan, key, yaml.safe_load(value), merge=False)
+    OmegaConf.set_struct(plan, False)
+    plan.experiment = name
+    plan.scale = scale
+    plan.out_dir = str((REPO_ROOT / plan.out_dir).resolve())
+    plan.report_dir = str((REPO_ROOT / plan.report_dir).resolve())
+    return plan
+
+
+def _keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        if isinstance(value, DictConfig) and key != "jobs":
+            keys += _keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def enable_compile_cache() -> None:
+    """JAX's persistent compilation cache, where `purerl-train` keeps it."""
+    from experiments.train import enable_compile_cache as enable
+
+    enable(os.environ.get("PURERL_COMPILE_CACHE", "~/.cache/purerl/jax"))
+
+
+# ---------------------------------------------------------------- training jobs
+def compose_job(plan: DictConfig, overrides: Sequence[str], preset: bool = True) -> DictConfig:
+    """The `purerl-train` config of one job: the preset (unless `preset=False`), the plan's
+    seeds, the overrides."""
+    from hydra import compose, initialize_config_dir
+
+    base = [f"name={plan.experiment}", f"seeds={plan.seeds}", f"force={str(bool(plan.force)).lower()}",
+            "print_table=false"]
+    if preset:
+        base.insert(0, f"experiment={plan.experiment}")
+    with initialize_config_dir(version_base="1.3", config_dir=str(schema.CONF_DIR), job_name=plan.experiment):
+        return compose("config", overrides=[*base, *overrides])
+
+
+def train_jobs(plan: DictConfig, jobs: dict[str, Sequence[str]] | None = None) -> dict[str, Path]:
+    """Train each job (name -> overrides) into `out_dir/<name>` unless it is complete."""
+    from experiments.train import ConfigError, run_job
+
+    jobs = plan.jobs if jobs is None else jobs
+    folders = {}
+    for job, overrides in jobs.items():
+        folder = Path(plan.out_dir) / job
+        started = time.perf_counter()
+        try:
+            status = run_job(compose_job(plan, list(overrides)), folder)
+        except ConfigError as e:
+            raise ExperimentError(f"job {job}: {e}") from None
+        print(f"[{plan.experiment}] {job}: {status} ({time.perf_counter() - started:.0f} s)", flush=True)
+        folders[job] = folder
+    return folders
+
+
+def load_jobs(folders: dict[str, Path], table: str = "summary") -> pd.DataFrame:
+    """The jobs' summary (or results) rows, with `job` = the job's name in the plan."""
+    from purerl import results
+
+    name = results.SUMMARY if table == "summary" else results.RESULTS
+    return pd.concat([pd.read_parquet(folder / name).assign(job=job) for job, folder in folders.items()],
+                     ignore_index=True)
+
+
+# ---------------------------------------------------------------- measurements
+def _source_digest(modules: Sequence[Any]) -> str:
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:16]
+
+
+def measured(
+    plan: DictConfig,
+    name: str,
+    identity: Any,
+    compute: Callable[[], pd.DataFrame | dict[str, pd.DataFrame]],
+    code: Sequence[Any] = (),
+) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """A measurement table in `out_dir/<name>/measurements.parquet` (or several tables,
+    `<key>.parquet`, when `compute` returns a dict), computed unless complete ones with the
+    same fingerprint exist.
+
+    The fingerprint covers `identity` (what is measured), purerl's source and library
+    versions, and the source of `code` (the modules and functions that measure; not the
+    report code, so a report can change without invalidating its measurements). A complete
+    table with another fingerprint is refused unless `force=true`, as `purerl-train` does."""
+    from purerl import provenance, results
+
+    folder = Path(plan.out_dir) / name
+    made_by = {**provenance.provenance(), "code": _source_digest(code)}
+    identity = OmegaConf.to_container(identity, resolve=True) if isinstance(identity, DictConfig) else identity
+    fingerprint = hashlib.sha256(json.dumps([identity, made_by], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    status_path = folder / MEASUREMENT_STATUS
+    status = json.loads(status_path.read_text()) if status_path.exists() else {}
+    if status.get("status") == "complete" and not plan.force:
+        if status.get("fingerprint") == fingerprint:
+            print(f"[{plan.experiment}] {name}: skipped (results exist)", flush=True)
+            tables = {key: pd.read_parquet(folder / f"{key}.parquet") for key in status.get("tables", ["measurements"])}
+            return tables if status.get("several") else tables[MEASUREMENTS.removesuffix(".parquet")]
+        raise ExperimentError(
+            f"{folder}: its complete measurements were made with other code or settings; rerun with "
+            f"force=true to replace them, or out_dir=... to keep both"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"fingerprint": fingerprint, "identity": identity, **made_by}
+    results.atomic_write_text(status_path, json.dumps({"status": "running", **record}, default=str))
+    started = time.perf_counter()
+    out = compute()
+    seconds = time.perf_counter() - started
+    tables = out if isinstance(out, dict) else {MEASUREMENTS.removesuffix(".parquet"): out}
+    for key, table in tables.items():
+        results.atomic_write_parquet(folder / f"{key}.parquet", table)
+    record.update(status="complete", seconds=seconds, tables=list(tables), several=isinstance(out, dict))
+    results.atomic_write_text(status_path, json.dumps(record, indent=2, default=str))
+    print(f"[{plan.experiment}] {name}: complete ({seconds:.0f} s)", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------- reports
+def bootstrap_ci(
+    values: np.ndarray, stat: str = "mean", ci: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """(statistic, low, high) over the last axis with a percentile bootstrap CI."""
+    from analysis.aggregate import statistic, stratified_bootstrap_ci
+
+    values = np.asarray(values, dtype=np.float64)
+    low, high = stratified_bootstrap_ci([values], stat, ci, seed=seed)
+    return float(statistic(stat)(values)), float(low), float(high)
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    if value is None or not np.isfinite(value):
+        return "nan" if value is None or np.isnan(value) else ("inf" if value > 0 else "-inf")
+    if value != 0 and (abs(value) >= 10 ** (digits + 1) or abs(value) < 10 ** -(digits - 1)):
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
+
+
+def fmt_ci(estimate: float, low: float, high: float, digits: int = 3) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return fmt(estimate, digits)
+    return f"{fmt(estimate, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
+
+
+def markdown_table(df: pd.DataFrame, right: Sequence[str] = ()) -> str:
+    """A GitHub Markdown table of `df`'s cells as they are (strings, or formatted numbers)."""
+    headers = [str(c) for c in df.columns]
+    rows = [[c if isinstance(c, str) else fmt(c) for c in row] for row in df.itertuples(index=False)]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    aligned = [h in right or (rows and all(_numeric(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if a else c.ljust(w) for c, w, a in zip(cells, widths, aligned)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if a else ("-" * (w + 2)) for w, a in zip(widths, aligned)) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)]) + "\n"
+
+
+def _numeric(cell: str) -> bool:
+    head = cell.split(" ", 1)[0]
+    try:
+        float(head)
+    except ValueError:
+        return head in ("nan", "inf", "-inf")
+    return True
+
+
+class Report:
+    """A Markdown report with PNG figures in `<report_dir>/<name>/`."""
+
+    def __init__(self, plan: DictConfig, title: str):
+        self.plan = plan
+        self.path = Path(plan.report_dir) / f"{plan.experiment}.md"
+        self.figure_dir = Path(plan.report_dir) / plan.experiment
+        self.lines = [f"# {title}", ""]
+
+    def add(self, *blocks: str) -> None:
+        for block in blocks:
+            self.lines += [block.rstrip("\n"), ""]
+
+    def figure(self, fig: Any, filename: str, caption: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.figure_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.figure_dir / filename, dpi=110)
+        plt.close(fig)
+        self.add(f"![{caption}]({self.plan.experiment}/{filename})", f"*{caption}*")
+
+    def command(self) -> str:
+        extra = "" if self.plan.scale == "ci" else f" scale={self.plan.scale}"
+        return f"python -m experiments.{self.plan.experiment}{extra}"
+
+    def write(self) -> Path:
+        from purerl import results
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        results.atomic_write_text(self.path, "\n".join(self.lines).rstrip() + "\n")
+        print(f"[{self.plan.experiment}] report: {self.path}", flush=True)
+        return self.path
+
+
+def main(run: Callable[[DictConfig], Any], name: str, argv: Sequence[str]) -> int:
+    """Command-line entry of an experiment: one-line errors, exit status 2."""
+    import sys
+
+    try:
+        plan = load_plan(name, argv)
+        enable_compile_cache()
+        run(plan)
+    except ExperimentError as e:
+        print(f"experiments.{name}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,207 @@
+"""The experiments of issue 12: their exact pieces against independent references, and a
+smoke run of each (`scale=smoke`) that checks the generated report has the expected tables."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import lab
+from experiments import tabular_gae as tg
+
+
+# ---------------------------------------------------------------- report parsing
+def tables(report: str) -> dict[str, list[list[str]]]:
+    """Every Markdown table of the report under the heading (or the paragraph) just above it."""
+    found, title, rows = {}, None, None
+    for line in report.splitlines():
+        if line.startswith("|"):
+            if rows is None:
+                rows = []
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if rows is not None:
+            found[title] = rows[2:]  # without the header and the rule
+            rows = None
+        if line.strip():
+            title = line.strip("#* ").strip()
+    if rows is not None:
+        found[title] = rows[2:]
+    return found
+
+
+def table_under(report: str, prefix: str) -> list[list[str]]:
+    matches = [rows for title, rows in tables(report).items() if title.startswith(prefix)]
+    assert matches, f"no table under a heading starting with {prefix!r}"
+    return matches[0]
+
+
+# ---------------------------------------------------------------- exact tabular GAE
+def _numpy_gae_moments(P, r, pi, critic, gamma, lam, horizon):
+    """Mean and variance of Σ_{l<T} (γλ)^l δ_l from each (s0, a0), by enumerating every path."""
+    S, A = r.shape
+    kappa = gamma * lam
+    mean, var = np.zeros((S, A)), np.zeros((S, A))
+    for s0, a0 in itertools.product(range(S), range(A)):
+        values, probs = [], []
+        # path: s1, a1, ..., s_{T-1}, a_{T-1}, s_T
+        for path in itertools.product(*([range(S), range(A)] * (horizon - 1) + [range(S)])):
+            states = [s0, *path[0::2]]
+            actions = [a0, *path[1::2]]
+            p, total = 1.0, 0.0
+            for t in range(horizon):
+                s, a, s_next = states[t], actions[t], states[t + 1]
+                p *= P[s, a, s_next] * (pi[s_next, actions[t + 1]] if t + 1 < horizon else 1.0)
+                total += kappa**t * (r[s, a] + gamma * critic[s_next] - critic[s])
+            values.append(total)
+            probs.append(p)
+        values, probs = np.asarray(values), np.asarray(probs)
+        mean[s0, a0] = probs @ values
+        var[s0, a0] = probs @ (values - mean[s0, a0]) ** 2
+    return mean, var
+
+
+def _small_mdp():
+    rng = np.random.default_rng(3)
+    P = rng.dirichlet(np.ones(2), size=(2, 2))
+    r = rng.normal(size=(2, 2))
+    pi = rng.dirichlet(np.ones(2), size=2)
+    return P, r, pi
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.6, 1.0])
+def test_gae_moments_match_path_enumeration(lam):
+    P, r, pi = _small_mdp()
+    critic = np.array([0.3, -1.1])
+    reference_mean, reference_var = _numpy_gae_moments(P, r, pi, critic, 0.9, lam, horizon=3)
+    with jax.enable_x64(True):
+        mdp = tg.MDP(*(jnp.asarray(x) for x in (P, r, pi)))
+        mean, var = tg.gae_moments(mdp, jnp.asarray(r), jnp.asarray(critic), 0.9, lam, horizon=3)
+    np.testing.assert_allclose(mean, reference_mean, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(var, reference_var, rtol=1e-10, atol=1e-12)
+
+
+def test_truth_against_numpy_and_the_long_horizon_limit():
+    P, r, pi = _small_mdp()
+    P_pi, r_pi = np.einsum("sa,sat->st", pi, P), (pi * r).sum(1)
+    with jax.enable_x64(True):
+        mdp = tg.MDP(*(jnp.asarray(x) for x in (P, r, pi)))
+        t = tg.truth(mdp, 0.9)
+        near_one = tg.truth(mdp, 1 - 1e-7)
+        # The infinite-horizon closed form is the limit of long rollouts; with the exact
+        # critic, TD(0) is unbiased for A_γ.
+        m_inf, v_inf = tg.gae_moments(mdp, t.rewards, t.values, 0.9, 0.7)
+        m_long, v_long = tg.gae_moments(mdp, t.rewards, t.values, 0.9, 0.7, horizon=400)
+        m_td, _ = tg.gae_moments(mdp, t.rewards, t.values, 0.9, 0.0)
+    V = np.linalg.solve(np.eye(2) - 0.9 * P_pi, r_pi)
+    A = r + 0.9 * P @ V - V[:, None]
+    np.testing.assert_allclose(t.advantage, A, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose((pi * np.asarray(t.long_horizon)).sum(1), 0.0, atol=1e-12)  # E_π[A] = 0 per state
+    np.testing.assert_allclose(near_one.advantage, near_one.long_horizon, atol=1e-5)
+    np.testing.assert_allclose(m_inf, m_long, atol=1e-12)
+    np.testing.assert_allclose(v_inf, v_long, atol=1e-12)
+    np.testing.assert_allclose(m_td, t.advantage, atol=1e-12)
+
+
+def test_sampled_gae_agrees_with_the_closed_form():
+    P, r, pi = _small_mdp()
+    mdp = tg.MDP(*(jnp.asarray(x, jnp.float32) for x in (P, r, pi)))
+    critic = jnp.asarray([0.5, -0.2])
+    rollouts = tg.sample_rollouts(mdp, horizon=20, num_samples=4000, key=jax.random.PRNGKey(0))
+    samples = np.asarray(tg.sampled_gae(rollouts, jnp.asarray(r, jnp.float32), critic, 0.9, 0.8), np.float64)
+    with jax.enable_x64(True):
+        mdp64 = tg.MDP(*(jnp.asarray(x) for x in (P, r, pi)))
+        mean, var = (np.asarray(x) for x in tg.gae_moments(mdp64, jnp.asarray(r), jnp.asarray(critic, jnp.float64),
+                                                           0.9, 0.8, horizon=20))
+    z = (samples.mean(-1) - mean) / np.sqrt(var / samples.shape[-1])
+    assert np.all(np.abs(z) < 4.5), z  # 4 pairs: |z| < 4.5 fails by chance with p ≈ 3e-5
+    np.testing.assert_allclose(samples.var(-1), var, rtol=0.1)
+
+
+# ---------------------------------------------------------------- update_kl (A2C, PPO)
+def test_policy_kl_is_the_exact_mean_categorical_kl(highest_precision):
+    from conftest import tol
+
+    from purerl.algos import a2c
+    from purerl.nets import ActorCritic
+    from purerl.rl import on_policy
+    from purerl.rl.agent import build_env_and_network, init_params
+
+    env, env_params, network = build_env_and_network(a2c.Config(num_envs=2, num_steps=4, total_timesteps=8))
+    old, new = (init_params(network, env, env_params, jax.random.PRNGKey(i)) for i in (0, 1))
+    obs = jax.random.normal(jax.random.PRNGKey(2), (6, 4))
+
+    def log_probs(params):
+        logits = np.asarray(network.apply(params, obs, method=ActorCritic.policy).logits, np.float64)
+        return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+    lp_old, lp_new = log_probs(old), log_probs(new)
+    per_state = (np.exp(lp_old) * (lp_old - lp_new)).sum(-1)
+    np.testing.assert_allclose(on_policy.policy_kl(network, old, new, obs), per_state.mean(), **tol())
+    mask = jnp.asarray([1, 1, 0, 1, 0, 0], jnp.float32)
+    np.testing.assert_allclose(on_policy.policy_kl(network, old, new, obs, mask), per_state[[0, 1, 3]].mean(), **tol())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["a2c", "ppo"])
+def test_update_kl_vanishes_with_the_learning_rate(algo):
+    from purerl import sweep
+    from purerl.algos import a2c, ppo
+
+    module, config = {
+        "a2c": (a2c, a2c.Config(num_envs=2, num_steps=8, total_timesteps=48, actor_hidden=(8,), critic_hidden=(8,))),
+        "ppo": (ppo, ppo.Config(num_envs=2, num_steps=8, total_timesteps=48, num_minibatches=2, actor_hidden=(8,),
+                                critic_hidden=(8,))),
+    }[algo]
+    result = sweep.run(module.make_train(config), sweep.grid(module.Hyper(), lr=[1e-9, 3e-2]), seeds=1)
+    update_kl = result.metrics["update_kl"][:, 0]  # [lr, update]
+    assert update_kl.shape == (2, config.num_updates)
+    # Float32 round-off of the KL is ~1e-8; a step of lr 3e-2 moves the policy by far more.
+    assert np.all(update_kl[0] < 1e-6) and np.all(update_kl[1] > 1e-4), update_kl
+
+
+# ---------------------------------------------------------------- command line
+def test_unknown_scale_and_key_are_one_line_errors(capsys):
+    from experiments import gae_lambda_gamma
+
+    assert gae_lambda_gamma.main(["scale=huge"]) == 2
+    assert "scale: got 'huge'; allowed: ci, paper, smoke" in capsys.readouterr().err
+    assert gae_lambda_gamma.main(["scale=smoke", "tabular.num_mdpz=3"]) == 2
+    assert "tabular.num_mdpz: unknown key" in capsys.readouterr().err
+    with pytest.raises(lab.ExperimentError, match="expected key=value"):
+        lab.load_plan("gae_lambda_gamma", ["smoke"])
+
+
+# ---------------------------------------------------------------- smoke runs
+def _smoke(module, tmp_path):
+    assert module.main(["scale=smoke", f"out_dir={tmp_path / 'out'}", f"report_dir={tmp_path / 'report'}"]) == 0
+    return (tmp_path / "report" / f"{module.NAME}.md").read_text()
+
+
+@pytest.mark.slow
+def test_gae_lambda_gamma_smoke(tmp_path):
+    from experiments import gae_lambda_gamma
+
+    report = _smoke(gae_lambda_gamma, tmp_path)
+    plan = lab.load_plan("gae_lambda_gamma", ["scale=smoke"])
+    spec = plan.tabular
+    cells = len(spec.gammas) * len(spec.lambdas)
+    headline = table_under(report, "Headline: random MDPs")
+    assert [(row[0], row[1]) for row in headline] == [
+        (f"{g:g}", f"{v:g}") for g in spec.gammas for v in spec.lambdas
+    ]
+    assert len(table_under(report, "Chain, critic noise")) == cells
+    assert len(table_under(report, "Best λ per γ")) == 2 * len(spec.noises) * len(spec.gammas)
+    assert len(table_under(report, "Sampled rollouts")) == plan.check.num_mdps * len(plan.check.gammas) * len(
+        plan.check.lambdas
+    )
+    learning = table_under(report, "Final return")
+    assert len(learning) == 2  # 1 env × 1 γ × 2 λ (smoke grid)
+    assert re.search(r"^## Answer", report, re.M) and "python -m experiments.gae_lambda_gamma scale=smoke" in report
+    for png in ("errors_vs_lambda_random", "mse_long_chain", "ppo_heatmap", "ppo_curves"):
+        assert (tmp_path / "report" / "gae_lambda_gamma" / f"{png}.png").stat().st_size > 10_000
