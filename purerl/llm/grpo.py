@@ -12,11 +12,12 @@ with per-token ratios (`ratio="token"`) or GSPO's length-normalised sequence rat
 (`ratio="sequence"`: s_i = exp(mean_t log π/π_old), clipped per completion). π_ref is the SFT
 policy. With `reward="model"` the reward is a Bradley-Terry reward model trained first.
 
-Metrics per update: env_steps (completions sampled so far), episode_return (greedy accuracy /
-mean reward on a fixed set of held-out prompts, after the update), sample_reward (mean task
-reward of this update's samples), kl_to_ref (mean over completions of Σ_t k3, before the
-update), policy_loss, kl_loss, entropy, approx_kl, clip_frac, grad_norm, completion_length,
-zero_std_groups (fraction of groups whose rewards are all equal: no learning signal), sft_accuracy.
+Metrics per update: env_steps (completions sampled so far), episode_return (mean task reward —
+accuracy on addition — of one completion sampled at T per held-out prompt, after the update),
+greedy_accuracy, kl_to_ref (mean over those completions of Σ_t k3), sample_reward (mean task
+reward of this update's training samples), policy_loss, kl_loss, entropy, approx_kl, clip_frac,
+grad_norm, completion_length, zero_std_groups (fraction of groups whose rewards are all equal: no
+learning signal), sft_accuracy and sft_greedy_accuracy (the start, repeated), sft_loss.
 """
 
 from __future__ import annotations
