@@ -173,7 +173,8 @@ def answer(summary: pd.DataFrame, runs: pd.DataFrame, updates: pd.DataFrame, pla
             f"{lab.fmt(ppo.kl_max.max(), 2)} (ε = {ppo.loc[ppo.kl_max.idxmax()].knob:g})."
         )
     valid = runs.dropna(subset=["kl_median", "destructive"])
-    rho, p = sps.spearmanr(valid.kl_median, valid.destructive) if len(valid) > 2 else (np.nan, np.nan)
+    varies = len(valid) > 2 and valid.kl_median.nunique() > 1 and valid.destructive.nunique() > 1
+    rho, p = sps.spearmanr(valid.kl_median, valid.destructive) if varies else (np.nan, np.nan)
     lines.append(
         f"- **Step size and destruction:** across the {len(valid)} runs the Spearman correlation between a run's "
         f"median KL per update and its fraction of destructive updates is {rho:.2f} (p = {p:.2g}). A destructive "
