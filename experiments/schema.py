@@ -138,6 +138,7 @@ def train_schema(names: list[str]) -> type:
             ("force", bool, dataclasses.field(default=False)),
             ("progress", bool, dataclasses.field(default=False)),
             ("print_table", bool, dataclasses.field(default=True)),
+            ("save_policies", bool, dataclasses.field(default=True)),
             ("compile_cache", CompileCacheConf, dataclasses.field(default_factory=CompileCacheConf)),
         ],
     )

@@ -123,16 +123,14 @@ def build_plan(cfg: DictConfig) -> Plan:
         raise ConfigError(message) from None
 
     hyper_kwargs = OmegaConf.to_container(cfg.algo.hyper, resolve=True)
-    hyper = Hyper(
-        **{
-            k: _number(f"algo.hyper.{k}", v, f"a number in {intervals.get(k) or '(-inf, inf)'}")
-            for k, v in hyper_kwargs.items()
-        }
-    )
+    numbers = {
+        k: _number(f"algo.hyper.{k}", v, f"a number in {intervals.get(k) or '(-inf, inf)'}")
+        for k, v in hyper_kwargs.items()
+    }
     try:
-        validate_hyper(hyper)
+        hyper = Hyper(**numbers)  # validated on construction
     except ValueError as e:
-        raise ConfigError(_rename(str(e), type(hyper).__name__, "algo.hyper.")) from None
+        raise ConfigError(_rename(str(e), Hyper.__name__, "algo.hyper.")) from None
 
     hyper_fields = [f.name for f in dataclasses.fields(Hyper)]
     static_fields = [f.name for f in dataclasses.fields(Config)]
@@ -309,7 +307,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
 
     Everything is validated before the job's status is touched, and a complete job is never
     marked failed by a rerun that does not validate."""
-    from purerl import results
+    from purerl import artifacts, results
 
     job_dir = Path(job_dir)
     progress = None
@@ -328,6 +326,8 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
 
     if action == "skip":
         log.info("skipping %s: results exist (force=true redoes it)", job_dir)
+        if cfg.save_policies and artifacts.supports(plan.config) and not (job_dir / "policies").is_dir():
+            log.info("%s has no saved policies (trained with save_policies=false); force=true retrains it", job_dir)
         if cfg.print_table:
             import pandas as pd
 
@@ -339,6 +339,11 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     try:
         from purerl import sweep as sweeps
 
+        artifacts.remove_policies(job_dir)  # an earlier run's policies must not outlive its results
+        save = cfg.save_policies and artifacts.supports(plan.config)
+        if cfg.save_policies and not save:
+            log.info("%s: saved policies are not supported for %s; none will be saved", job_dir, plan.algo)
+
         export_cache = None
         if cfg.compile_cache.enabled:
             cache_dir = enable_compile_cache(cfg.compile_cache.dir)
@@ -348,7 +353,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         start = time.perf_counter()
         result = sweeps.run(
             train, plan.sweep, plan.seeds, max_batch=plan.max_batch,
-            export_cache=export_cache,
+            export_cache=export_cache, return_state=save,
             # The key names the whole program: a progress callback makes it a different one.
             program_key=f"{plan.algo}:{plan.config!r}:progress={progress is not None}",
         )
@@ -357,6 +362,11 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         tidy = results.tidy(result, **ids)
         summary = results.summarize(result, **ids, wall_seconds=result.run_seconds)
         config_text = resolved_config_text(cfg)
+        if save:  # before write_job: a complete job has its policies
+            artifacts.save_policies(
+                job_dir, result.final_state, algo=plan.algo, config=plan.config,
+                settings=result.settings, seeds=result.seeds, fingerprint=plan.fingerprint,
+            )
         results.write_job(
             job_dir,
             tidy,

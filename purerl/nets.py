@@ -159,3 +159,73 @@ class ActorCritic(nn.Module):
 
     def value(self, obs: jax.Array) -> jax.Array:
         return self.critic(obs)
+
+
+# ---------------------------------------------------------------- off-policy agents (DQN, SAC)
+class SquashedGaussianActor(nn.Module):
+    """SAC's policy: u ~ N(μ(s), σ(s)²), action a = tanh(u) in [-1, 1]^A (the env wrapper
+    rescales it onto the Box bounds). log σ is squashed into [log_std_min, log_std_max]."""
+
+    action_dim: int
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(mean, log_std) of the pre-squash Gaussian, each [..., A]."""
+        h = MLP(self.hidden_sizes, self.activation)(obs)
+        mean = _dense(self.action_dim, 0.01)(h)
+        log_std = jnp.tanh(_dense(self.action_dim, 0.01)(h))
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1.0)
+        return mean, log_std
+
+
+def squashed_gaussian_sample(
+    mean: jax.Array, log_std: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Reparameterised a = tanh(μ + σ ε) and log π(a|s) summed over action components.
+
+    Change of variables: log π(a) = log N(u; μ, σ) − Σ log(1 − tanh(u)²), with the
+    stable identity log(1 − tanh(u)²) = 2 (log 2 − u − softplus(−2u)) (no ε fudge)."""
+    noise = jax.random.normal(key, mean.shape, mean.dtype)
+    pre_squash = mean + jnp.exp(log_std) * noise
+    gaussian_log_prob = -0.5 * jnp.square(noise) - log_std - 0.5 * jnp.log(2.0 * jnp.pi)
+    log_det_jacobian = 2.0 * (jnp.log(2.0) - pre_squash - jax.nn.softplus(-2.0 * pre_squash))
+    return jnp.tanh(pre_squash), jnp.sum(gaussian_log_prob - log_det_jacobian, axis=-1)
+
+
+class StateActionQ(nn.Module):
+    """Q(s, a) for continuous actions: an MLP on the concatenation [s, a]; returns [...]."""
+
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        h = MLP(self.hidden_sizes, self.activation)(jnp.concatenate([obs, action], axis=-1))
+        return jnp.squeeze(_dense(1, 1.0)(h), axis=-1)
+
+
+class TwinQ(nn.Module):
+    """Two independently initialised critics evaluated as one batched network (nn.vmap):
+    Q(s, a) -> [2, ...] for continuous actions (`num_actions` = 0), Q(s, ·) -> [2, ..., A]
+    for discrete ones."""
+
+    num_actions: int = 0
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array | None = None) -> jax.Array:
+        ensemble = nn.vmap(
+            StateActionQ if self.num_actions == 0 else QHead,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            axis_size=2,
+        )
+        if self.num_actions == 0:
+            return ensemble(self.hidden_sizes, self.activation)(obs, action)
+        return ensemble(self.num_actions, self.hidden_sizes, self.activation)(obs)

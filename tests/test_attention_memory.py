@@ -19,7 +19,7 @@ from purerl.attention.memory import (
 
 def kv_leaf_bytes(cache) -> int:
     """K and V storage only; the length counters and overflow flags are bookkeeping."""
-    return cache.keys_t.nbytes + cache.values.nbytes
+    return cache.keys.nbytes + cache.values.nbytes
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

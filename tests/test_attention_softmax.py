@@ -153,10 +153,10 @@ def test_arbitrary_padding_mask_non_causal():
 # ----------------------------------------------------------------------------- KV cache
 
 
-def decode_all(module, params, x, prompt_len, max_len, cache=None):
+def decode_all(module, params, x, prompt_len, max_len, cache=None, layout=None):
     """Prefill x[:, :prompt_len], then decode the rest one token at a time."""
     batch, steps, _ = x.shape
-    cache = module.init_cache(batch, max_len) if cache is None else cache
+    cache = module.init_cache(batch, max_len, layout=layout) if cache is None else cache
     prefill = jax.jit(partial(module.apply, method="prefill"))
     decode = jax.jit(partial(module.apply, method="decode"), donate_argnums=(2,))
     out, cache = prefill(params, x[:, :prompt_len], cache)
@@ -168,14 +168,16 @@ def decode_all(module, params, x, prompt_len, max_len, cache=None):
 
 
 @pytest.mark.parametrize(
-    "num_kv_heads,qk_norm", [(4, False), (2, True), (1, False)], ids=["MHA", "GQA-qknorm", "MQA"]
+    "num_kv_heads,qk_norm,layout",
+    [(4, False, "dn_dn"), (2, True, "dn_nd"), (1, False, "nd_nd"), (4, False, "nd_nd")],
+    ids=["MHA-dn_dn", "GQA-qknorm-dn_nd", "MQA-nd_nd", "MHA-nd_nd"],
 )
-def test_decode_matches_full_forward_up_to_full_cache(num_kv_heads, qk_norm):
+def test_decode_matches_full_forward_up_to_full_cache(num_kv_heads, qk_norm, layout):
     module = make(num_kv_heads=num_kv_heads, qk_norm=qk_norm)
     x, params = setup_module_params(module, steps=12)
     full = jitted(module)(params, x)
     # max_len == sequence length: the last decode step fills the cache completely.
-    decoded, cache = decode_all(module, params, x, prompt_len=5, max_len=12)
+    decoded, cache = decode_all(module, params, x, prompt_len=5, max_len=12, layout=layout)
     np.testing.assert_allclose(decoded, full, **tol())
     np.testing.assert_array_equal(cache.lengths, [12, 12])
 
@@ -187,10 +189,12 @@ def test_decode_from_single_token_prompt():
     np.testing.assert_allclose(decoded, jitted(module)(params, x), **tol())
 
 
-def test_cache_contents_match_projected_keys_and_values():
+@pytest.mark.parametrize("layout", softmax.CACHE_LAYOUTS)
+def test_cache_contents_match_projected_keys_and_values(layout):
     module = make(num_kv_heads=2, use_rope=False)
     x, params = setup_module_params(module, steps=6)
-    _, cache = decode_all(module, params, x, prompt_len=3, max_len=8)
+    _, cache = decode_all(module, params, x, prompt_len=3, max_len=8, layout=layout)
+    assert cache.layout == layout
     p = params["params"]
     k = np.einsum("btd,dhe->bhte", x, p["k_proj"]["kernel"])
     v = np.einsum("btd,dhe->bhte", x, p["v_proj"]["kernel"])
@@ -204,8 +208,8 @@ def test_decode_masks_by_cache_index_not_by_contents():
     module = make(num_kv_heads=2)
     x, params = setup_module_params(module, steps=9)
     garbage = init_kv_cache(2, 16, 2, 8)
-    noise = normal(3, garbage.keys_t.shape) * 50
-    garbage = garbage.replace(keys_t=noise, values=noise.reshape(garbage.values.shape))
+    noise = normal(3, garbage.keys.shape) * 50
+    garbage = garbage.replace(keys=noise, values=noise.reshape(garbage.values.shape))
     decoded, _ = decode_all(module, params, x, prompt_len=4, max_len=16, cache=garbage)
     np.testing.assert_allclose(decoded, jitted(module)(params, x), **tol())
 
@@ -238,7 +242,7 @@ def test_cache_is_head_major_and_sized_by_kv_heads():
     assert isinstance(cache, KVCache)
     assert cache.keys_by_head().shape == (3, 2, 20, 8)
     assert cache.values_by_head().shape == (3, 2, 20, 8)
-    assert cache.keys_t.nbytes + cache.values.nbytes == 2 * 3 * 2 * 20 * 8 * 4
+    assert cache.keys.nbytes + cache.values.nbytes == 2 * 3 * 2 * 20 * 8 * 4
 
 
 # ----------------------------------------------------------------------------- full cache
@@ -254,13 +258,14 @@ def test_decode_past_max_len_raises_when_eager():
         module.apply(params, x[:, 0], cache, method="decode")
 
 
-def test_decode_past_max_len_under_jit_is_clamped_and_flagged():
+@pytest.mark.parametrize("layout", ["dn_dn", "nd_nd"])  # both store kinds for K and for V
+def test_decode_past_max_len_under_jit_is_clamped_and_flagged(layout):
     module = make(num_kv_heads=2)
     x, params = setup_module_params(module, batch=2, steps=5)
     decode = jax.jit(partial(module.apply, method="decode"))
     # Sequence 0 fills its 4-slot cache with the prompt; sequence 1 has room for one more.
     _, cache = jax.jit(partial(module.apply, method="prefill"))(
-        params, x[:, :4], module.init_cache(2, 4), jnp.array([4, 3]))
+        params, x[:, :4], module.init_cache(2, 4, layout=layout), jnp.array([4, 3]))
     before = jax.device_get(cache)
     out, after = decode(params, x[:, 4], cache)
     np.testing.assert_array_equal(after.lengths, [4, 4])  # not 5: nothing stored past the end
@@ -302,8 +307,11 @@ def dense_reference(q, k, v, causal, kv_lengths=None):
     return np.einsum("bhts,bshd->bthd", weights / weights.sum(-1, keepdims=True), v)
 
 
-@pytest.mark.parametrize("steps,block_size", [(1, 4), (13, 4), (16, 4), (37, 8), (20, 64)])
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize(
+    "steps,block_size,causal",
+    [(1, 4, True), (13, 4, True), (16, 4, False), (37, 8, True), (20, 64, False)],
+    ids=["one-token", "ragged-blocks", "full-even-blocks", "many-blocks", "one-block-full"],
+)
 def test_blockwise_matches_reference(steps, block_size, causal):
     q, k, v = normal(steps, (3, 2, steps, 4, 8))
     k, v = k[:, :, :2], v[:, :, :2]  # GQA: 4 query heads, 2 KV heads

@@ -1,6 +1,6 @@
 """Learning tests: 8 vmapped seeds each, asserted on the IQM (25 % trimmed mean) with a
 margin below what was measured on our 2-core CPU (figures in docs/algorithms.md, command:
-`python /tmp/measure.py`-style `sweep.run(make_train(Config()), Hyper(), seeds=8)`).
+`sweep.run(make_train(Config(...)), Hyper(...), seeds=8)` with the settings below).
 A random CartPole policy scores about 22; a random Pendulum policy about −1200 to −1300."""
 
 import numpy as np
@@ -33,12 +33,13 @@ def test_ppo_solves_cartpole_with_default_settings():
     assert iqm(first) < 60, first  # it started from scratch
 
 
-# Pendulum: measured finals with these settings are about −200 (IQM in docs/algorithms.md).
+# Pendulum: measured IQM −219.6 over the last 10 updates (seeds 0-7: −193 to −268).
 PENDULUM_CONFIG = dict(
     env="Pendulum-v1", num_envs=16, num_steps=256, total_timesteps=409_600,
     update_epochs=10, num_minibatches=32,
 )
 PENDULUM_HYPER = dict(lr=1e-3, gamma=0.9, gae_lambda=0.95, ent_coef=0.0)
+PENDULUM_THRESHOLD = -350
 
 
 @pytest.mark.slow
@@ -69,6 +70,10 @@ def test_trpo_learns_cartpole():
     # The trust region held on every update of every seed.
     assert np.all(result.metrics["kl"] <= 0.01 * (1 + 1e-3))
     assert np.mean(result.metrics["line_search_success"]) > 0.9
+
+
+# Measured IQM over the last 5 updates, seeds 0-7: value 459.2 (434-485), group 436.7 (368-461).
+REINFORCE_THRESHOLD = {"value": 400, "group": 380}
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-import purerl  # noqa: F401  (sets the XLA:CPU flag before JAX creates its backend)
+import purerl  # noqa: F401
 from purerl.nets import ActorCritic
 from purerl.rl import trust_region as tr
 
@@ -17,7 +17,7 @@ def random_spd(key, n):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_conjugate_gradient_matches_dense_solve(seed):
+def test_conjugate_gradient_matches_dense_solve(seed, highest_precision):
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
     n = 12
     a = random_spd(k1, n)
@@ -64,7 +64,7 @@ def tiny_policy(discrete):
 
 
 @pytest.mark.parametrize("discrete", [True, False])
-def test_fisher_vector_product_equals_explicit_fisher(discrete):
+def test_fisher_vector_product_equals_explicit_fisher(discrete, highest_precision):
     _, obs, theta, policy_at = tiny_policy(discrete)
     old = policy_at(theta)
 

@@ -11,6 +11,14 @@ ALGORITHMS: dict[str, str] = {
     "trpo": "purerl.algos.trpo",
     "a2c": "purerl.algos.a2c",
     "reinforce": "purerl.algos.reinforce",
+    "bandit": "purerl.algos.bandits",
+    "dqn": "purerl.algos.dqn",
+    "sac": "purerl.algos.sac",
+    # RL for language models on the tiny LM (purerl/llm, docs/llm.md)
+    "llm_ppo": "purerl.llm.ppo",
+    "grpo": "purerl.llm.grpo",
+    "dpo": "purerl.llm.dpo",
+    "reward_model": "purerl.llm.reward_model",
 }
 
 

@@ -43,7 +43,7 @@ def blockwise_attention(
     scale: float,
     causal: bool = True,
     kv_lengths: jax.Array | None = None,
-    block_size: int = 512,
+    block_size: int = 256,
 ) -> jax.Array:
     """q [B, T, H, d], k and v [B, S, H_kv, d] -> [B, T, H, d] (dtype of q).
 
@@ -62,28 +62,29 @@ def blockwise_attention(
     # Padded keys sit at index >= keys >= kv_lengths, so the length mask hides them too.
     kv_lengths = jnp.minimum(kv_lengths.astype(jnp.int32), keys)
 
-    # [blocks, B, block, H_kv, (G,) d]; queries pre-scaled once.
+    # Head-major blocks, so every product below is a plain batched matmul over (B, H_kv) with
+    # the group's queries stacked as rows: q [nq, B, H_kv, G·block, d], k/v [nk, B, H_kv, block, d].
     q_blocks = _pad_to(q.reshape(batch, steps, kv_heads, group, head_dim), 1, block)
     q_blocks = q_blocks.reshape(batch, num_q_blocks, block, kv_heads, group, head_dim)
-    q_blocks = jnp.moveaxis(q_blocks, 1, 0)
-    k_blocks = jnp.moveaxis(
-        _pad_to(k, 1, block).reshape(batch, num_k_blocks, block, kv_heads, head_dim), 1, 0)
-    v_blocks = jnp.moveaxis(
-        _pad_to(v, 1, block).reshape(batch, num_k_blocks, block, kv_heads, head_dim), 1, 0)
+    q_blocks = jnp.transpose(q_blocks, (1, 0, 3, 4, 2, 5)).reshape(
+        num_q_blocks, batch, kv_heads, group * block, head_dim)
+    to_blocks = lambda a: jnp.transpose(
+        _pad_to(a, 1, block).reshape(batch, num_k_blocks, block, kv_heads, head_dim),
+        (1, 0, 3, 2, 4))
+    k_blocks, v_blocks = to_blocks(k), to_blocks(v)
     offsets = jnp.arange(block)
+    row_offsets = jnp.tile(offsets, group)  # query position within the block, per stacked row
 
     def one_query_block(inputs):
         q_index, q_block = inputs
-        query_pos = q_index * block + offsets  # [block]
+        query_pos = q_index * block + row_offsets  # [G·block]
 
         def update(carry, key_index):
             m, norm, acc = carry
-            k_block, v_block = k_blocks[key_index], v_blocks[key_index]
             key_pos = key_index * block + offsets
-            s = jnp.einsum("bqkgd,bskd->bkgqs", q_block, k_block,
+            s = jnp.einsum("bkqd,bksd->bkqs", q_block, k_blocks[key_index],
                            preferred_element_type=jnp.float32) * scale
-            visible = key_pos[None, :] < kv_lengths[:, None]  # [B, block]
-            visible = visible[:, None, None, None, :]
+            visible = (key_pos[None, :] < kv_lengths[:, None])[:, None, None, :]  # [B,1,1,S]
             if causal:
                 visible = visible & (key_pos[None, :] <= query_pos[:, None])
             s = jnp.where(visible, s, MASKED_LOGIT)
@@ -91,7 +92,8 @@ def blockwise_attention(
             p = jnp.exp(s - m_new[..., None])
             correction = jnp.exp(m - m_new)
             norm_new = norm * correction + p.sum(-1)
-            pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(v_block.dtype), v_block,
+            v_block = v_blocks[key_index]
+            pv = jnp.einsum("bkqs,bksd->bkqd", p.astype(v_block.dtype), v_block,
                             preferred_element_type=jnp.float32)
             return m_new, norm_new, acc * correction[..., None] + pv
 
@@ -103,13 +105,15 @@ def blockwise_attention(
                 carry = update(carry, key_index)
             return carry, None
 
-        shape = (batch, kv_heads, group, block)
+        shape = (batch, kv_heads, group * block)
         init = (jnp.full(shape, MASKED_LOGIT, jnp.float32), jnp.zeros(shape, jnp.float32),
                 jnp.zeros((*shape, head_dim), jnp.float32))
         (_, norm, acc), _ = jax.lax.scan(step, init, jnp.arange(num_k_blocks))
         out = acc / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny)[..., None]
-        return jnp.moveaxis(out, 3, 1)  # [B, block, H_kv, G, d]
+        return out.reshape(batch, kv_heads, group, block, head_dim)
 
     out = jax.lax.map(one_query_block, (jnp.arange(num_q_blocks), q_blocks))
-    out = jnp.moveaxis(out, 0, 1).reshape(batch, num_q_blocks * block, heads, head_dim)
+    # [nq, B, H_kv, G, block, d] -> [B, nq·block, H, d]
+    out = jnp.transpose(out, (1, 0, 4, 2, 3, 5)).reshape(batch, num_q_blocks * block, heads,
+                                                         head_dim)
     return out[:, :steps].astype(q.dtype)

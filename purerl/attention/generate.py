@@ -97,6 +97,13 @@ def _check(config: LMConfig, prompt: Any, steps: Any, temperature: Any,
     if not jnp.issubdtype(jnp.result_type(prompt), jnp.integer):
         raise ValueError(f"generate.prompt: got dtype {jnp.result_type(prompt)}; allowed: "
                          "integer token ids")
+    if not isinstance(prompt, jax.core.Tracer):
+        tokens = np.asarray(prompt)
+        if tokens.size and not (0 <= tokens.min() and tokens.max() < config.vocab_size):
+            raise ValueError(
+                f"generate.prompt: got token ids in [{tokens.min()}, {tokens.max()}]; allowed: "
+                f"[0, LMConfig.vocab_size={config.vocab_size})"
+            )
     if shape[1] + steps > config.max_len:
         raise ValueError(
             f"generate.steps: got {steps} after a prompt of {shape[1]} tokens; allowed: "

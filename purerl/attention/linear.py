@@ -180,16 +180,15 @@ def linear_attention_step(
     kv_heads = phi_k.shape[1]
     v = v.astype(jnp.float32)
     q = phi_q.reshape(batch, kv_heads, heads // kv_heads, width)
-    # Read out from the old state plus the new token's own term, φ(q)ᵀ(S + φ(k)vᵀ) =
-    # φ(q)ᵀS + (φ(q)·φ(k)) v: the readout and the rank-1 update then both read the old state
-    # and do not wait on each other. The outer product is a broadcast multiply, which XLA fuses
-    # into the update (an einsum would be a batched matmul with a size-1 contraction plus a
-    # separate add: two more passes over the state).
-    qk = jnp.einsum("bkgf,bkf->bkg", q, phi_k)
-    num = jnp.einsum("bkgf,bkfd->bkgd", q, kv_state) + qk[..., None] * v[:, :, None, :]
-    den = jnp.einsum("bkgf,bkf->bkg", q, z_state) + qk
+    # Rank-1 update as a broadcast multiply (fused with the add into one pass over the state),
+    # then read out from the new state. Measured in a 256-step scan on CPU (32 heads, f = d =
+    # 128, a 2 MiB state): 0.10 ms/step. Reading out from the old state plus the new token's
+    # term, φ(q)ᵀS + (φ(q)·φ(k))v, looks independent but made XLA copy the loop-carried state
+    # every step (0.18 ms/step).
     kv_state = kv_state + phi_k[..., :, None] * v[..., None, :]
     z_state = z_state + phi_k
+    num = jnp.einsum("bkgf,bkfd->bkgd", q, kv_state)
+    den = jnp.einsum("bkgf,bkf->bkg", q, z_state)
     out = num / (den[..., None] + eps)
     return out.reshape(batch, heads, v.shape[-1]), (kv_state, z_state)
 

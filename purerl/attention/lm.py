@@ -160,8 +160,10 @@ class TinyLM(nn.Module):
                 "(LMConfig.max_len: there are no positions beyond it)"
             )
         if cfg.attention == "softmax":
+            group = cfg.num_heads // cfg.num_kv_heads
             return tuple(init_kv_cache(batch, max_len or cfg.max_len, cfg.num_kv_heads,
-                                       cfg.resolved_head_dim) for _ in range(cfg.num_layers))
+                                       cfg.resolved_head_dim, group=group)
+                         for _ in range(cfg.num_layers))
         width = feature_dim(cfg.feature_map, cfg.resolved_head_dim)
         return tuple(init_linear_state(batch, cfg.num_kv_heads, width, cfg.resolved_head_dim)
                      for _ in range(cfg.num_layers))

@@ -24,10 +24,11 @@ Implementation = Literal["xla", "cudnn", "blockwise"] | None
 IMPLEMENTATIONS = (None, "xla", "cudnn", "blockwise")
 
 # implementation=None switches from XLA's dense attention to the blockwise path when the dense
-# logits (B × H × T × S floats) would have at least this many elements. CPU: measured crossover
-# (docs/attention.md, "Prefill"); GPU: the dense path fell off a cliff at 16k × 16k × 8 heads
-# = 2^31 elements on an H100 (issue 11), so it is used only below that.
-DENSE_LOGITS_LIMIT = {"cpu": 2**24, "gpu": 2**31}
+# logits (B × H × T × S floats) would have at least this many elements. CPU: measured (causal,
+# 8 heads, d = 64, CPU seconds, docs/attention.md "Prefill"): equal at 256 tokens, blockwise
+# 1.8× faster at 512 and 3× at 1,024, forward and backward alike. GPU: the dense path fell off
+# a cliff at 16k × 16k × 8 heads = 2^31 elements on an H100 (issue 11), so it is kept below that.
+DENSE_LOGITS_LIMIT = {"cpu": 2**21, "gpu": 2**31}
 
 
 def dense_logits_limit() -> int:
@@ -38,14 +39,34 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+# How a cache stores K and V, per head: "dn" = [d, max_len] (time is the minor axis), "nd" =
+# [max_len, d] (features minor). Named K-then-V: "dn_nd" stores K transposed and V as is.
+CACHE_LAYOUTS = ("dn_nd", "nd_nd", "dn_dn")
+# Default per backend and head grouping (1 query head per KV head, or more), chosen by
+# measurement (`benchmarks/attention.py --only layouts`, tables in docs/attention.md). CPU: MHA's
+# matrix-vector products stream fastest with time as the minor axis of both K and V; grouped
+# heads' small matrix products are fastest with V stored [n, d]. GPU: not measured here; "nd_nd"
+# is the layout fused decode kernels use (rows of d contiguous features, coalesced reads).
+DEFAULT_CACHE_LAYOUT = {
+    ("cpu", False): "dn_dn", ("cpu", True): "dn_nd",
+    ("gpu", False): "nd_nd", ("gpu", True): "nd_nd",
+}
+
+
+def default_cache_layout(group: int = 1) -> str:
+    """The measured layout for this backend; `group` = query heads per KV head."""
+    return DEFAULT_CACHE_LAYOUT.get((jax.default_backend(), group > 1), "nd_nd")
+
+
 @struct.dataclass
 class KVCache:
     """Key/value cache of one softmax-attention layer, head-major.
 
-    Logically K is [B, H_kv, max_len, d] stored transposed as [B, H_kv, d, max_len] (the q·Kᵀ
-    product then streams contiguous rows) and V is [B, H_kv, max_len, d]. Both are kept as 2-D
-    arrays: XLA on CPU copies a donated cache on every step when its shape has a size-1 axis
-    (batch 1, MQA), turning a memory-bound 30 ms step into a 700 ms one.
+    Logically K and V are [B, H_kv, max_len, d]. Each is stored as a 2-D array, per (sequence,
+    KV head) row block either [d, max_len] ("dn": the q·Kᵀ product streams contiguous time
+    rows) or [max_len, d] ("nd"); `layout` names K's then V's choice (CACHE_LAYOUTS). 2-D
+    because XLA on CPU copied a donated 4-D cache on every step when its shape had a size-1
+    axis (batch 1, MQA), turning a memory-bound 30 ms step into a 700 ms one.
 
     A full cache never grows: writing a token past max_len is an error when the lengths are
     concrete (eager code), and under jit the token is not stored, `lengths` stays at max_len
@@ -53,68 +74,111 @@ class KVCache:
     never silent.
     """
 
-    keys_t: jax.Array  # [B * H_kv * d, max_len]
-    values: jax.Array  # [B * H_kv * max_len, d]
+    keys: jax.Array  # [B * H_kv * d, max_len] ("dn") or [B * H_kv * max_len, d] ("nd")
+    values: jax.Array  # likewise
     lengths: jax.Array  # [B] int32: tokens stored per sequence, <= max_len
     overflow: jax.Array  # [B] bool: a token arrived when the cache was full
     num_kv_heads: int = struct.field(pytree_node=False)
     head_dim: int = struct.field(pytree_node=False)
+    layout: str = struct.field(pytree_node=False, default="dn_nd")
 
     @property
     def batch(self) -> int:
         return self.lengths.shape[0]
 
     @property
+    def rows(self) -> int:
+        return self.batch * self.num_kv_heads
+
+    @property
     def max_len(self) -> int:
-        return self.keys_t.shape[1]
+        return self.keys.size // (self.rows * self.head_dim)
+
+    def _by_head(self, store: jax.Array, kind: str) -> jax.Array:
+        shape = (self.batch, self.num_kv_heads)
+        if kind == "dn":
+            return jnp.swapaxes(store.reshape(*shape, self.head_dim, self.max_len), -1, -2)
+        return store.reshape(*shape, self.max_len, self.head_dim)
 
     def keys_by_head(self) -> jax.Array:
-        """K as [B, H_kv, max_len, d] (a transposed copy, for inspection and tests)."""
-        k_t = self.keys_t.reshape(self.batch, self.num_kv_heads, self.head_dim, self.max_len)
-        return jnp.swapaxes(k_t, -1, -2)
+        """K as [B, H_kv, max_len, d] (a copy for the "dn" layouts; for inspection and tests)."""
+        return self._by_head(self.keys, self.layout[:2])
 
     def values_by_head(self) -> jax.Array:
         """V as [B, H_kv, max_len, d]."""
-        return self.values.reshape(self.batch, self.num_kv_heads, self.max_len, self.head_dim)
+        return self._by_head(self.values, self.layout[3:])
 
 
 def init_kv_cache(
-    batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype: Any = jnp.float32
+    batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype: Any = jnp.float32,
+    layout: str | None = None, group: int = 1,
 ) -> KVCache:
-    """An empty cache for `batch` sequences of up to `max_len` tokens."""
+    """An empty cache for `batch` sequences of up to `max_len` tokens.
+
+    `layout`: one of CACHE_LAYOUTS; None picks the measured default for the backend and
+    `group` (query heads per KV head; SoftmaxAttention.init_cache passes it).
+    """
     for name, value in [("batch", batch), ("max_len", max_len),
-                        ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)]:
+                        ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
+                        ("group", group)]:
         check_positive_int("init_kv_cache", name, value)
+    layout = default_cache_layout(group) if layout is None else layout
+    check_choice("init_kv_cache", "layout", layout, CACHE_LAYOUTS)
     rows = batch * num_kv_heads
+    shape = lambda kind: (rows * head_dim, max_len) if kind == "dn" else (rows * max_len, head_dim)
     return KVCache(
-        keys_t=jnp.zeros((rows * head_dim, max_len), dtype),
-        values=jnp.zeros((rows * max_len, head_dim), dtype),
+        keys=jnp.zeros(shape(layout[:2]), dtype),
+        values=jnp.zeros(shape(layout[3:]), dtype),
         lengths=jnp.zeros((batch,), jnp.int32),
         overflow=jnp.zeros((batch,), bool),
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
+        layout=layout,
     )
+
+
+def _store_prefix(store: jax.Array, kind: str, x: jax.Array, max_len: int) -> jax.Array:
+    """x [B, T, H_kv, d] into positions [0, T) of a 2-D store."""
+    batch, steps, kv_heads, head_dim = x.shape
+    rows = batch * kv_heads
+    if kind == "dn":
+        x_t = jnp.transpose(x, (0, 2, 3, 1)).reshape(rows * head_dim, steps)
+        return jax.lax.dynamic_update_slice(store, x_t.astype(store.dtype), (0, 0))
+    x_rows = jnp.transpose(x, (0, 2, 1, 3)).reshape(rows, steps, head_dim).astype(store.dtype)
+    by_row = jax.lax.dynamic_update_slice(store.reshape(rows, max_len, head_dim), x_rows,
+                                          (0, 0, 0))
+    return by_row.reshape(rows * max_len, head_dim)
+
+
+def _store_token(store: jax.Array, kind: str, x: jax.Array, position: jax.Array,
+                 max_len: int) -> jax.Array:
+    """x [B, H_kv, d] at each sequence's `position` [B]; out-of-range positions are dropped."""
+    batch, kv_heads, head_dim = x.shape
+    if kind == "dn":
+        columns = jnp.repeat(position, kv_heads * head_dim)
+        return store.at[jnp.arange(batch * kv_heads * head_dim), columns].set(
+            x.reshape(-1).astype(store.dtype), mode="drop", unique_indices=True)
+    head_position = jnp.repeat(position, kv_heads)
+    rows = jnp.arange(batch * kv_heads) * max_len + head_position
+    # A position >= max_len would land in the next row block: send it out of bounds instead.
+    rows = jnp.where(head_position < max_len, rows, store.shape[0])
+    return store.at[rows].set(x.reshape(-1, head_dim).astype(store.dtype), mode="drop",
+                              unique_indices=True)
 
 
 def write_prefix(cache: KVCache, k: jax.Array, v: jax.Array, lengths: jax.Array) -> KVCache:
     """Store k, v [B, T, H_kv, d] at positions [0, T) and set the stored lengths."""
-    batch, steps, kv_heads, head_dim = k.shape
+    steps = k.shape[1]
     if steps > cache.max_len:
         raise ValueError(
             f"SoftmaxAttention.prefill: prompt length {steps} exceeds cache max_len="
             f"{cache.max_len}; allowed: prompts of at most max_len tokens"
         )
-    rows = batch * kv_heads
-    k_t = jnp.transpose(k, (0, 2, 3, 1)).reshape(rows * head_dim, steps).astype(cache.keys_t.dtype)
-    keys_t = jax.lax.dynamic_update_slice(cache.keys_t, k_t, (0, 0))
-    v_rows = jnp.transpose(v, (0, 2, 1, 3)).reshape(rows, steps, head_dim)
-    values = cache.values.reshape(rows, cache.max_len, head_dim)
-    values = jax.lax.dynamic_update_slice(values, v_rows.astype(values.dtype), (0, 0, 0))
     return cache.replace(
-        keys_t=keys_t,
-        values=values.reshape(rows * cache.max_len, head_dim),
+        keys=_store_prefix(cache.keys, cache.layout[:2], k, cache.max_len),
+        values=_store_prefix(cache.values, cache.layout[3:], v, cache.max_len),
         lengths=lengths.astype(jnp.int32),
-        overflow=jnp.zeros((batch,), bool),
+        overflow=jnp.zeros((k.shape[0],), bool),
     )
 
 
@@ -136,44 +200,39 @@ def write_token(cache: KVCache, k: jax.Array, v: jax.Array) -> KVCache:
     KVCache); with concrete lengths this raises instead.
     """
     check_room("KVCache.write_token", cache.lengths, cache.max_len)
-    batch, kv_heads, head_dim = k.shape
-    max_len = cache.max_len
     position = cache.lengths  # [B]
-    full = position >= max_len
-    # Out-of-bounds indices are dropped by the scatters (mode="drop"): a full cache keeps its
-    # contents instead of overwriting the last token.
-    key_cols = jnp.repeat(position, kv_heads * head_dim)
-    key_rows = jnp.arange(batch * kv_heads * head_dim)
-    keys_t = cache.keys_t.at[key_rows, key_cols].set(
-        k.reshape(-1).astype(cache.keys_t.dtype), mode="drop", unique_indices=True
+    full = position >= cache.max_len
+    return cache.replace(
+        keys=_store_token(cache.keys, cache.layout[:2], k, position, cache.max_len),
+        values=_store_token(cache.values, cache.layout[3:], v, position, cache.max_len),
+        lengths=jnp.where(full, position, position + 1),
+        overflow=cache.overflow | full,
     )
-    head_position = jnp.repeat(position, kv_heads)
-    value_rows = jnp.arange(batch * kv_heads) * max_len + head_position
-    value_rows = jnp.where(head_position < max_len, value_rows, cache.values.shape[0])
-    values = cache.values.at[value_rows].set(
-        v.reshape(-1, head_dim).astype(cache.values.dtype), mode="drop", unique_indices=True
-    )
-    return cache.replace(keys_t=keys_t, values=values, lengths=jnp.where(full, position,
-                         position + 1), overflow=cache.overflow | full)
 
 
 def attend_cache(q: jax.Array, cache: KVCache, scale: float) -> jax.Array:
     """One query per sequence, q [B, H_q, d], against the first `lengths` cached tokens."""
     batch, num_heads, head_dim = q.shape
-    rows = batch * cache.num_kv_heads
+    rows, max_len = cache.rows, cache.max_len
     group = num_heads // cache.num_kv_heads
-    k_t = cache.keys_t.reshape(rows, head_dim, cache.max_len)
-    values = cache.values.reshape(rows, cache.max_len, head_dim)
-    q_rows = q.reshape(rows, group, head_dim).astype(k_t.dtype)
-    logits = jnp.einsum("rgd,rdn->rgn", q_rows, k_t, preferred_element_type=jnp.float32) * scale
+    q_rows = q.reshape(rows, group, head_dim).astype(cache.keys.dtype)
+    if cache.layout[:2] == "dn":
+        keys = cache.keys.reshape(rows, head_dim, max_len)
+        logits = jnp.einsum("rgd,rdn->rgn", q_rows, keys, preferred_element_type=jnp.float32)
+    else:
+        keys = cache.keys.reshape(rows, max_len, head_dim)
+        logits = jnp.einsum("rgd,rnd->rgn", q_rows, keys, preferred_element_type=jnp.float32)
     # Mask by cache index: a lone query must see keys [0, length), not is_causal's top-left band.
     row_lengths = jnp.repeat(cache.lengths, cache.num_kv_heads)
-    valid = jnp.arange(cache.max_len)[None, :] < row_lengths[:, None]
-    logits = jnp.where(valid[:, None, :], logits, MASKED_LOGIT)
-    probs = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum(
-        "rgn,rnd->rgd", probs.astype(values.dtype), values, preferred_element_type=jnp.float32
-    )
+    valid = jnp.arange(max_len)[None, :] < row_lengths[:, None]
+    logits = jnp.where(valid[:, None, :], logits * scale, MASKED_LOGIT)
+    probs = jax.nn.softmax(logits, axis=-1).astype(cache.values.dtype)
+    if cache.layout[3:] == "dn":
+        values = cache.values.reshape(rows, head_dim, max_len)
+        out = jnp.einsum("rgn,rdn->rgd", probs, values, preferred_element_type=jnp.float32)
+    else:
+        values = cache.values.reshape(rows, max_len, head_dim)
+        out = jnp.einsum("rgn,rnd->rgd", probs, values, preferred_element_type=jnp.float32)
     return out.reshape(batch, num_heads, head_dim)
 
 
@@ -215,7 +274,7 @@ class SoftmaxAttention(nn.Module):
     rope_base: float = 10_000.0
     qk_norm: bool = False
     implementation: Implementation = None
-    block_size: int = 512  # key/query block of the blockwise path
+    block_size: int = 256  # key/query block of the blockwise path (measured best on CPU)
     use_bias: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -239,8 +298,10 @@ class SoftmaxAttention(nn.Module):
     def scale(self) -> float:
         return self.head_dim**-0.5
 
-    def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
-        return init_kv_cache(batch, max_len, self.num_kv_heads, self.head_dim, dtype or self.dtype)
+    def init_cache(self, batch: int, max_len: int, dtype: Any = None,
+                   layout: str | None = None) -> KVCache:
+        return init_kv_cache(batch, max_len, self.num_kv_heads, self.head_dim,
+                             dtype or self.dtype, layout, self.num_heads // self.num_kv_heads)
 
     def _check_input(self, x: jax.Array, ndim: int) -> None:
         if x.ndim != ndim or x.shape[-1] != self.model_dim:

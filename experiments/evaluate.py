@@ -1,0 +1,175 @@
+"""`purerl-eval JOB_DIR [JOB_DIR ...] [--episodes N] [--seed S] [--max-steps T] [--gif]`
+
+Evaluates every policy a job saved (`save_policies=true`, the default of `purerl-train`)
+over N episodes, acting deterministically (the distribution's mode) and stochastically
+(a sample), in one vmapped program per job (purerl.artifacts.evaluate). Writes
+`JOB_DIR/evaluation.parquet` (atomically) and prints a Markdown table: setting, the
+setting's grid values, seed, mode, mean return, std over episodes, episodes.
+
+`--gif` also writes `JOB_DIR/episode_setting<S>_seed<K>.gif`: one deterministic episode of
+the policy with the best deterministic mean return, drawn by gymnax's visualizer.
+Catch and MinAtar draw with matplotlib alone; classic control (CartPole, Acrobot,
+Pendulum, MountainCar) draws through Gymnasium, which needs pygame:
+`pip install 'purerl[render]'`. Without it the evaluation is still written and the GIF
+is skipped with a message saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+EVALUATION = "evaluation.parquet"
+# Envs whose states gymnax's Visualizer can draw, and what that needs beyond purerl.
+CLASSIC_CONTROL = ("Acrobot-v1", "CartPole-v1", "Pendulum-v1", "MountainCar-v0", "MountainCarContinuous-v0")
+MATPLOTLIB_ONLY = (
+    "Catch-bsuite",
+    "Asterix-MinAtar",
+    "Breakout-MinAtar",
+    "Freeway-MinAtar",
+    "SpaceInvaders-MinAtar",
+    "Pong-misc",
+    "PointRobot-misc",
+    "MetaMaze-misc",
+    "FourRooms-misc",
+)
+
+
+class RenderUnavailable(RuntimeError):
+    """The env cannot be drawn here; the message says why and what to install."""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def markdown(table: Any) -> str:
+    """setting, grid values, seed, mode, mean return, std, episodes as a Markdown table."""
+    fixed = {"setting", "seed", "mode", "mean_return", "std_return", "episodes", "env", "algo"}
+    grid = [c for c in table.columns if c not in fixed]
+    columns = ["setting", *grid, "seed", "mode", "mean_return", "std_return", "episodes"]
+    headers = ["setting", *grid, "seed", "mode", "mean return", "std", "episodes"]
+    rows = [[_cell(row[c]) for c in columns] for _, row in table.iterrows()]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    numeric = [c not in ("mode",) for c in columns]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, numeric)) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def check_renderable(env_name: str) -> None:
+    """Raise RenderUnavailable naming the env and what is missing."""
+    if env_name in CLASSIC_CONTROL:
+        if importlib.util.find_spec("pygame") is None:
+            raise RenderUnavailable(
+                f"rendering {env_name} needs pygame (Gymnasium's classic-control renderer), which is "
+                "not installed: pip install 'purerl[render]'"
+            )
+    elif env_name not in MATPLOTLIB_ONLY:
+        raise RenderUnavailable(
+            f"gymnax has no renderer for {env_name}; renderable: {', '.join(CLASSIC_CONTROL + MATPLOTLIB_ONLY)}"
+        )
+
+
+def write_gif(saved: Any, setting: int, seed: int, path: Path, key_seed: int = 0) -> int:
+    """One deterministic episode of (setting, seed) as a GIF; returns its number of frames."""
+    import jax
+    import matplotlib
+
+    from purerl import artifacts
+
+    check_renderable(saved.config.env)
+    matplotlib.use("Agg")  # headless: draw to files only
+    from gymnax.visualize import Visualizer
+
+    states, returns = artifacts.record_episode(saved, setting, seed, jax.random.PRNGKey(key_seed))
+    env, env_params = saved.config.make_env()
+    tmp = path.with_name(f".{path.name}.tmp.gif")  # PillowWriter picks the format from the suffix
+    try:
+        Visualizer(env, env_params, states, returns).animate(str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(states)
+
+
+def evaluate_job(job_dir: Path, episodes: int, seed: int, max_steps: int | None, gif: bool) -> Any:
+    from purerl import artifacts, results
+
+    saved = artifacts.load_policies(job_dir)
+    table = artifacts.evaluation_table(saved, episodes=episodes, seed=seed, max_steps=max_steps)
+    results.atomic_write_parquet(job_dir / EVALUATION, table)
+    print(f"{job_dir}: {saved.algo} on {saved.config.env}, {episodes} episodes per policy and mode")
+    print(markdown(table), flush=True)
+    print(f"wrote {job_dir / EVALUATION}")
+    if gif:
+        deterministic = table[table["mode"] == "deterministic"]
+        best = deterministic.loc[deterministic["mean_return"].fillna(-math.inf).idxmax()]
+        setting, run_seed = int(best["setting"]), int(best["seed"])
+        path = job_dir / f"episode_setting{setting}_seed{run_seed}.gif"
+        try:
+            frames = write_gif(saved, setting, run_seed, path, key_seed=seed)
+        except RenderUnavailable as e:
+            print(f"purerl-eval: no GIF: {e}", file=sys.stderr)
+        else:
+            print(f"wrote {path} ({frames} frames, setting {setting}, seed {run_seed}, deterministic)")
+    return table
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a positive integer")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a non-negative integer")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="purerl-eval", description="Evaluate the policies saved by purerl-train jobs."
+    )
+    parser.add_argument("job_dirs", nargs="+", type=Path, metavar="JOB_DIR", help="job folder(s) with policies/")
+    parser.add_argument("--episodes", type=_positive, default=10, help="episodes per policy and mode (default 10)")
+    parser.add_argument("--seed", type=_seed, default=0, help="PRNG seed of the evaluation episodes (default 0)")
+    parser.add_argument(
+        "--max-steps", type=_positive, default=None, help="steps per episode (default: the env's time limit)"
+    )
+    parser.add_argument("--gif", action="store_true", help="also write a GIF of one episode (best policy)")
+    args = parser.parse_args(argv)
+
+    from purerl import artifacts
+
+    missing = [str(d) for d in args.job_dirs if not (d / artifacts.POLICIES / artifacts.INDEX).is_file()]
+    if missing:  # every argument checked before anything runs
+        parser.exit(2, f"purerl-eval: error: no saved policies in: {', '.join(missing)} "
+                       "(train with save_policies=true; a killed save leaves none)\n")
+    for job_dir in args.job_dirs:
+        try:
+            evaluate_job(job_dir, args.episodes, args.seed, args.max_steps, args.gif)
+        except (ValueError, artifacts.PoliciesNotFound) as e:
+            parser.exit(2, f"purerl-eval: error: {' '.join(str(e).split())}\n")
+
+
+if __name__ == "__main__":
+    main()

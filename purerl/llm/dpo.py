@@ -1,0 +1,142 @@
+"""DPO (Rafailov et al. 2023): preference pairs straight into the policy, no reward model, no RL.
+
+Per update: `num_prompts` fresh prompts, two completions each sampled from the frozen SFT
+reference (`pair_source="reference"`: offline DPO from an unlimited dataset of reference
+samples) or from the current policy (`"policy"`: online DPO), labelled by the task's hidden
+scoring rule with Bradley-Terry noise (`preference_noise`); ties (equal hidden scores) are left out
+of the loss unless `drop_ties=False`. Then `update_epochs` × `num_minibatches` Adam steps on
+
+    −log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))])
+
+with sequence log-probs of π_T (sums over completion tokens).
+
+Metrics per update: env_steps (completions sampled so far: 2 per pair), episode_return
+(sampled accuracy on held-out prompts after the update), greedy_accuracy, kl_to_ref, dpo_loss,
+reward_accuracy and reward_margin (of the implicit reward β log π/π_ref on the training pairs),
+informative_pairs (share of pairs whose hidden scores differ), grad_norm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax import lax
+
+from purerl.config import check_choice, hyper_field, validate_hyper
+from purerl.llm import losses
+from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_minibatches
+from purerl.rl.training import adam_clipped, shuffled_minibatch_epochs
+
+PAIR_SOURCES = ("reference", "policy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(LMRLConfig):
+    num_prompts: int = 64  # preference pairs per update
+    update_epochs: int = 1
+    num_minibatches: int = 1
+    pair_source: str = "reference"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("Config", "pair_source", self.pair_source, PAIR_SOURCES)
+        if self.reward != "verifiable":
+            raise ValueError(f"Config.reward: got {self.reward!r}; allowed for DPO: 'verifiable' (DPO "
+                             "learns from the preference labels directly, it has no reward model)")
+        check_minibatches(self, self.num_prompts)
+
+    @property
+    def batch_size(self) -> int:
+        """Completions sampled per update (two per pair)."""
+        return 2 * self.num_prompts
+
+
+@struct.dataclass
+class Hyper(LMHyper):
+    beta: float = hyper_field(0.1, "(0, inf)", "β of the DPO loss (inverse strength of the KL anchor)")
+
+
+@struct.dataclass
+class TrainState:
+    params: Any
+    opt_state: Any
+    reference: Any
+
+
+@struct.dataclass
+class PairBatch:
+    chosen: jax.Array  # [n, L] tokens
+    rejected: jax.Array
+    chosen_mask: jax.Array  # [n, L-1]
+    rejected_mask: jax.Array
+    ref_chosen: jax.Array  # [n] sequence log-probs under π_ref
+    ref_rejected: jax.Array
+    weight: jax.Array  # [n] 0 for dropped ties
+
+
+def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = None
+               ) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
+    setup = LMSetup(config)
+
+    def sequence_log_probs(params, tokens, mask, temperature):
+        return losses.sequence_log_prob(setup.log_probs(params, tokens, temperature)[0], mask)
+
+    def loss_fn(params, batch: PairBatch, hyper: Hyper):
+        chosen = sequence_log_probs(params, batch.chosen, batch.chosen_mask, hyper.temperature)
+        rejected = sequence_log_probs(params, batch.rejected, batch.rejected_mask, hyper.temperature)
+        loss, stats = losses.dpo_loss(chosen, rejected, batch.ref_chosen, batch.ref_rejected, hyper.beta,
+                                      batch.weight)
+        return loss, {"dpo_loss": loss, **stats}
+
+    def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
+        validate_hyper(hyper)
+        start = setup.begin(key, hyper)
+        params = reference = start.params
+        optimizer = adam_clipped(hyper.lr, hyper.max_grad_norm)
+
+        def sgd_step(carry, batch: PairBatch):
+            params, opt_state = carry
+            grads, stats = jax.grad(loss_fn, has_aux=True)(params, batch, hyper)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), {**stats, "grad_norm": optax.global_norm(grads)}
+
+        def update(carry, update_index):
+            state, key = carry
+            key, pair_key, epoch_key, eval_key = jax.random.split(key, 4)
+            source = state.reference if config.pair_source == "reference" else state.params
+            problems, pairs = setup.sample_pairs(source, pair_key, config.num_prompts, hyper)
+            chosen, rejected = setup.pair_sequences(problems, pairs)
+            weights = setup.pair_weights(pairs)
+            batch = PairBatch(
+                chosen.tokens, rejected.tokens, chosen.target_mask, rejected.target_mask,
+                sequence_log_probs(state.reference, chosen.tokens, chosen.target_mask, hyper.temperature),
+                sequence_log_probs(state.reference, rejected.tokens, rejected.target_mask, hyper.temperature),
+                jnp.ones(config.num_prompts) if weights is None else weights,
+            )
+            (params, opt_state), stats = shuffled_minibatch_epochs(
+                epoch_key, (state.params, state.opt_state), batch, config.update_epochs,
+                config.num_minibatches, sgd_step)
+            scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
+            metrics = {
+                "env_steps": (update_index + 1) * config.batch_size,
+                "episode_return": scores["accuracy"],
+                "greedy_accuracy": scores["greedy_accuracy"],
+                "kl_to_ref": scores["kl_to_ref"],
+                "informative_pairs": jnp.mean((pairs.chosen_score != pairs.rejected_score).astype(jnp.float32)),
+                **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
+            }
+            if on_update is not None:
+                jax.debug.callback(on_update, update_index)
+            return (TrainState(params, opt_state, state.reference), key), metrics
+
+        state = TrainState(params, optimizer.init(params), reference)
+        (state, _), metrics = lax.scan(update, (state, start.key), jnp.arange(config.num_updates))
+        return state, setup.finish(metrics, start)
+
+    return train

@@ -1,0 +1,170 @@
+"""GRPO (Shao et al. 2024): no critic; G completions per prompt and group-relative advantages.
+
+Per update: `num_prompts` fresh prompts, each sampled `group_size` times from the current policy
+(one cached generation program). Completion i of a group gets A_i = (R_i − mean_group R) /
+(std_group R + ε) (`purerl.rl.group.group_relative_advantages`; `scale_rewards=False` keeps only
+the mean baseline, as Dr. GRPO does) on every one of its tokens. Loss, over completion tokens
+only:
+
+    clipped surrogate(π/π_old, A)  +  β · KL_k3(π ‖ π_ref)
+
+with per-token ratios (`ratio="token"`) or GSPO's length-normalised sequence ratio
+(`ratio="sequence"`: s_i = exp(mean_t log π/π_old), clipped per completion). π_ref is the SFT
+policy. With `reward="model"` the reward is a Bradley-Terry reward model trained first.
+
+Metrics per update: env_steps (completions sampled so far), episode_return (greedy accuracy /
+mean reward on a fixed set of held-out prompts, after the update), sample_reward (mean task
+reward of this update's samples), kl_to_ref (mean over completions of Σ_t k3, before the
+update), policy_loss, kl_loss, entropy, approx_kl, clip_frac, grad_norm, completion_length,
+zero_std_groups (fraction of groups whose rewards are all equal: no learning signal), sft_accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax import lax
+
+from purerl.config import check_choice, hyper_field, validate_hyper
+from purerl.llm import losses
+from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_minibatches
+from purerl.llm.rollout import to_targets
+from purerl.rl.group import group_relative_advantages
+from purerl.rl.training import adam_clipped, shuffled_minibatch_epochs
+
+RATIOS = ("token", "sequence")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(LMRLConfig):
+    group_size: int = 8
+    update_epochs: int = 1
+    num_minibatches: int = 1
+    ratio: str = "token"  # "token": per-token π/π_old; "sequence": GSPO
+    loss_aggregation: str = "sequence"  # per-completion token mean (GRPO paper) or "token" (DAPO)
+    scale_rewards: bool = True  # divide by the group's std (False: Dr. GRPO)
+    kl_estimator: str = "k3"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 2:
+            raise ValueError(f"Config.group_size: got {self.group_size!r}; allowed: an integer ≥ 2 "
+                             "(a group of one has no baseline)")
+        check_choice("Config", "ratio", self.ratio, RATIOS)
+        check_choice("Config", "loss_aggregation", self.loss_aggregation, losses.AGGREGATIONS)
+        check_choice("Config", "kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
+        check_minibatches(self, self.batch_size)
+
+    @property
+    def batch_size(self) -> int:
+        """Completions per update."""
+        return self.num_prompts * self.group_size
+
+
+@struct.dataclass
+class Hyper(LMHyper):
+    clip_eps: float = hyper_field(0.2, "(0, inf)", "ratio clip ε (GSPO uses ~3e-4 with ratio='sequence')")
+    kl_coef: float = hyper_field(0.04, "[0, inf)", "β: weight of the KL-to-reference loss")
+
+
+@struct.dataclass
+class TrainState:
+    params: Any
+    opt_state: Any
+    reference: Any
+
+
+@struct.dataclass
+class Batch:
+    tokens: jax.Array  # [B, L]
+    mask: jax.Array  # [B, L-1] completion targets
+    old_log_prob: jax.Array  # [B, L-1] behaviour log-probs
+    ref_log_prob: jax.Array  # [B, L-1]
+    advantage: jax.Array  # [B] one per completion
+
+
+def group_advantages(rewards: jax.Array, group_size: int, scale: bool) -> jax.Array:
+    """[B] advantages for consecutive groups of `group_size` completions of one prompt."""
+    if scale:
+        return group_relative_advantages(rewards, group_size)
+    grouped = rewards.reshape(-1, group_size)
+    return (grouped - jnp.mean(grouped, axis=1, keepdims=True)).reshape(-1)
+
+
+def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = None
+               ) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
+    setup = LMSetup(config)
+    task = setup.task
+
+    def loss_fn(params, batch: Batch, hyper: Hyper):
+        log_prob, entropy = setup.log_probs(params, batch.tokens, hyper.temperature)
+        if config.ratio == "token":
+            advantages = jnp.broadcast_to(batch.advantage[:, None], batch.mask.shape)
+            policy_loss, stats = losses.clipped_token_loss(
+                log_prob, batch.old_log_prob, advantages, batch.mask, hyper.clip_eps, config.loss_aggregation)
+        else:
+            policy_loss, stats = losses.clipped_sequence_loss(
+                log_prob, batch.old_log_prob, batch.advantage, batch.mask, hyper.clip_eps)
+        weights = losses.token_weights(batch.mask, config.loss_aggregation)
+        kl = losses.masked_kl(log_prob, batch.ref_log_prob, batch.mask, config.kl_estimator)
+        kl_loss = losses.weighted_sum(kl, weights)
+        total = policy_loss + hyper.kl_coef * kl_loss
+        return total, {"policy_loss": policy_loss, "kl_loss": kl_loss,
+                       "entropy": losses.masked_mean(entropy, batch.mask), **stats}
+
+    def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
+        validate_hyper(hyper)
+        start = setup.begin(key, hyper)
+        params = reference = start.params
+        optimizer = adam_clipped(hyper.lr, hyper.max_grad_norm)
+
+        def sgd_step(carry, batch: Batch):
+            params, opt_state = carry
+            grads, stats = jax.grad(loss_fn, has_aux=True)(params, batch, hyper)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), {**stats, "grad_norm": optax.global_norm(grads)}
+
+        def update(carry, update_index):
+            state, key = carry
+            key, prompt_key, sample_key, epoch_key, eval_key = jax.random.split(key, 5)
+            problems = task.sample(prompt_key, config.num_prompts)
+            problems = jax.tree.map(lambda x: jnp.repeat(x, config.group_size, axis=0), problems)
+            completions = setup.sample(state.params, problems, sample_key, hyper.temperature)
+            sequences = setup.assemble(problems, completions)
+            score, reward = setup.rewards(start, problems, completions, sequences)
+            advantage = group_advantages(reward, config.group_size, config.scale_rewards)
+            old_log_prob = to_targets(completions.log_probs, setup.prompt_len)
+            ref_log_prob, _ = setup.log_probs(state.reference, sequences.tokens, hyper.temperature)
+            batch = Batch(sequences.tokens, sequences.target_mask, old_log_prob, ref_log_prob, advantage)
+
+            (params, opt_state), stats = shuffled_minibatch_epochs(
+                epoch_key, (state.params, state.opt_state), batch, config.update_epochs,
+                config.num_minibatches, sgd_step)
+
+            grouped = reward.reshape(-1, config.group_size)
+            scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
+            metrics = {
+                "env_steps": (update_index + 1) * config.batch_size,
+                "episode_return": scores["accuracy"],
+                "greedy_accuracy": scores["greedy_accuracy"],
+                "sample_reward": jnp.mean(score),
+                "kl_to_ref": scores["kl_to_ref"],
+                "completion_length": jnp.mean(completions.lengths.astype(jnp.float32)),
+                "zero_std_groups": jnp.mean(jnp.all(grouped == grouped[:, :1], axis=1).astype(jnp.float32)),
+                **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
+            }
+            if on_update is not None:
+                jax.debug.callback(on_update, update_index)
+            return (TrainState(params, opt_state, state.reference), key), metrics
+
+        state = TrainState(params, optimizer.init(params), reference)
+        (state, _), metrics = lax.scan(update, (state, start.key), jnp.arange(config.num_updates))
+        return state, setup.finish(metrics, start)
+
+    return train

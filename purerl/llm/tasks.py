@@ -1,0 +1,309 @@
+"""Tasks with verifiable rewards for the tiny LM, generated on the fly from a PRNG key.
+
+Every task is a frozen (hashable, static) dataclass with the same interface:
+
+- `sample(key, n) -> Problems`: n prompts of exactly `prompt_len` tokens (shorter ones are
+  left-padded with PAD before their BOS, so every completion starts at the same position: what
+  one-program generation needs), and a reference completion (the demonstration SFT imitates),
+  right-padded to `completion_len` with EOS then PAD. A pure function of `key`.
+- `reward(problems, completions) -> [n]` in [0, 1]: the verifiable reward of sampled completions
+  (tokens after the first EOS are ignored).
+- `score(problems, completions) -> [n]`: the hidden scoring rule that preference labels come from
+  (`preference_pairs`); the reward itself unless a task says otherwise.
+
+Tasks: `Addition` ("12+7=" -> "19", reward 1 for the exact answer), `Recall` (multi-query
+associative recall: key-value pairs, then keys asked again; reward = fraction answered correctly)
+and `Preference` (letters; the hidden rule prefers completions with more copies of the prompt's
+first letter, labels drawn with Bradley-Terry noise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from purerl.config import check_choice, check_positive_int
+
+# ------------------------------------------------------------------------------ tokenizer
+PAD, BOS, EOS = 0, 1, 2
+SPECIALS = ("<pad>", "<bos>", "<eos>")
+DIGITS = "0123456789"
+SYMBOLS = "+=:?"
+LETTERS = "abcdefghijklmnop"
+VOCAB: tuple[str, ...] = SPECIALS + tuple(DIGITS) + tuple(SYMBOLS) + tuple(LETTERS)
+VOCAB_SIZE = len(VOCAB)
+DIGIT0 = VOCAB.index("0")
+LETTER0 = VOCAB.index("a")
+PLUS, EQUALS, COLON, QUERY = (VOCAB.index(s) for s in SYMBOLS)
+
+
+class Tokenizer:
+    """Character-level tokenizer over `VOCAB` (digits, + = : ?, 16 letters, PAD/BOS/EOS)."""
+
+    vocab = VOCAB
+    pad, bos, eos = PAD, BOS, EOS
+
+    def __init__(self) -> None:
+        self._ids = {s: i for i, s in enumerate(VOCAB)}
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        unknown = sorted({c for c in text if c not in self._ids})
+        if unknown:
+            raise ValueError(f"text: characters {unknown} are not in the vocabulary; allowed: "
+                             f"{DIGITS}{SYMBOLS}{LETTERS}")
+        return [BOS] * bos + [self._ids[c] for c in text] + [EOS] * eos
+
+    def decode(self, ids: Any) -> str:
+        """Text up to the first EOS; PAD and BOS are dropped."""
+        out = []
+        for i in [int(i) for i in ids]:
+            if i == EOS:
+                break
+            if i not in (PAD, BOS):
+                out.append(VOCAB[i])
+        return "".join(out)
+
+
+# ------------------------------------------------------------------------------ helpers
+@struct.dataclass
+class Problems:
+    prompt: jax.Array  # [n, prompt_len] int32: (PAD ...) BOS prompt
+    answer: jax.Array  # [n, completion_len] int32: reference completion, EOS then PAD
+    target: jax.Array  # [n, completion_len] int32: what the reward compares against (task-specific)
+
+
+def completion_mask(completions: jax.Array) -> jax.Array:
+    """[..., C] bool: the tokens up to and including the first EOS (all of them if none)."""
+    is_eos = (completions == EOS).astype(jnp.int32)
+    eos_before = jnp.cumsum(is_eos, axis=-1) - is_eos
+    return eos_before == 0
+
+
+def clean_completions(completions: jax.Array) -> jax.Array:
+    """PAD after the first EOS, so completions compare as strings."""
+    return jnp.where(completion_mask(completions), completions, PAD)
+
+
+def _place(pieces: list[tuple[jax.Array, jax.Array]], width: int) -> tuple[jax.Array, jax.Array]:
+    """Concatenate variable-length pieces (tokens [w], length) into [width], right-padded."""
+    out = jnp.full((width,), PAD, jnp.int32)
+    offset = jnp.int32(0)
+    for tokens, length in pieces:
+        index = jnp.arange(tokens.shape[0])
+        where = jnp.where(index < length, offset + index, width)  # width = dropped
+        out = out.at[where].set(tokens.astype(jnp.int32), mode="drop")
+        offset = offset + length
+    return out, offset
+
+
+_POW10 = np.array([10**k for k in range(10)], np.int32)
+
+
+def _digits(number: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+    """Decimal digit tokens of `number` (most significant first, no leading zeros) in [width]."""
+    powers = jnp.asarray(_POW10[width - 1::-1])
+    fixed = (number // powers) % 10  # zero-padded, width digits
+    length = jnp.maximum(1, width - jnp.argmax(jnp.concatenate([fixed[:-1] != 0, jnp.array([True])])))
+    start = width - length
+    shifted = jnp.take(fixed, jnp.clip(jnp.arange(width) + start, 0, width - 1))
+    return (DIGIT0 + shifted).astype(jnp.int32), length.astype(jnp.int32)
+
+
+def _one(x: int) -> jax.Array:
+    return jnp.array([x], jnp.int32)
+
+
+def _uniform_int(u: jax.Array, low: jax.Array | int, high: jax.Array | int) -> jax.Array:
+    """An integer in [low, high) from u ~ U[0, 1)."""
+    return jnp.minimum(low + jnp.floor(u * (high - low)).astype(jnp.int32), high - 1)
+
+
+def _sample_many(build, key: jax.Array, n: int, draws: int) -> Problems:
+    """n problems from ONE draw of uniforms [n, draws]: a single random-bits call per batch keeps
+    the compiled programs (which sample prompts in several places) small."""
+    check_positive_int("task", "n", n)
+    return jax.vmap(build)(jax.random.uniform(key, (n, draws)))
+
+
+# ------------------------------------------------------------------------------ tasks
+@dataclass(frozen=True)
+class Addition:
+    """`a+b=` -> the decimal sum. Each operand has 1..num_digits digits (count uniform, then the
+    value uniform among numbers with that many digits). Reward 1 for the exact answer then EOS."""
+
+    num_digits: int = 2
+
+    name = "addition"
+
+    def __post_init__(self) -> None:
+        check_positive_int("Addition", "num_digits", self.num_digits)
+        if self.num_digits > 6:
+            raise ValueError(f"Addition.num_digits: got {self.num_digits}; allowed: 1..6")
+
+    @property
+    def prompt_len(self) -> int:
+        return 2 * self.num_digits + 3  # BOS a + b =
+
+    @property
+    def completion_len(self) -> int:
+        return self.num_digits + 2  # sum digits + EOS
+
+    def _operand(self, u_count: jax.Array, u_value: jax.Array) -> jax.Array:
+        count = _uniform_int(u_count, 1, self.num_digits + 1)
+        powers = jnp.asarray(_POW10)  # a table: traced integer powers compile to long programs
+        low = jnp.where(count == 1, 0, powers[count - 1])
+        return _uniform_int(u_value, low, powers[count])
+
+    def _one(self, u: jax.Array) -> Problems:
+        a, b = self._operand(u[0], u[1]), self._operand(u[2], u[3])
+        prompt, length = _place([(_one(BOS), 1), _digits(a, self.num_digits), (_one(PLUS), 1),
+                                 _digits(b, self.num_digits), (_one(EQUALS), 1)], self.prompt_len)
+        prompt = jnp.roll(prompt, self.prompt_len - length)  # left-pad: the PADs move to the front
+        answer, _ = _place([_digits(a + b, self.num_digits + 1), (_one(EOS), 1)], self.completion_len)
+        return Problems(prompt, answer, answer)
+
+    def sample(self, key: jax.Array, n: int) -> Problems:
+        return _sample_many(self._one, key, n, 4)
+
+    def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
+        exact = jnp.all(clean_completions(completions) == problems.target, axis=-1)
+        return exact.astype(jnp.float32)
+
+    score = reward
+
+
+@dataclass(frozen=True)
+class Recall:
+    """Multi-query associative recall as generation: `<bos> k1 v1 ... km vm : q1 .. qk =`, then the
+    values of the asked keys in order and EOS. Keys are letters, values digits; reward = fraction
+    of the asked values produced at the right place."""
+
+    num_pairs: int = 4
+    num_queries: int = 2
+
+    name = "recall"
+
+    def __post_init__(self) -> None:
+        check_positive_int("Recall", "num_pairs", self.num_pairs)
+        check_positive_int("Recall", "num_queries", self.num_queries)
+        if self.num_pairs > len(LETTERS):
+            raise ValueError(f"Recall.num_pairs: got {self.num_pairs}; allowed: 1..{len(LETTERS)}")
+        if self.num_queries > self.num_pairs:
+            raise ValueError(
+                f"Recall.num_queries: got {self.num_queries}; allowed: 1..num_pairs={self.num_pairs}"
+            )
+
+    @property
+    def prompt_len(self) -> int:
+        return 2 * self.num_pairs + self.num_queries + 3
+
+    @property
+    def completion_len(self) -> int:
+        return self.num_queries + 1
+
+    def _one(self, u: jax.Array) -> Problems:
+        u_keys, u_values, u_asked = jnp.split(u, [len(LETTERS), len(LETTERS) + self.num_pairs])
+        keys = LETTER0 + jnp.argsort(u_keys)[: self.num_pairs]  # distinct letters
+        values = DIGIT0 + _uniform_int(u_values, 0, 10)
+        asked = jnp.argsort(u_asked)[: self.num_queries]
+        pairs = jnp.stack([keys, values], axis=1).reshape(-1)
+        prompt = jnp.concatenate([_one(BOS), pairs, _one(COLON), keys[asked], _one(EQUALS)]).astype(jnp.int32)
+        answer = jnp.concatenate([values[asked], _one(EOS)]).astype(jnp.int32)
+        return Problems(prompt, answer, answer)
+
+    def sample(self, key: jax.Array, n: int) -> Problems:
+        return _sample_many(self._one, key, n, len(LETTERS) + 2 * self.num_pairs)
+
+    def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
+        asked = slice(0, self.num_queries)
+        correct = clean_completions(completions)[:, asked] == problems.target[:, asked]
+        return jnp.mean(correct.astype(jnp.float32), axis=-1)
+
+    score = reward
+
+
+@dataclass(frozen=True)
+class Preference:
+    """`<bos> x y z :` -> a string of 1..max_letters letters. The hidden rule scores a completion by
+    the share of its letter slots holding the prompt's first letter: reward = count / max_letters.
+    The demonstration is a uniformly random string (SFT teaches the format, not the preference),
+    so a reward model or DPO has to discover the rule from noisy preference labels."""
+
+    prompt_letters: int = 3
+    max_letters: int = 4
+    num_letters: int = 8  # alphabet: the first num_letters of LETTERS
+
+    name = "preference"
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_letters", "max_letters", "num_letters"):
+            check_positive_int("Preference", name, getattr(self, name))
+        if self.num_letters > len(LETTERS):
+            raise ValueError(f"Preference.num_letters: got {self.num_letters}; allowed: 1..{len(LETTERS)}")
+
+    @property
+    def prompt_len(self) -> int:
+        return self.prompt_letters + 2
+
+    @property
+    def completion_len(self) -> int:
+        return self.max_letters + 1
+
+    def _one(self, u: jax.Array) -> Problems:
+        u_prompt, u_length, u_answer = jnp.split(u, [self.prompt_letters, self.prompt_letters + 1])
+        letters = LETTER0 + _uniform_int(u_prompt, 0, self.num_letters)
+        prompt = jnp.concatenate([_one(BOS), letters, _one(COLON)]).astype(jnp.int32)
+        length = _uniform_int(u_length[0], 1, self.max_letters + 1)
+        random_letters = LETTER0 + _uniform_int(u_answer, 0, self.num_letters)
+        answer, _ = _place([(random_letters, length), (_one(EOS), 1)], self.completion_len)
+        target = jnp.full((self.completion_len,), letters[0], jnp.int32)
+        return Problems(prompt, answer, target)
+
+    def sample(self, key: jax.Array, n: int) -> Problems:
+        return _sample_many(self._one, key, n, self.prompt_letters + 1 + self.max_letters)
+
+    def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
+        hits = (clean_completions(completions) == problems.target) & (completions != EOS)
+        return jnp.sum(hits, axis=-1).astype(jnp.float32) / self.max_letters
+
+    score = reward
+
+
+TASKS = {"addition": Addition, "recall": Recall, "preference": Preference}
+Task = Addition | Recall | Preference
+
+
+def make_task(name: str, **kwargs: Any) -> Task:
+    check_choice("task", "name", name, tuple(TASKS))
+    return TASKS[name](**kwargs)
+
+
+# ------------------------------------------------------------------------------ preferences
+@struct.dataclass
+class PreferencePairs:
+    chosen: jax.Array  # [n, C] completion tokens
+    rejected: jax.Array  # [n, C]
+    chosen_score: jax.Array  # [n] hidden score (for diagnostics; never trained on)
+    rejected_score: jax.Array
+
+
+def preference_pairs(key: jax.Array, task: Task, problems: Problems, first: jax.Array,
+                     second: jax.Array, noise: float | jax.Array) -> PreferencePairs:
+    """Label pairs of completions with the task's hidden score under Bradley-Terry noise:
+    P(first ≻ second) = σ((score_first − score_second) / noise); noise → 0 is the noiseless rule
+    (ties broken at random)."""
+    score_first, score_second = task.score(problems, first), task.score(problems, second)
+    logit = (score_first - score_second) / jnp.maximum(noise, 1e-6)
+    first_wins = jax.random.bernoulli(key, jax.nn.sigmoid(logit))
+    pick = lambda a, b: jnp.where(first_wins[:, None], a, b)  # noqa: E731
+    return PreferencePairs(
+        chosen=pick(first, second),
+        rejected=pick(second, first),
+        chosen_score=jnp.where(first_wins, score_first, score_second),
+        rejected_score=jnp.where(first_wins, score_second, score_first),
+    )

@@ -1,0 +1,173 @@
+"""LM tasks: the tokenizer, problems checked against plain Python, rewards, preference labels, and
+config validation (bad input fails with a ValueError naming the field, before anything compiles)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from purerl.llm import dpo, grpo, ppo
+from purerl.llm.tasks import (
+    EOS,
+    PAD,
+    Addition,
+    Preference,
+    Recall,
+    Tokenizer,
+    completion_mask,
+    make_task,
+    preference_pairs,
+)
+
+TOKENIZER = Tokenizer()
+
+
+@functools.cache
+def sampler(task, n):
+    return jax.jit(lambda key: task.sample(key, n))
+
+
+def sample(task, n, seed=0):
+    """Problems as NumPy arrays (iterating device arrays row by row dispatches an op per row)."""
+    return jax.device_get(sampler(task, n)(jax.random.PRNGKey(seed)))
+
+
+def completion_tokens(texts, width):
+    rows = [TOKENIZER.encode(t, eos=True) for t in texts]
+    return jnp.asarray([r + [PAD] * (width - len(r)) for r in rows], jnp.int32)
+
+
+def test_tokenizer_round_trip_and_unknown_characters():
+    ids = TOKENIZER.encode("12+7=", bos=True, eos=True)
+    assert ids[0] == TOKENIZER.bos and ids[-1] == TOKENIZER.eos
+    assert TOKENIZER.decode(ids) == "12+7="
+    assert TOKENIZER.decode(TOKENIZER.encode("19") + [EOS, 5, 6]) == "19"  # stops at EOS
+    with pytest.raises(ValueError, match=r"characters \['x'\] are not in the vocabulary"):
+        TOKENIZER.encode("1x")
+
+
+@pytest.mark.parametrize("digits", [1, 2, 3])
+def test_addition_prompts_and_answers_match_python(digits):
+    task = Addition(digits)
+    problems = sample(task, 64, seed=digits)
+    counts = set()
+    for prompt, answer in zip(problems.prompt, problems.answer):
+        text = TOKENIZER.decode(prompt)
+        pad = task.prompt_len - len(text) - 1  # left padding, then BOS and the characters
+        assert np.all(prompt[:pad] == PAD) and prompt[pad] == TOKENIZER.bos
+        assert TOKENIZER.decode(prompt[pad:]) == text and prompt[-1] == TOKENIZER.encode("=")[0]
+        a, b = text.rstrip("=").split("+")
+        counts.update([len(a), len(b)])
+        assert str(int(a)) == a and str(int(b)) == b  # no leading zeros
+        assert int(a) < 10**digits and int(b) < 10**digits
+        assert TOKENIZER.decode(answer) == str(int(a) + int(b))
+    assert counts == set(range(1, digits + 1))  # every operand length occurs
+    assert problems.prompt.shape == (64, task.prompt_len)
+    assert problems.answer.shape == (64, task.completion_len)
+
+
+def test_addition_reward_is_exact_match_up_to_eos():
+    task = Addition(2)
+    problems = sample(task, 3)
+    truth = [TOKENIZER.decode(a) for a in problems.answer]
+    width = task.completion_len
+    right = completion_tokens(truth, width)
+    np.testing.assert_array_equal(task.reward(problems, right), [1, 1, 1])
+    # Tokens after EOS do not count; a missing EOS, an extra digit or a wrong digit do.
+    after_eos = right.at[:, -1].set(jnp.where(right[:, -1] == PAD, 5, right[:, -1]))
+    assert not np.array_equal(after_eos, right)
+    np.testing.assert_array_equal(task.reward(problems, after_eos), [1, 1, 1])
+    no_eos = jnp.where(right == EOS, PAD, right)
+    np.testing.assert_array_equal(task.reward(problems, no_eos), [0, 0, 0])
+    wrong = completion_tokens([str((int(t) + 1) % 199) for t in truth], width)
+    np.testing.assert_array_equal(task.reward(problems, wrong), [0, 0, 0])
+
+
+def test_recall_answers_are_the_asked_values_and_reward_is_fraction():
+    task = Recall(num_pairs=4, num_queries=2)
+    problems = sample(task, 32)
+    for prompt, answer in zip(problems.prompt, problems.answer):
+        text = TOKENIZER.decode(prompt)
+        pairs, asked = text.rstrip("=").split(":")
+        table = {pairs[i]: pairs[i + 1] for i in range(0, len(pairs), 2)}
+        assert len(table) == 4  # distinct keys
+        assert TOKENIZER.decode(answer) == "".join(table[k] for k in asked)
+    zero, one = TOKENIZER.encode("01")
+    half = problems.answer.copy()
+    half[:, 0] = np.where(half[:, 0] == zero, one, zero)  # first answer wrong, second right
+    np.testing.assert_allclose(task.reward(problems, half), 0.5)
+    np.testing.assert_allclose(task.reward(problems, problems.answer), 1.0)
+
+
+def test_preference_score_counts_the_prompts_first_letter():
+    task = Preference(prompt_letters=3, max_letters=4, num_letters=8)
+    problems = sample(task, 16)
+    texts = ["".join(np.random.default_rng(i).choice(list("abcdefgh"), size=1 + i % 4)) for i in range(16)]
+    completions = completion_tokens(texts, task.completion_len)
+    expected = [t.count(TOKENIZER.decode(p)[0]) / 4 for t, p in zip(texts, problems.prompt)]
+    np.testing.assert_allclose(task.reward(problems, completions), expected)
+
+
+def test_sampling_is_deterministic_per_key():
+    task = Addition(2)
+    a, b, c = sample(task, 16, 1), sample(task, 16, 1), sample(task, 16, 2)
+    np.testing.assert_array_equal(a.prompt, b.prompt)
+    assert not np.array_equal(a.prompt, c.prompt)
+
+
+def test_completion_mask_stops_after_first_eos():
+    tokens = jnp.asarray([[5, 6, EOS, 7, EOS], [5, 5, 5, 5, 5], [EOS, 5, 5, 5, 5]])
+    expected = [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    np.testing.assert_array_equal(completion_mask(tokens), np.asarray(expected, bool))
+
+
+def test_preference_labels_follow_the_score_without_noise_and_bradley_terry_with_it():
+    task = Preference()
+    problems = sample(task, 4000)
+    target = problems.target[:, :1]
+    other = jnp.where(target == TOKENIZER.encode("a")[0], TOKENIZER.encode("b")[0], TOKENIZER.encode("a")[0])
+    two_hits = jnp.concatenate([target, target, jnp.full_like(target, EOS), jnp.zeros((4000, 2), jnp.int32)], 1)
+    one_hit = jnp.concatenate([target, other, jnp.full_like(target, EOS), jnp.zeros((4000, 2), jnp.int32)], 1)
+    key = jax.random.PRNGKey(0)
+    exact = preference_pairs(key, task, problems, one_hit, two_hits, 0.0)
+    np.testing.assert_array_equal(exact.chosen, two_hits)
+    np.testing.assert_allclose(exact.chosen_score, 0.5)
+    noisy = preference_pairs(key, task, problems, one_hit, two_hits, 0.25)  # Δscore = 0.25: σ(1)
+    share = float(jnp.mean(jnp.all(noisy.chosen == two_hits, axis=1)))
+    assert abs(share - 1 / (1 + np.exp(-1.0))) < 0.03
+
+
+@pytest.mark.parametrize(
+    "module,kwargs,pattern",
+    [
+        (grpo, dict(task="sorting"), r"Config.task: got 'sorting'; allowed: 'addition', 'recall', 'preference'"),
+        (grpo, dict(group_size=1), r"Config.group_size: got 1; allowed: an integer ≥ 2"),
+        (grpo, dict(num_kv_heads=3), r"Config.num_kv_heads: got 3; allowed: a divisor of num_heads=4"),
+        (grpo, dict(ratio="episode"), r"Config.ratio: got 'episode'"),
+        (grpo, dict(num_minibatches=3), r"Config.num_minibatches: 3 does not divide the 256 completions"),
+        (grpo, dict(task_kwargs={"digits": 2}), r"Config.task_kwargs: .*digits"),
+        (grpo, dict(task_kwargs={"num_digits": 9}), r"Addition.num_digits: got 9; allowed: 1..6"),
+        (ppo, dict(kl_mode="penalty"), r"Config.kl_mode: got 'penalty'; allowed: 'reward', 'loss'"),
+        (ppo, dict(kl_estimator="k4"), r"Config.kl_estimator: got 'k4'"),
+        (ppo, dict(sft_steps=-1), r"Config.sft_steps: got -1; allowed: an integer ≥ 0"),
+        (dpo, dict(reward="model"), r"Config.reward: got 'model'; allowed for DPO: 'verifiable'"),
+        (dpo, dict(pair_source="humans"), r"Config.pair_source: got 'humans'"),
+    ],
+)
+def test_bad_config_raises_naming_the_field(module, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        module.Config(**kwargs)
+
+
+def test_bad_hyper_raises_before_compiling():
+    train = grpo.make_train(grpo.Config())
+    with pytest.raises(ValueError, match=r"Hyper.temperature: got 0; allowed: \(0, inf\)"):
+        train(jax.random.PRNGKey(0), grpo.Hyper(temperature=0.0))
+
+
+def test_make_task_names_the_tasks():
+    assert make_task("recall", num_pairs=3).prompt_len == 2 * 3 + 2 + 3
+    with pytest.raises(ValueError, match="task.name: got 'chess'"):
+        make_task("chess")
