@@ -112,6 +112,14 @@ def compose_job(plan: DictConfig, overrides: Sequence[str], preset: bool = True)
         return compose("config", overrides=[*base, *overrides])
 
 
+def job_spec(spec: Any) -> tuple[list[str], bool]:
+    """(overrides, preset) of a job: a list of overrides on top of the preset, or
+    {overrides: [...], preset: false}."""
+    if isinstance(spec, DictConfig):
+        return list(spec.overrides), bool(spec.get("preset", True))
+    return list(spec), True
+
+
 def train_jobs(plan: DictConfig, jobs: dict[str, Sequence[str]] | None = None) -> dict[str, Path]:
     """Train each job (name -> overrides, or {overrides, preset}) into `out_dir/<name>` unless
     it is complete."""
@@ -120,8 +128,7 @@ def train_jobs(plan: DictConfig, jobs: dict[str, Sequence[str]] | None = None) -
     jobs = plan.jobs if jobs is None else jobs
     folders = {}
     for job, spec in jobs.items():
-        # A job is a list of overrides on top of the preset, or {overrides: [...], preset: false}.
-        overrides, preset = (spec.overrides, spec.get("preset", True)) if isinstance(spec, DictConfig) else (spec, True)
+        overrides, preset = job_spec(spec)
         folder = Path(plan.out_dir) / job
         started = time.perf_counter()
         try:

@@ -289,9 +289,8 @@ def test_every_scale_of_every_experiment_builds(name):
             jobs["ppo"] = DictConfig({"overrides": plan.ppo.overrides, "preset": False})
         assert jobs, (name, scale)
         for job, spec in jobs.items():
-            overrides, preset = (spec.overrides, spec.get("preset", True)) if isinstance(spec, DictConfig) else (
-                spec, True)
-            built = build_plan(lab.compose_job(plan, list(overrides), preset=preset))
+            overrides, preset = lab.job_spec(spec)
+            built = build_plan(lab.compose_job(plan, overrides, preset=preset))
             assert len(built.seeds) == plan.seeds, (name, scale, job)
             if scale == "paper":
                 assert plan.seeds >= 32
