@@ -363,7 +363,9 @@ def run(plan: DictConfig) -> None:
         "function of the state alone is a baseline); MSE = bias² + variance. Random MDPs: Dirichlet("
         f"{spec.concentration:g}) transition rows, N(0, 1) rewards, Dirichlet(1) policy; 95% bootstrap CIs over MDPs. "
         f"Chain: reward 1 only at the right end, π(right) = {spec.chain_p_right:g}; CIs over critic-noise draws.",
-        f"### Headline: random MDPs, critic noise {noise:g}\n\n" + tabular_markdown(summary, "random", noise),
+    )
+    report.headline(f"Headline: random MDPs, critic noise {noise:g}", tabular_markdown(summary, "random", noise))
+    report.add(
         f"### Chain, critic noise {noise:g}\n\n" + tabular_markdown(summary, "chain", noise),
         "### Best λ per γ and critic noise\n\n" + best_lambda_markdown(summary),
     )

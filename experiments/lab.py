@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT_CONF = schema.CONF_DIR / "experiment"
 MEASUREMENTS = "measurements.parquet"
 MEASUREMENT_STATUS = "measurement.json"
+HEADLINE_MARK = "<!-- headline table -->"
 
 
 class ExperimentError(ValueError):
@@ -111,17 +112,27 @@ def compose_job(plan: DictConfig, overrides: Sequence[str], preset: bool = True)
         return compose("config", overrides=[*base, *overrides])
 
 
+def job_spec(spec: Any) -> tuple[list[str], bool]:
+    """(overrides, preset) of a job: a list of overrides on top of the preset, or
+    {overrides: [...], preset: false}."""
+    if isinstance(spec, DictConfig):
+        return list(spec.overrides), bool(spec.get("preset", True))
+    return list(spec), True
+
+
 def train_jobs(plan: DictConfig, jobs: dict[str, Sequence[str]] | None = None) -> dict[str, Path]:
-    """Train each job (name -> overrides) into `out_dir/<name>` unless it is complete."""
+    """Train each job (name -> overrides, or {overrides, preset}) into `out_dir/<name>` unless
+    it is complete."""
     from experiments.train import ConfigError, run_job
 
     jobs = plan.jobs if jobs is None else jobs
     folders = {}
-    for job, overrides in jobs.items():
+    for job, spec in jobs.items():
+        overrides, preset = job_spec(spec)
         folder = Path(plan.out_dir) / job
         started = time.perf_counter()
         try:
-            status = run_job(compose_job(plan, list(overrides)), folder)
+            status = run_job(compose_job(plan, list(overrides), preset=preset), folder)
         except ConfigError as e:
             raise ExperimentError(f"job {job}: {e}") from None
         print(f"[{plan.experiment}] {job}: {status} ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -197,10 +208,13 @@ def measured(
 def bootstrap_ci(
     values: np.ndarray, stat: str = "mean", ci: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
-    """(statistic, low, high) over the last axis with a percentile bootstrap CI."""
+    """(statistic, low, high) of a 1-d sample with a percentile bootstrap CI; NaNs are left out."""
     from analysis.aggregate import statistic, stratified_bootstrap_ci
 
     values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]  # runs with nothing to measure (e.g. no finished episode)
+    if values.size == 0:
+        return np.nan, np.nan, np.nan
     low, high = stratified_bootstrap_ci([values], stat, ci, seed=seed)
     return float(statistic(stat)(values)), float(low), float(high)
 
@@ -255,6 +269,10 @@ class Report:
         for block in blocks:
             self.lines += [block.rstrip("\n"), ""]
 
+    def headline(self, title: str, table: str) -> None:
+        """A table that docs/experiments.md repeats (`python -m experiments.index`)."""
+        self.add(f"### {title}", HEADLINE_MARK, table)
+
     def figure(self, fig: Any, filename: str, caption: str) -> None:
         import matplotlib.pyplot as plt
 
@@ -267,9 +285,28 @@ class Report:
         extra = "" if self.plan.scale == "ci" else f" scale={self.plan.scale}"
         return f"python -m experiments.{self.plan.experiment}{extra}"
 
+    def run_times(self) -> str:
+        """Wall time of each job and measurement, as recorded when it ran."""
+        rows = []
+        for status in sorted(Path(self.plan.out_dir).glob("*/*.json")):
+            record = json.loads(status.read_text())
+            if status.name == "job.json" and record.get("status") == "complete":
+                rows.append((status.parent.name, "training job (incl. compile)", record.get("wall_seconds")))
+            elif status.name == MEASUREMENT_STATUS and record.get("status") == "complete":
+                rows.append((status.parent.name, "measurement", record.get("seconds")))
+        if not rows:
+            return ""
+        table = pd.DataFrame(rows, columns=["part", "kind", "wall seconds"])
+        total = table["wall seconds"].fillna(0).sum()
+        return (f"Wall time of each part when it ran (total {total:.0f} s; the 2-core machine was shared, so "
+                f"these are upper bounds):\n\n" + markdown_table(table))
+
     def write(self) -> Path:
         from purerl import results
 
+        times = self.run_times()
+        if times:
+            self.add("## Run time", times)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         results.atomic_write_text(self.path, "\n".join(self.lines).rstrip() + "\n")
         print(f"[{self.plan.experiment}] report: {self.path}", flush=True)

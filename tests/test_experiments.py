@@ -28,7 +28,7 @@ def tables(report: str) -> dict[str, list[list[str]]]:
         if rows is not None:
             found[title] = rows[2:]  # without the header and the rule
             rows = None
-        if line.strip():
+        if line.strip() and not line.startswith("<!--"):
             title = line.strip("#* ").strip()
     if rows is not None:
         found[title] = rows[2:]
@@ -205,3 +205,104 @@ def test_gae_lambda_gamma_smoke(tmp_path):
     assert re.search(r"^## Answer", report, re.M) and "python -m experiments.gae_lambda_gamma scale=smoke" in report
     for png in ("errors_vs_lambda_random", "mse_long_chain", "ppo_heatmap", "ppo_curves"):
         assert (tmp_path / "report" / "gae_lambda_gamma" / f"{png}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_baselines_smoke(tmp_path):
+    from experiments import baselines
+
+    report = _smoke(baselines, tmp_path)
+    plan = lab.load_plan("baselines", ["scale=smoke"])
+    levels = 2  # the smoke PPO grid: lr 1e-7 and 5e-4
+    variance = table_under(report, "Each checkpoint is PPO's final actor")
+    assert len(variance) == levels * 5
+    assert len(table_under(report, "Headline: agreement")) == 5
+    assert {row[2] for row in variance} == set(baselines.LABELS.values())
+    learning = table_under(report, "REINFORCE: one Adam step")
+    lrs = 2  # the preset's grid
+    assert len(learning) == len(plan.jobs) * lrs + 1  # + the PPO-GAE reference
+    assert "python -m experiments.baselines scale=smoke" in report
+    for png in ("gradient_variance", "learning_curves"):
+        assert (tmp_path / "report" / "baselines" / f"{png}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_step_size_control_smoke(tmp_path):
+    from experiments import step_size_control
+
+    report = _smoke(step_size_control, tmp_path)
+    rows = table_under(report, "Headline: per-update KL")
+    assert [(r[0], r[1]) for r in rows] == [
+        ("A2C", "lr = 0.001"), ("A2C", "lr = 0.03"), ("PPO", "ε = 0.1"), ("PPO", "ε = 0.3"),
+        ("TRPO", "δ = 0.01"), ("TRPO", "δ = 0.1"),
+    ]
+    assert "TRPO's trust region holds" in report
+    for png in ("kl_per_update", "destructive_vs_kl", "learning_curves"):
+        assert (tmp_path / "report" / "step_size_control" / f"{png}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_stale_ppo_smoke_and_its_diagnostics(tmp_path):
+    import pandas as pd
+
+    from experiments import stale_ppo
+
+    report = _smoke(stale_ppo, tmp_path)
+    plan = lab.load_plan("stale_ppo", ["scale=smoke"])
+    rows = table_under(report, "Headline: return and diagnostics")
+    grid = plan.grid
+    assert len(rows) == len(grid.stale_rollouts) * len(grid.naive_ratio) * len(grid.clip_eps)
+    assert "python -m experiments.stale_ppo scale=smoke" in report
+
+    curves = pd.read_parquet(tmp_path / "out" / "cartpole" / "results.parquet")
+    overrides = dict(o.split("=", 1) for o in plan.envs.cartpole)
+    num_steps, num_envs = int(overrides["algo.config.num_steps"]), int(overrides["algo.config.num_envs"])
+    fresh = curves[curves.stale_rollouts == 0]
+    # K = 0: no stale sample, nothing to compare the behaviour policy with.
+    assert (fresh.stale_samples == 0).all() and (fresh.behaviour_kl == 0).all()
+    assert (fresh.ratio_p05 == 1).all() and (fresh.ratio_p95 == 1).all()
+    # K = 2: the buffer fills one rollout per update.
+    stale = curves[curves.stale_rollouts == 2]
+    expected = np.minimum(stale["update"], 2) * num_steps * num_envs
+    np.testing.assert_array_equal(stale.stale_samples, expected)
+    # The naive ratio starts every sample at 1: nothing is clipped before the first step.
+    assert (curves[curves.naive_ratio == 1].zero_gradient_frac == 0).all()
+    assert (stale[stale["update"] > 0].behaviour_kl > 0).all()
+
+
+EXPERIMENTS = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_scale_of_every_experiment_builds(name):
+    """Each scale's training jobs compose and validate (build_plan: no compilation), so the
+    documented `scale=paper` presets are runnable as written."""
+    from omegaconf import DictConfig
+
+    from experiments.train import build_plan
+
+    assert lab.scales(name) == ["ci", "paper", "smoke"]
+    for scale in lab.scales(name):
+        plan = lab.load_plan(name, [f"scale={scale}"])
+        jobs = {**plan.get("jobs", {}), **plan.get("envs", {})}
+        if "ppo" in plan and "overrides" in plan.ppo:
+            jobs["ppo"] = DictConfig({"overrides": plan.ppo.overrides, "preset": False})
+        assert jobs, (name, scale)
+        for job, spec in jobs.items():
+            overrides, preset = lab.job_spec(spec)
+            built = build_plan(lab.compose_job(plan, overrides, preset=preset))
+            assert len(built.seeds) == plan.seeds, (name, scale, job)
+            if scale == "paper":
+                assert plan.seeds >= 32
+
+
+def test_index_repeats_each_reports_command_and_headline_table():
+    from experiments import index
+
+    for name in EXPERIMENTS:
+        text = (index.REPORTS / f"{name}.md").read_text()
+        section = index.section(name, text)
+        assert f"python -m experiments.{name}" in section
+        headline = text.split(lab.HEADLINE_MARK, 1)[1].strip().splitlines()
+        table = [line for line in headline[: next(i for i, s in enumerate(headline) if not s.startswith("|"))]]
+        assert "\n".join(table) in section and len(table) > 2
