@@ -19,6 +19,8 @@ ALGORITHMS: dict[str, str] = {
     "grpo": "purerl.llm.grpo",
     "dpo": "purerl.llm.dpo",
     "reward_model": "purerl.llm.reward_model",
+    # Pretraining the tiny LM (MQAR + a synthetic language), MHA -> GQA/MQA conversion (docs/attention.md)
+    "lm_pretrain": "purerl.attention.pretrain",
 }
 
 
