@@ -1,0 +1,113 @@
+"""Issue 13 part 2 (`kv_cache_4x`): MHA -> GQA/MQA conversion against an explicit NumPy pooling,
+the synthetic language's Bayes loss against a NumPy loop, `lm_pretrain`'s config errors, and a
+smoke run of the experiment that checks the report's tables."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tol
+from test_experiments import table_under
+
+from purerl.attention import LMConfig, TinyLM, convert_kv_heads
+from purerl.attention.language import LanguageConfig, bayes_loss, sample_language
+from purerl.attention.pretrain import Config
+
+
+def _numpy_pool(weight: np.ndarray, kv_heads: int, method: str) -> np.ndarray:
+    """[..., H, d] -> [..., kv_heads, d] by an explicit loop over groups of consecutive heads."""
+    heads = weight.shape[-2]
+    group = heads // kv_heads
+    out = np.zeros((*weight.shape[:-2], kv_heads, weight.shape[-1]))
+    for g in range(kv_heads):
+        members = [weight[..., g * group + i, :].astype(np.float64) for i in range(group)]
+        out[..., g, :] = sum(members) / group if method == "mean" else members[0]
+    return out
+
+
+@pytest.mark.parametrize("kv_heads", [8, 1])
+@pytest.mark.parametrize("method", ["mean", "first"])
+def test_conversion_of_a_32_head_lm_pools_every_layer_like_numpy(kv_heads, method):
+    lm = LMConfig(vocab_size=16, max_len=8, d_model=16, num_layers=2, num_heads=32, num_kv_heads=32, head_dim=2)
+    params = jax.jit(TinyLM(lm).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+    # Non-zero biases, so that pooling them is checked too.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(len(path)), x.shape)
+        if "bias" in jax.tree_util.keystr(path) else x, params)
+    converted = convert_kv_heads(params, kv_heads, method)
+    for layer in ("blocks_0", "blocks_1"):
+        for proj in ("k_proj", "v_proj"):
+            for leaf in ("kernel", "bias"):
+                original = np.asarray(params["params"][layer]["attn"][proj][leaf])
+                np.testing.assert_allclose(converted["params"][layer]["attn"][proj][leaf],
+                                           _numpy_pool(original, kv_heads, method), **tol())
+        # Query and output projections are untouched.
+        np.testing.assert_array_equal(converted["params"][layer]["attn"]["q_proj"]["kernel"],
+                                      params["params"][layer]["attn"]["q_proj"]["kernel"])
+    grouped = TinyLM(LMConfig(**{**lm.__dict__, "num_kv_heads": kv_heads}))
+    assert grouped.apply(converted, jnp.zeros((1, 8), jnp.int32)).shape == (1, 8, 16)
+
+
+def test_language_bayes_loss_matches_a_numpy_loop():
+    config = LanguageConfig(vocab_size=5, seq_len=7, alpha=0.3, seed=1)
+    tokens = np.asarray(sample_language(jax.random.PRNGKey(0), config, 6))
+    assert tokens.shape == (6, 7) and tokens.min() >= 0 and tokens.max() < 5
+    rng = np.random.default_rng(1)
+    table = rng.dirichlet(np.full(5, 0.3), size=(5, 5))  # the language's own construction
+    total = 0.0
+    for row in tokens:
+        total += np.log(5.0)  # the second token is uniform
+        for t in range(2, len(row)):
+            total -= np.log(table[row[t - 2], row[t - 1], row[t]])
+    np.testing.assert_allclose(bayes_loss(jnp.asarray(tokens), config), total / (6 * 6), rtol=1e-5)
+
+
+def test_language_samples_follow_the_table():
+    config = LanguageConfig(vocab_size=3, seq_len=400, alpha=1.0, seed=0)
+    tokens = np.asarray(sample_language(jax.random.PRNGKey(3), config, 50))
+    table = np.exp(config.log_table.astype(np.float64))
+    counts = np.zeros((3, 3, 3))
+    for row in tokens:
+        np.add.at(counts, (row[:-2], row[1:-1], row[2:]), 1)
+    seen = counts.sum(-1, keepdims=True)
+    # Each context has ~2,000 draws: frequencies within 0.05 of the table (5 standard errors).
+    np.testing.assert_allclose(counts / seen, table, atol=0.05)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_kv_heads=5), "num_kv_heads"),
+    (dict(init_kv_heads=32, num_kv_heads=8, attention="linear"), "attention"),
+    (dict(init_kv_heads=32, num_kv_heads=8, convert_methods=("mean", "mean")), "convert_methods"),
+    (dict(init_kv_heads=32, num_kv_heads=8, convert_methods=("pool",)), "convert_methods"),
+    (dict(mqar_pairs=40), "vocab_size"),
+])
+def test_lm_pretrain_config_errors_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Config(**kwargs)
+
+
+@pytest.mark.slow
+def test_kv_cache_4x_smoke(tmp_path):
+    from experiments import kv_cache_4x, lab
+
+    assert kv_cache_4x.main(["scale=smoke", f"out_dir={tmp_path / 'out'}", f"report_dir={tmp_path / 'report'}"]) == 0
+    report = (tmp_path / "report" / "kv_cache_4x.md").read_text()
+    plan = lab.load_plan("kv_cache_4x", ["scale=smoke"])
+    timed = [kv_cache_4x.variant("softmax", h) for h in plan.timing.kv_heads] + ["linear"]
+    assert [row[0] for row in table_under(report, "Decision table")] == ["MHA-32", "GQA-8", "linear"]
+    memory = table_under(report, "The trained model")
+    assert [row[0] for row in memory] == timed
+    assert all(row[5] == "yes" for row in memory)  # formula == nbytes of the real caches
+    assert [row[0] for row in table_under(report, "The same family at a realistic size")] == [
+        "MHA", "GQA-8", "linear (f=128)"]
+    assert [row[0] for row in table_under(report, "Per-token decode and prefill time")] == timed
+    assert [row[0] for row in table_under(report, "Final held-out quality")] == ["MHA-32", "GQA-8", "linear"]
+    conversion = table_under(report, "MQAR accuracy and language excess after conversion")
+    assert [(row[0], row[1], row[2]) for row in conversion[:-2]] == [
+        ("GQA-8", init, uptrain) for init in ("mean-pool", "first head", "random K/V")
+        for uptrain in ("0%", "50%", "100%")]
+    assert [row[1] for row in conversion[-2:]] == ["(the pretrained model)", "from scratch (100% steps)"]
+    for png in ("memory", "timing", "quality", "conversion"):
+        assert (tmp_path / "report" / "kv_cache_4x" / f"{png}.png").stat().st_size > 0
