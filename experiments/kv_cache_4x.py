@@ -42,8 +42,8 @@ def model_config(plan: DictConfig):
     return build_plan(lab.compose_job(plan, overrides, preset=preset)).config
 
 
-def variants(plan: DictConfig) -> list[tuple[str, int]]:
-    spec = plan.timing
+def variants(spec: DictConfig) -> list[tuple[str, int]]:
+    """(attention, H_kv) of the softmax variants `spec.kv_heads`, plus linear (H_kv 0) if `spec.linear`."""
     return [("softmax", int(h)) for h in spec.kv_heads] + ([("linear", 0)] if spec.linear else [])
 
 
@@ -58,7 +58,7 @@ def measure_memory(plan: DictConfig, config) -> dict[str, pd.DataFrame]:
 
     budget = parse_bytes(plan.memory.budget)
     rows = []
-    for attention, h_kv in variants(plan):
+    for attention, h_kv in variants(plan.memory):
         lm = dataclasses.replace(config.lm_config(h_kv or config.num_heads), attention=attention)
         caches = TinyLM(lm).init_cache(batch=1)
         if attention == "softmax":
@@ -76,7 +76,7 @@ def measure_memory(plan: DictConfig, config) -> dict[str, pd.DataFrame]:
                          max_batch=budget // formula))
     ref = plan.memory.reference
     reference = pd.DataFrame(memory_table(ref.layers, config.num_heads, ref.head_dim, ref.seq_len, ref.dtype,
-                                          [int(h) for h in plan.timing.kv_heads], parse_bytes(ref.budget)))
+                                          [int(h) for h in plan.memory.kv_heads], parse_bytes(ref.budget)))
     return {"tiny": pd.DataFrame(rows), "reference": reference}
 
 
@@ -97,7 +97,7 @@ def measure_timing(plan: DictConfig, config) -> pd.DataFrame:
     rows = []
     for context in spec.contexts:
         calls = []
-        for attention, h_kv in variants(plan):
+        for attention, h_kv in variants(spec):
             lm = dataclasses.replace(config.lm_config(h_kv or config.num_heads), attention=attention,
                                      max_len=int(context))
             params = jax.jit(TinyLM(lm).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
@@ -114,7 +114,7 @@ def measure_timing(plan: DictConfig, config) -> pd.DataFrame:
                 start = time.perf_counter()
                 jax.block_until_ready(call())
                 best[key] = min(best.get(key, np.inf), time.perf_counter() - start)
-        for attention, h_kv in variants(plan):
+        for attention, h_kv in variants(spec):
             one, many = best[(attention, h_kv, 1)], best[(attention, h_kv, int(spec.steps))]
             rows.append(dict(context=int(context), variant=variant(attention, h_kv, config.num_heads),
                              kv_heads=h_kv or config.num_heads, prefill_ms=1e3 * one,
@@ -506,7 +506,7 @@ def run(plan: DictConfig) -> None:
         f"{plan.memory.reference.head_dim}, {plan.memory.reference.dtype}; `purerl-memory --layers "
         f"{plan.memory.reference.layers} --heads {config.num_heads} --head-dim {plan.memory.reference.head_dim} "
         f"--seq-len {plan.memory.reference.seq_len} --dtype {plan.memory.reference.dtype} --budget "
-        f"{plan.memory.reference.budget} --kv-heads {' '.join(str(h) for h in plan.timing.kv_heads)}`)",
+        f"{plan.memory.reference.budget} --kv-heads {' '.join(str(h) for h in plan.memory.kv_heads)}`)",
         reference_table_md(reference, plan),
     )
     report.figure(plot_memory(tiny, reference, plan), "memory.png",
