@@ -82,32 +82,32 @@ def measure_memory(plan: DictConfig, config) -> dict[str, pd.DataFrame]:
 
 # ---------------------------------------------------------------- timing
 def measure_timing(plan: DictConfig, config) -> pd.DataFrame:
-    """Per context and variant: prefill time and per-token decode time, both from `generate`.
+    """Per context n and variant: prefill time and per-token decode time, both from `generate`.
 
-    T(S) = one `generate` call with S decode steps after a prompt of context − S_max tokens;
-    prefill ≈ T(1) (prefill + one sample), decode per token = (T(S_max) − T(1)) / (S_max − 1):
-    the same prompt and prefill in both, so it cancels. Variants are timed in turn, best of
-    `rounds`."""
+    Decode: one `generate` call from a 1-token prompt sampling n − 1 tokens, so its cache holds
+    n − 1 positions; decode attends over the whole cache buffer (masked by length), so every
+    step costs what a step at context n costs, and per token = call time / (n − 1) (the
+    1-token prefill is negligible). Prefill: one call with an (n − 1)-token prompt and one
+    sampled token. Variants are timed in turn, best of `rounds`."""
     import jax
-    import jax.numpy as jnp
 
     from purerl.attention import TinyLM, generate
 
     spec = plan.timing
     rows = []
-    for context in spec.contexts:
+    for context in (int(c) for c in spec.contexts):
         calls = []
         for attention, h_kv in variants(spec):
             lm = dataclasses.replace(config.lm_config(h_kv or config.num_heads), attention=attention,
-                                     max_len=int(context))
-            params = jax.jit(TinyLM(lm).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
-            prompt = jax.random.randint(jax.random.PRNGKey(1), (spec.batch, context - spec.steps), 0, lm.vocab_size)
-            for steps in (1, int(spec.steps)):
-                def call(params=params, lm=lm, prompt=prompt, steps=steps):
-                    return generate(params, lm, prompt, jax.random.PRNGKey(2), steps=steps).tokens
+                                     max_len=context)
+            params = jax.jit(TinyLM(lm).init)(jax.random.PRNGKey(0), jax.numpy.zeros((1, 8), jax.numpy.int32))
+            prompt = jax.random.randint(jax.random.PRNGKey(1), (spec.batch, context - 1), 0, lm.vocab_size)
+            for kind, tokens, steps in (("prefill", prompt, 1), ("decode", prompt[:, :1], context - 1)):
+                def call(params=params, lm=lm, tokens=tokens, steps=steps):
+                    return generate(params, lm, tokens, jax.random.PRNGKey(2), steps=steps).tokens
 
                 jax.block_until_ready(call())  # compile
-                calls.append(((attention, h_kv, steps), call))
+                calls.append(((attention, h_kv, kind), call))
         best = {}
         for _ in range(spec.rounds):
             for key, call in calls:
@@ -115,10 +115,9 @@ def measure_timing(plan: DictConfig, config) -> pd.DataFrame:
                 jax.block_until_ready(call())
                 best[key] = min(best.get(key, np.inf), time.perf_counter() - start)
         for attention, h_kv in variants(spec):
-            one, many = best[(attention, h_kv, 1)], best[(attention, h_kv, int(spec.steps))]
-            rows.append(dict(context=int(context), variant=variant(attention, h_kv, config.num_heads),
-                             kv_heads=h_kv or config.num_heads, prefill_ms=1e3 * one,
-                             decode_ms_per_token=1e3 * max(many - one, 0.0) / (spec.steps - 1)))
+            rows.append(dict(context=context, variant=variant(attention, h_kv, config.num_heads),
+                             kv_heads=h_kv or config.num_heads, prefill_ms=1e3 * best[(attention, h_kv, "prefill")],
+                             decode_ms_per_token=1e3 * best[(attention, h_kv, "decode")] / (context - 1)))
         jax.clear_caches()
         print(f"[{NAME}] timing: context {context} done", flush=True)
     return pd.DataFrame(rows)
@@ -126,7 +125,7 @@ def measure_timing(plan: DictConfig, config) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- quality from the jobs
 def final_rows(curves: pd.DataFrame) -> pd.DataFrame:
-    return curves[curves.update == curves.groupby("job").update.transform("max")]
+    return curves[curves["update"] == curves.groupby("job")["update"].transform("max")]
 
 
 def scratch_quality(curves: pd.DataFrame) -> pd.DataFrame:
@@ -134,7 +133,9 @@ def scratch_quality(curves: pd.DataFrame) -> pd.DataFrame:
     scratch = final_rows(curves[curves.init_kv_heads == 0]).copy()
     scratch["variant"] = [variant(a, h, n) for a, h, n in zip(scratch.attention, scratch.num_kv_heads,
                                                                scratch.num_heads)]
-    return scratch
+    # MHA first, then fewer KV heads, linear last; the first row is the baseline of every comparison.
+    scratch["order"] = [(a == "linear", -h) for a, h in zip(scratch.attention, scratch.num_kv_heads)]
+    return scratch.sort_values(["order", "seed"]).drop(columns="order")
 
 
 def conversion_curves(curves: pd.DataFrame) -> pd.DataFrame:
@@ -253,7 +254,7 @@ def decision_table(memory: pd.DataFrame, reference: pd.DataFrame, timing: pd.Dat
                    conversions: pd.DataFrame, plan: DictConfig, config) -> pd.DataFrame:
     base = variant("softmax", config.num_heads, config.num_heads)
     longest = timing[timing.context == timing.context.max()].set_index("variant")
-    ref = reference.set_index("kv_heads")
+    ref = reference[~reference.attention.str.startswith("linear")].set_index("kv_heads")
     options = [name for name in (base, "GQA-8", "MQA", "linear") if name in set(memory.variant)]
     rows = []
     for name in options:
@@ -261,9 +262,9 @@ def decision_table(memory: pd.DataFrame, reference: pd.DataFrame, timing: pd.Dat
         ref_row = reference[reference.attention.str.startswith("linear")].iloc[0] if name == "linear" \
             else ref.loc[int(mem.kv_heads)]
         saving = reference.per_sequence.iloc[0] / ref_row.per_sequence
-        speed = (f"{longest.loc[base].decode_ms_per_token / longest.loc[name].decode_ms_per_token:.2g}× decode, "
-                 f"{longest.loc[base].prefill_ms / longest.loc[name].prefill_ms:.2g}× prefill"
-                 if name in longest.index and longest.loc[name].decode_ms_per_token > 0 else "not timed")
+        speed = (f"{ratio(longest.loc[base].decode_ms_per_token, longest.loc[name].decode_ms_per_token)} decode, "
+                 f"{ratio(longest.loc[base].prefill_ms, longest.loc[name].prefill_ms)} prefill"
+                 if name in longest.index and base in longest.index else "not timed")
         if name == base:
             quality = "baseline: MQAR " + ci_cell(scratch[scratch.variant == base].mqar_accuracy, 2)
         elif name in set(scratch.variant):
@@ -297,6 +298,11 @@ def decision_table(memory: pd.DataFrame, reference: pd.DataFrame, timing: pd.Dat
             "conversion cost from an MHA checkpoint": conversion,
         })
     return pd.DataFrame(rows)
+
+
+def ratio(base: float, other: float) -> str:
+    """How many times faster `other` is than `base` (times), or n/a when a time rounds to 0."""
+    return f"{base / other:.2g}×" if base > 0 and other > 0 else "n/a"
 
 
 def format_bytes(value: float) -> str:
@@ -404,7 +410,7 @@ def plot_conversion(conversions: pd.DataFrame, scratch: pd.DataFrame):
 
 # ---------------------------------------------------------------- report
 def answer(memory, reference, timing, scratch, conversions, config) -> str:
-    base = scratch.variant.iloc[0]
+    base = variant("softmax", config.num_heads, config.num_heads)
     longest = timing[timing.context == timing.context.max()].set_index("variant")
     lines = []
     gqa8 = reference[reference.kv_heads == 8]
@@ -415,13 +421,12 @@ def answer(memory, reference, timing, scratch, conversions, config) -> str:
             f"scales with H_kv alone: GQA-8 keeps {32 // 8}× less than MHA-32 (the 4× cut), MQA 32× less; the linear "
             f"layer keeps a constant state instead (no per-token cost). The formula equals the `nbytes` of the real "
             f"caches for every variant ({exact}). "
-            f"At the reference shape the largest batch in the budget grows by the same factors "
-            f"({int(reference.max_batch.iloc[0]):,} → {int(gqa8.max_batch.iloc[0]):,} → "
-            f"{int(reference[reference.kv_heads == 1].max_batch.iloc[0]):,} sequences).")
+            f"At the reference shape the largest batch in the budget grows by the same factors ("
+            + " → ".join(f"{row.attention} {int(row.max_batch):,}" for row in reference.itertuples()) + ").")
     if base in longest.index:
-        speedups = ", ".join(f"{v} {longest.loc[base].decode_ms_per_token / longest.loc[v].decode_ms_per_token:.2g}×"
-                             for v in longest.index if v != base and longest.loc[v].decode_ms_per_token > 0)
-        prefill = ", ".join(f"{v} {longest.loc[base].prefill_ms / longest.loc[v].prefill_ms:.2g}×"
+        speedups = ", ".join(f"{v} {ratio(longest.loc[base].decode_ms_per_token, longest.loc[v].decode_ms_per_token)}"
+                             for v in longest.index if v != base)
+        prefill = ", ".join(f"{v} {ratio(longest.loc[base].prefill_ms, longest.loc[v].prefill_ms)}"
                             for v in longest.index if v != base)
         lines.append(
             f"- **Speed (measured, this CPU):** decode reads the whole cache every token, so its time follows the "
@@ -513,11 +518,12 @@ def run(plan: DictConfig) -> None:
                   "Cache per sequence and the largest batch that fits the budget, per variant (reference shape)")
     report.add(
         "## Speed: decode and prefill",
-        f"Untrained models of the trained family (same shapes) with max_len = context; batch {plan.timing.batch}. "
-        f"Each variant runs `generate` twice per context, with 1 and with {plan.timing.steps} sampled tokens after "
-        f"the same prompt of context − {plan.timing.steps} tokens: prefill ≈ T(1); decode per token = "
-        f"(T({plan.timing.steps}) − T(1)) / {plan.timing.steps - 1}, the prefill cancelling. Decode attends over the "
-        "whole cache buffer (masked by length), so its cost follows the buffer size.",
+        f"Untrained models of the trained family (same shapes) with max_len = context n; batch {plan.timing.batch}. "
+        "Decode: one `generate` call (prefill + a `lax.scan` of decode steps, one program) from a 1-token prompt "
+        "sampling n − 1 tokens; decode attends over the whole cache buffer, masked by length, so each step costs "
+        "what a step at context n costs, and the per-token time is the call time / (n − 1). Prefill: one `generate` "
+        "call with an (n − 1)-token prompt and one sampled token. Wall time, best of "
+        f"{plan.timing.rounds} rounds, variants in turn, on the shared 2-core CPU.",
         "### Per-token decode and prefill time (ms, CPU, best of rounds)",
         timing_table_md(timing),
     )
