@@ -27,27 +27,23 @@ def _numpy_pool(weight: np.ndarray, kv_heads: int, method: str) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("kv_heads", [8, 1])
-@pytest.mark.parametrize("method", ["mean", "first"])
-def test_conversion_of_a_32_head_lm_pools_every_layer_like_numpy(kv_heads, method):
+def test_conversion_of_a_32_head_lm_pools_every_layer_like_numpy():
     lm = LMConfig(vocab_size=16, max_len=8, d_model=16, num_layers=2, num_heads=32, num_kv_heads=32, head_dim=2)
     params = jax.jit(TinyLM(lm).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
-    # Non-zero biases, so that pooling them is checked too.
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(len(path)), x.shape)
-        if "bias" in jax.tree_util.keystr(path) else x, params)
-    converted = convert_kv_heads(params, kv_heads, method)
-    for layer in ("blocks_0", "blocks_1"):
-        for proj in ("k_proj", "v_proj"):
-            for leaf in ("kernel", "bias"):
-                original = np.asarray(params["params"][layer]["attn"][proj][leaf])
-                np.testing.assert_allclose(converted["params"][layer]["attn"][proj][leaf],
-                                           _numpy_pool(original, kv_heads, method), **tol())
-        # Query and output projections are untouched.
-        np.testing.assert_array_equal(converted["params"][layer]["attn"]["q_proj"]["kernel"],
-                                      params["params"][layer]["attn"]["q_proj"]["kernel"])
-    grouped = TinyLM(LMConfig(**{**lm.__dict__, "num_kv_heads": kv_heads}))
-    assert grouped.apply(converted, jnp.zeros((1, 8), jnp.int32)).shape == (1, 8, 16)
+    for kv_heads in (8, 1):
+        for method in ("mean", "first"):
+            converted = convert_kv_heads(params, kv_heads, method)
+            for layer in ("blocks_0", "blocks_1"):
+                attn, new = params["params"][layer]["attn"], converted["params"][layer]["attn"]
+                for proj in ("k_proj", "v_proj"):
+                    assert "kernel" in attn[proj]
+                    for leaf in attn[proj]:  # kernel [D, 32, d] (and a bias if there is one)
+                        expected = _numpy_pool(np.asarray(attn[proj][leaf]), kv_heads, method)
+                        assert new[proj][leaf].shape == expected.shape
+                        np.testing.assert_allclose(new[proj][leaf], expected, **tol())
+                # Query and output projections are untouched.
+                np.testing.assert_array_equal(new["q_proj"]["kernel"], attn["q_proj"]["kernel"])
+                np.testing.assert_array_equal(new["o_proj"]["kernel"], attn["o_proj"]["kernel"])
 
 
 def test_language_bayes_loss_matches_a_numpy_loop():
@@ -72,8 +68,10 @@ def test_language_samples_follow_the_table():
     for row in tokens:
         np.add.at(counts, (row[:-2], row[1:-1], row[2:]), 1)
     seen = counts.sum(-1, keepdims=True)
-    # Each context has ~2,000 draws: frequencies within 0.05 of the table (5 standard errors).
-    np.testing.assert_allclose(counts / seen, table, atol=0.05)
+    assert seen.min() > 30, seen.min()  # every context visited (20,000 transitions; the rarest ~60 times)
+    # Every empirical frequency within 5 binomial standard errors of the table's probability.
+    standard_error = np.sqrt(table * (1 - table) / seen)
+    assert np.all(np.abs(counts / seen - table) <= 5 * standard_error + 1e-3)
 
 
 @pytest.mark.parametrize("kwargs, message", [
