@@ -305,11 +305,46 @@ def test_exploration_bandits_smoke(tmp_path):
         assert (tmp_path / "report" / "exploration_bandits" / f"{png}.png").stat().st_size > 10_000
 
 
-EXPERIMENTS = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo", "exploration_bandits")
+@pytest.mark.slow
+def test_on_vs_off_policy_smoke(tmp_path):
+    import pandas as pd
+
+    from experiments import on_vs_off_policy
+
+    report = _smoke(on_vs_off_policy, tmp_path)
+    rows = table_under(report, "Headline: return per method")
+    assert [(r[0], r[1], r[2]) for r in rows] == [("CartPole-v1 (R* = 15)", "PPO", "on-policy"),
+                                                  ("CartPole-v1 (R* = 15)", "DQN", "off-policy")]
+    wins = table_under(report, "Each family's best method")
+    assert [(r[0], r[1]) for r in wins] == [("CartPole-v1", axis) for axis in (
+        "equal env steps", "equal wall-clock", "env steps to R*", "seconds to R*")]
+    assert {r[5].split(" (")[0] for r in wins} <= {"on-policy", "off-policy", "inconclusive", "neither reaches R*"}
+    assert "python -m experiments.on_vs_off_policy scale=smoke" in report and re.search(r"^## Answer", report, re.M)
+    for png in ("return_vs_env_steps", "return_vs_wall_clock", "throughput"):
+        assert (tmp_path / "report" / "on_vs_off_policy" / f"{png}.png").stat().st_size > 10_000
+    # Wall-clock per update: the job's run seconds shared evenly over its updates.
+    folders = {job: tmp_path / "out" / job for job in ("cartpole_ppo", "cartpole_dqn")}
+    curves, summary = on_vs_off_policy.load(folders)
+    for job, part in curves.groupby("job"):
+        run = summary[summary.job == job].wall_seconds.iloc[0]
+        np.testing.assert_allclose(part.groupby("update").seconds.first().iloc[-1], run)
+    # Return at a budget: the mean over the updates in ((1 − WINDOW)·B, B], per run.
+    toy = pd.DataFrame({"job": "j", "seed": 0, "env_steps": [10, 20, 30, 40], "episode_return": [1.0, 2, 3, 4]})
+    assert on_vs_off_policy.returns_at(toy, "env_steps", 40).item() == 4.0  # window (36, 40]
+    assert on_vs_off_policy.returns_at(toy, "env_steps", 35).item() == 3.0  # no update in (31.5, 35]: the last one
+    assert np.isnan(on_vs_off_policy.returns_at(toy, "env_steps", 50).item())  # the run is shorter
 
 
-# exploration_bandits: ~40 jobs over its scales (instances × strategies), ~1 s each to compose.
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "exploration_bandits" else n
+EXPERIMENTS = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo", "exploration_bandits",
+               "on_vs_off_policy")
+
+
+# exploration_bandits (~40 jobs over its scales: instances × strategies) and on_vs_off_policy
+# (~25): about 1 s per job to compose on the shared CPU.
+SLOW_TO_BUILD = ("exploration_bandits", "on_vs_off_policy")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_BUILD else n
                                   for n in EXPERIMENTS])
 def test_every_scale_of_every_experiment_builds(name):
     """Each scale's training jobs compose and validate (build_plan: no compilation), so the
