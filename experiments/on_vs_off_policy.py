@@ -294,7 +294,10 @@ def run(plan: DictConfig) -> None:
         "**Command** (trains what is missing, then writes this report from the results):\n\n"
         f"```bash\n{report.command()}\n```\n\n"
         f"Scale `{plan.scale}`: {plan.seeds} vmapped seeds per job; budgets and settings per job in "
-        f"`conf/experiment/{NAME}/{plan.scale}.yaml` (preset: `conf/experiment/{NAME}.yaml`, PPO on CartPole).",
+        f"`conf/experiment/{NAME}/{plan.scale}.yaml` (preset: `conf/experiment/{NAME}.yaml`, PPO on CartPole). "
+        f"Of the jobs' {jobs.compile_seconds.sum() + jobs.run_seconds.sum():.0f} s, compiling the {len(jobs)} programs "
+        f"took {jobs.compile_seconds.sum():.0f} s (a rerun reuses JAX's persistent compilation cache) and training "
+        f"{jobs.run_seconds.sum():.0f} s, on a 2-core CPU shared with other jobs.",
         "## Answer\n\n" + answer(jobs, wins, plan),
         "## Who wins on which axis",
         "Each family's best method by IQM return at the env's common budget: the smallest env-step budget of its "
