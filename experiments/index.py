@@ -11,7 +11,7 @@ from experiments import lab
 
 REPORTS = lab.REPO_ROOT / "experiments" / "reports"
 INDEX = lab.REPO_ROOT / "docs" / "experiments.md"
-ORDER = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo")
+ORDER = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo", "on_vs_off_policy", "exploration_bandits")
 
 HEADER = """# Experiments
 

@@ -219,6 +219,20 @@ def bootstrap_ci(
     return float(statistic(stat)(values)), float(low), float(high)
 
 
+def curve_ci(
+    matrix: np.ndarray, stat: str = "mean", ci: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(statistic, low, high) at every point (column) of a [runs, points] matrix, with a
+    percentile bootstrap CI that resamples the same runs at every point (a band over a curve)."""
+    from analysis.aggregate import statistic
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    index = np.random.default_rng(seed).integers(0, matrix.shape[0], (resamples, matrix.shape[0]))
+    boot = statistic(stat)(matrix[index], axis=1)  # [resamples, points]
+    tail = (1 - ci) / 2
+    return statistic(stat)(matrix, axis=0), np.quantile(boot, tail, axis=0), np.quantile(boot, 1 - tail, axis=0)
+
+
 def fmt(value: float, digits: int = 3) -> str:
     if value is None or not np.isfinite(value):
         return "nan" if value is None or np.isnan(value) else ("inf" if value > 0 else "-inf")

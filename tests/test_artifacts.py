@@ -59,6 +59,11 @@ def in_memory_policy(result, config, setting: int, seed_index: int):
     return network, jax.tree.map(pick, result.final_state.params), jax.tree.map(pick, result.final_state.obs_stats)
 
 
+# Under `pytest -n 2 --dist loadgroup` one worker runs this whole module, so the
+# module-scoped fixture below is built once.
+pytestmark = pytest.mark.xdist_group(__name__)
+
+
 @pytest.fixture(scope="module")
 def cartpole_job(tmp_path_factory):
     """A tiny PPO CartPole job (2 settings × seeds 3, 4, normalised observations) run by

@@ -27,6 +27,11 @@ HARD_BERNOULLI = dict(env="BernoulliBandit-misc", env_params={"reward_prob": 0.4
         (dict(env="LinearContextualBandit", strategy="linucb", env_kwargs={"num_arms": 1}),
          r"Config.env_kwargs.num_arms: got 1"),
         (dict(total_timesteps=50, num_steps=100), r"Config.total_timesteps: got 50; allowed: at least num_steps"),
+        (dict(env="KArmedGaussianBandit", strategy="thompson_beta"), r"'thompson_beta' needs 0/1 rewards"),
+        (dict(env="KArmedBernoulliBandit", env_kwargs={"num_arms": 1}), r"Config.env_kwargs.num_arms: got 1"),
+        (dict(env="KArmedBernoulliBandit", env_kwargs={"arms": 3}), r"Config.env_kwargs: .* no argument 'arms'"),
+        (dict(env="KArmedBernoulliBandit", env_params={"best_mean": 0.5, "gap": 0.6}),
+         r"Config.env_params: best_mean 0.5 and gap 0.6 give arm means outside \[0, 1\]"),
     ],
 )
 def test_bad_config_fails_with_a_clear_error(kwargs, match):
@@ -74,6 +79,29 @@ def test_contextual_arm_means_are_theta_dot_context():
     np.testing.assert_allclose(means, np.asarray(state.theta) @ np.asarray(state.context), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", bandit_envs.K_ARMED_BANDITS)
+def test_k_armed_instance_and_reward_moments_match_closed_form(name):
+    """One arm at best_mean, K − 1 at best_mean − gap, best arm anywhere; rewards have the
+    arm's mean and the closed-form variance (Bernoulli μ(1 − μ), Gaussian noise_std²)."""
+    env, params = bandit_envs.make(name, {"num_arms": 5}, {"best_mean": 0.7, "gap": 0.3, "noise_std": 0.5})
+    states = jax.vmap(lambda k: env.reset_env(k, params)[1])(jax.random.split(jax.random.PRNGKey(0), 200))
+    means = np.asarray(jax.vmap(lambda s: bandit_envs.arm_means(env, s))(states))
+    np.testing.assert_allclose(np.sort(means, axis=1), np.tile([0.4, 0.4, 0.4, 0.4, 0.7], (200, 1)), rtol=1e-6)
+    assert set(np.argmax(means, axis=1)) == set(range(5))  # the best arm's place is random
+    state = jax.tree.map(lambda x: x[0], states)
+    pulls = 10_000
+    keys = jax.random.split(jax.random.PRNGKey(1), pulls)
+    pull_all = jax.vmap(lambda arm: jax.vmap(lambda k: env.step_env(k, state, arm, params)[2])(keys))
+    rewards = np.asarray(pull_all(jnp.arange(5)), np.float64)  # [arm, pull]
+    mu = means[0].astype(np.float64)
+    var = mu * (1 - mu) if name == "KArmedBernoulliBandit" else np.full(5, 0.25)
+    if name == "KArmedBernoulliBandit":
+        assert set(np.unique(rewards)) <= {0.0, 1.0}
+    z = (rewards.mean(1) - mu) / np.sqrt(var / pulls)
+    assert np.all(np.abs(z) < 4.5), z  # 5 arms: fails by chance with p ≈ 3e-5
+    np.testing.assert_allclose(rewards.var(1), var, rtol=0.06)  # ≥ 3.5 standard errors of the variance
+
+
 @functools.cache
 def run_64_seeds(strategy: str, env: str = "BernoulliBandit-misc", epsilon: float = 0.1, epsilon_decay: float = 0.0):
     """64 seeds × 10,000 pulls (the hard Bernoulli instance for BernoulliBandit-misc), cached:
@@ -106,7 +134,9 @@ def check_regret_against_numpy(result, env: str, pulls: int) -> None:
     """R_T = Σ_a n_a (μ* − μ_a) in float64 NumPy, μ read from the env's parameters."""
     state = jax.tree.map(lambda x: np.asarray(x)[0], result.final_state)  # [seed, ...]
     for seed in range(len(result.seeds)):
-        if env == "BernoulliBandit-misc":
+        if env in bandit_envs.K_ARMED_BANDITS:
+            means = np.asarray(state.env_state.means[seed], np.float64)
+        elif env == "BernoulliBandit-misc":
             means = np.asarray(state.env_state.reward_probs[seed], np.float64)
         else:
             means = np.array([0.0, state.env_state.mu[seed]], np.float64)
@@ -119,7 +149,8 @@ def check_regret_against_numpy(result, env: str, pulls: int) -> None:
 
 
 @pytest.mark.parametrize("strategy,env", [("ucb1", "BernoulliBandit-misc"),
-                                          ("thompson_gaussian", "GaussianBandit-misc")])
+                                          ("thompson_gaussian", "GaussianBandit-misc"),
+                                          ("ucb1", "KArmedBernoulliBandit")])
 def test_regret_equals_numpy_from_arm_means_and_pull_counts(strategy, env):
     config = bandits.Config(env=env, strategy=strategy, total_timesteps=2000, num_steps=100)
     result = sweep.run(bandits.make_train(config), bandits.Hyper(), seeds=8, return_state=True)

@@ -270,21 +270,98 @@ def test_stale_ppo_smoke_and_its_diagnostics(tmp_path):
     assert (stale[stale["update"] > 0].behaviour_kl > 0).all()
 
 
-EXPERIMENTS = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo")
+def test_lai_robbins_constant_matches_scipy_kl():
+    from omegaconf import OmegaConf
+    from scipy.special import rel_entr
+    from scipy.stats import entropy
+
+    from experiments import exploration_bandits as eb
+
+    for p, q in [(0.4, 0.5), (0.48, 0.5), (0.0, 0.3), (0.9, 0.95)]:
+        np.testing.assert_allclose(eb.bernoulli_kl(p, q), entropy([p, 1 - p], [q, 1 - q]), rtol=1e-12, atol=1e-15)
+    bern = OmegaConf.create({"env": "KArmedBernoulliBandit", "num_arms": 10, "best_mean": 0.5, "gap": 0.1})
+    expected = 9 * 0.1 / (rel_entr(0.4, 0.5) + rel_entr(0.6, 0.5))
+    np.testing.assert_allclose(eb.lai_robbins_constant(bern), expected, rtol=1e-12)
+    gauss = OmegaConf.create({"env": "KArmedGaussianBandit", "num_arms": 3, "best_mean": 0.0, "gap": 0.5,
+                              "noise_std": 2.0})
+    np.testing.assert_allclose(eb.lai_robbins_constant(gauss), 2 * 2 * 2.0**2 / 0.5, rtol=1e-12)  # Σ 2σ²/Δ
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.slow
+def test_exploration_bandits_smoke(tmp_path):
+    from experiments import exploration_bandits
+
+    report = _smoke(exploration_bandits, tmp_path)
+    rows = table_under(report, "Headline: mean regret at T")
+    assert [r[0] for r in rows] == ["ε-greedy ε=0.1", "ε-greedy ε_t=1/(1+0.01t)", "UCB1 c=1", "UCB1 c=2", "Thompson",
+                                    "Lai–Robbins C·ln T"]
+    assert rows[-1][1] == lab.fmt(exploration_bandits.lai_robbins_constant(
+        lab.load_plan("exploration_bandits", ["scale=smoke"]).instances.bernoulli_k2) * np.log(400))
+    detail = table_under(report, "Bernoulli K=2, Δ=0.1")
+    assert len(detail) == 5 and {r[4] for r in detail} <= {"linear", "sub-linear", "logarithmic"}
+    assert [r[0] for r in table_under(report, "Linear contextual bandit")] == ["LinUCB α=1"]
+    assert "python -m experiments.exploration_bandits scale=smoke" in report and re.search(r"^## Answer", report, re.M)
+    for png in ("regret_curves", "regret_vs_log_t", "regret_vs_lai_robbins", "contextual"):
+        assert (tmp_path / "report" / "exploration_bandits" / f"{png}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_on_vs_off_policy_smoke(tmp_path):
+    import pandas as pd
+
+    from experiments import on_vs_off_policy
+
+    report = _smoke(on_vs_off_policy, tmp_path)
+    rows = table_under(report, "Headline: return per method")
+    assert [(r[0], r[1], r[2]) for r in rows] == [("CartPole-v1 (R* = 15)", "PPO", "on-policy"),
+                                                  ("CartPole-v1 (R* = 15)", "DQN", "off-policy")]
+    wins = table_under(report, "Each family's best method")
+    assert [(r[0], r[1]) for r in wins] == [("CartPole-v1", axis) for axis in (
+        "equal env steps", "equal wall-clock", "env steps to R*", "seconds to R*")]
+    assert {r[5].split(" (")[0] for r in wins} <= {"on-policy", "off-policy", "inconclusive", "neither reaches R*"}
+    assert "python -m experiments.on_vs_off_policy scale=smoke" in report and re.search(r"^## Answer", report, re.M)
+    for png in ("return_vs_env_steps", "return_vs_wall_clock", "throughput"):
+        assert (tmp_path / "report" / "on_vs_off_policy" / f"{png}.png").stat().st_size > 10_000
+    # Wall-clock per update: the job's run seconds shared evenly over its updates.
+    folders = {job: tmp_path / "out" / job for job in ("cartpole_ppo", "cartpole_dqn")}
+    curves, summary = on_vs_off_policy.load(folders)
+    for job, part in curves.groupby("job"):
+        run = summary[summary.job == job].wall_seconds.iloc[0]
+        np.testing.assert_allclose(part.groupby("update").seconds.first().iloc[-1], run)
+    # Return at a budget: the mean over the updates in ((1 − WINDOW)·B, B], per run.
+    toy = pd.DataFrame({"job": "j", "seed": 0, "env_steps": [10, 20, 30, 40], "episode_return": [1.0, 2, 3, 4]})
+    assert on_vs_off_policy.returns_at(toy, "env_steps", 40).item() == 4.0  # window (36, 40]
+    assert on_vs_off_policy.returns_at(toy, "env_steps", 35).item() == 3.0  # no update in (31.5, 35]: the last one
+    assert np.isnan(on_vs_off_policy.returns_at(toy, "env_steps", 50).item())  # the run is shorter
+
+
+EXPERIMENTS = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo", "exploration_bandits",
+               "on_vs_off_policy")
+
+
+# exploration_bandits (~40 jobs over its scales: instances × strategies) and on_vs_off_policy
+# (~25): about 1 s per job to compose on the shared CPU.
+SLOW_TO_BUILD = ("exploration_bandits", "on_vs_off_policy")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_BUILD else n
+                                  for n in EXPERIMENTS])
 def test_every_scale_of_every_experiment_builds(name):
     """Each scale's training jobs compose and validate (build_plan: no compilation), so the
     documented `scale=paper` presets are runnable as written."""
+    import importlib
+
     from omegaconf import DictConfig
 
     from experiments.train import build_plan
 
     assert lab.scales(name) == ["ci", "paper", "smoke"]
+    module = importlib.import_module(f"experiments.{name}")
     for scale in lab.scales(name):
         plan = lab.load_plan(name, [f"scale={scale}"])
         jobs = {**plan.get("jobs", {}), **plan.get("envs", {})}
+        if hasattr(module, "jobs"):  # jobs built from the plan (e.g. instances × strategies)
+            jobs.update(module.jobs(plan))
         if "ppo" in plan and "overrides" in plan.ppo:
             jobs["ppo"] = DictConfig({"overrides": plan.ppo.overrides, "preset": False})
         assert jobs, (name, scale)

@@ -59,6 +59,11 @@ def purerl_train(
     )
 
 
+# Under `pytest -n 2 --dist loadgroup` one worker runs this whole module, so the
+# module-scoped fixture below is built once.
+pytestmark = pytest.mark.xdist_group(__name__)
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("hydra_sweep")

@@ -51,7 +51,11 @@ def test_dpo_vmapped_run_equals_the_same_run_alone():
     hyper = dpo.Hyper(beta=0.2)
     _, batched = run(dpo, config, [3, 4], hyper)
     check_metrics(batched, config, 2)
-    assert np.all(batched["informative_pairs"] > 0) and np.all(batched["dpo_loss"] > 0)
+    # −log σ(·) > 0 on every update that had a non-tied pair (tied pairs are dropped: loss 0);
+    # graded scores make ties the exception, so most updates must have informative pairs.
+    informative = batched["informative_pairs"] > 0
+    assert informative.mean() >= 0.5, batched["informative_pairs"]
+    assert np.all(batched["dpo_loss"][informative] > 0)
     _, alone = run(dpo, config, [4], hyper)
     assert not np.array_equal(batched["sft_loss"][0], batched["sft_loss"][1])
     # The supervised phase has no sampling: equal to kernel tolerance everywhere.

@@ -18,6 +18,11 @@ CONFIG = make_lm_config(VOCAB_SIZE, SEQ_LEN, 32, 2, 4, 2, 4)
 MODEL = TinyLM(CONFIG)
 
 
+# Under `pytest -n 2 --dist loadgroup` one worker runs this whole module, so the
+# module-scoped fixture below is built once.
+pytestmark = pytest.mark.xdist_group(__name__)
+
+
 @pytest.fixture(scope="module")
 def setup():
     params = init_lm(MODEL, jax.random.PRNGKey(0), SEQ_LEN)

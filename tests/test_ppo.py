@@ -63,6 +63,11 @@ def test_config_is_hashable_and_static():
     assert hash(a) == hash(b) and a == b
 
 
+# Under `pytest -n 2 --dist loadgroup` one worker runs this whole module, so the
+# module-scoped fixture below is built once.
+pytestmark = pytest.mark.xdist_group(__name__)
+
+
 @pytest.fixture(scope="module")
 def short_train():
     return ppo.make_train(ppo.Config(**SHORT))

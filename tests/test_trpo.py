@@ -12,8 +12,12 @@ from purerl.algos import trpo
 from purerl.nets import ActorCritic
 from purerl.rl.agent import build_env_and_network, init_params
 
-
 # ---------------------------------------------------------------- one step, fixed batch
+# Under `pytest -n 2 --dist loadgroup` one worker runs this whole module, so the
+# module-scoped fixture below is built once.
+pytestmark = pytest.mark.xdist_group(__name__)
+
+
 @pytest.fixture(scope="module")
 def fixed_batch():
     config = trpo.Config()

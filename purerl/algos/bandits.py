@@ -15,7 +15,7 @@ Strategies (K arms, n_a pulls of arm a, μ̂_a their mean reward, t pulls so far
   On a contextual bandit the greedy arm maximises the ridge estimate θ̂_a·x.
 - `ucb1`: argmax μ̂_a + √(c ln t / n_a), untried arms first; c = 2 is Auer et al.'s UCB1.
 - `thompson_beta`: Beta(α₀ + successes, β₀ + failures) posterior per arm (0/1 rewards
-  only: BernoulliBandit-misc); pull the argmax of one posterior sample.
+  only: BernoulliBandit-misc, KArmedBernoulliBandit); pull the argmax of one posterior sample.
 - `thompson_gaussian`: Gaussian prior N(0, prior_std²) on each mean, known reward noise
   noise_std: posterior precision 1/prior_std² + n_a/noise_std², mean Σr/noise_std² / precision.
 - `linucb` (contextual only): per-arm ridge regression A_a = λI + Σ x xᵀ, b_a = Σ r x,
@@ -82,9 +82,10 @@ class Config:
                 f"Config.strategy: 'linucb' needs a contextual bandit, but {self.env} has none; allowed "
                 f"there: {', '.join(repr(s) for s in STRATEGIES if s != 'linucb')}"
             )
-        if self.strategy == "thompson_beta" and self.env != "BernoulliBandit-misc":
+        if self.strategy == "thompson_beta" and self.env not in bandit_envs.BERNOULLI_BANDITS:
             raise ValueError(
-                f"Config.strategy: 'thompson_beta' needs 0/1 rewards (BernoulliBandit-misc), but env is "
+                f"Config.strategy: 'thompson_beta' needs 0/1 rewards ({', '.join(bandit_envs.BERNOULLI_BANDITS)}), "
+                f"but env is "
                 f"{self.env}; allowed there: 'thompson_gaussian', 'ucb1', 'epsilon_greedy'"
             )
         try:
