@@ -118,10 +118,15 @@ def test_env_presets_build_valid_configs(env):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_presets_build(experiment):
     plan = build_plan(compose_cfg(f"experiment={experiment}"))
-    # A preset sweeps an in-job grid, or (static axes such as kv_cache_4x's H_kv) a multirun axis.
+    # A preset sweeps an in-job grid, or (static axes such as kv_cache_4x's H_kv) a multirun axis,
+    # or is one cell of an experiment whose scale trains several jobs (on_vs_off_policy's algorithms).
+    from experiments import lab
+
     multirun = compose_cfg(f"experiment={experiment}", hydra_node=True).hydra.sweeper.get("params") or {}
+    has_scales = (schema.CONF_DIR / "experiment" / experiment / "ci.yaml").exists()
+    jobs = (lab.load_plan(experiment, ["scale=ci"]).get("jobs") or {}) if has_scales else {}
     assert plan.experiment == experiment
-    assert len(plan.sweep) >= 2 or any(len(str(v).split(",")) >= 2 for v in multirun.values())
+    assert len(plan.sweep) >= 2 or any(len(str(v).split(",")) >= 2 for v in multirun.values()) or len(jobs) >= 2
 
 
 @pytest.mark.parametrize(
