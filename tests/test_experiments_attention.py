@@ -162,7 +162,7 @@ def _check_softmax_vs_linear_report(report, plan):
     speed = table_under(report, "Speed: prefill on this CPU")
     assert [row[0] for row in speed] == [f"{n:,}" for n in plan.speed.lengths]
     crossing = table_under(report, "Where chunked linear attention becomes faster")
-    assert len(crossing) == 3 + 2 * 2 * len(plan.gpu.linear_efficiencies)  # CPU paths + model rows
+    assert len(crossing) == 3 + 2 * (1 + len(plan.gpu.fused_efficiencies))  # CPU paths + model rows
     gpu = table_under(report, "Roofline:")
     assert [row[0] for row in gpu][:2] == ["softmax, XLA dense", "softmax, fused (flash)"]
     assert "Reason 1" in report and "Reason 2" in report and "## Answer" in report
