@@ -87,20 +87,28 @@ def bound_recall_batch(key, num_pairs, max_pairs: int, num_keys: int, num_values
 
 
 def recall_settings(plan: DictConfig) -> list[dict[str, Any]]:
-    """One compiled program per (kind, width): the pairs sweep at the main width, and the width
-    sweep (at one pair count) for the kinds it names."""
+    """The compiled programs: the pairs sweep at the main width, and the width sweep (at one pair
+    count) for the kinds it names. With `recall.max_pairs` set, all pair counts of a (kind, width)
+    share one program (sequences padded to max_pairs); with it null, each pair count is its own
+    program with unpadded sequences of 3·pairs tokens."""
     r = plan.recall
-    settings = [{"kind": k, "width": int(w), "pairs": [int(m) for m in r.pairs]} for k in r.kinds for w in r.widths]
+    groups = [[int(m) for m in r.pairs]] if r.max_pairs else [[int(m)] for m in r.pairs]
+    settings = [{"kind": k, "width": int(w), "pairs": g} for k in r.kinds for w in r.widths for g in groups]
     settings += [{"kind": k, "width": int(w), "pairs": [int(r.width_sweep.pairs)]}
                  for k in r.width_sweep.kinds for w in r.width_sweep.widths]
     return settings
 
 
-def lm_config(plan: DictConfig, kind: str, width: int):
+def setting_name(setting: dict[str, Any], plan: DictConfig) -> str:
+    name = f"recall_{setting['kind']}_d{setting['width']}"
+    return name if plan.recall.max_pairs else f"{name}_m{'_'.join(map(str, setting['pairs']))}"
+
+
+def lm_config(plan: DictConfig, kind: str, width: int, max_pairs: int):
     from purerl.attention.lm import LMConfig
 
     r = plan.recall
-    seq_len = 3 * r.max_pairs
+    seq_len = 3 * max_pairs
     return LMConfig(vocab_size=recall_vocab(plan), max_len=seq_len, d_model=width, num_layers=r.layers,
                     num_heads=r.heads, num_kv_heads=r.heads, mlp_ratio=r.mlp_ratio,
                     attention="softmax" if kind == "softmax" else "linear",
@@ -121,7 +129,7 @@ def memory_per_sequence(plan: DictConfig, kind: str, width: int, pairs: int) -> 
     return {"feature_dim": f, "memory_bytes": linear_state_bytes(r.layers, r.heads, f, head_dim, 1, "float32")}
 
 
-def train_recall(key, num_pairs, plan: DictConfig, kind: str, width: int):
+def train_recall(key, num_pairs, plan: DictConfig, kind: str, width: int, max_pairs: int):
     """Train one TinyLM on bound-pair recall with `num_pairs` pairs; returns (accuracy on fresh
     sequences, per-step training accuracy). Pure in `key` and `num_pairs`: vmap both."""
     import jax
@@ -130,11 +138,11 @@ def train_recall(key, num_pairs, plan: DictConfig, kind: str, width: int):
     from purerl.attention.lm import TinyLM, TrainConfig, make_optimizer, masked_loss_and_accuracy
 
     r = plan.recall
-    model = TinyLM(lm_config(plan, kind, width))
+    model = TinyLM(lm_config(plan, kind, width, max_pairs))
     train = TrainConfig(steps=r.steps, batch_size=r.batch_size, learning_rate=r.learning_rate,
                         warmup_steps=max(1, int(r.warmup_fraction * r.steps)))
     optimizer = make_optimizer(train)
-    batch_of = partial(bound_recall_batch, num_pairs=num_pairs, max_pairs=r.max_pairs, num_keys=r.num_keys,
+    batch_of = partial(bound_recall_batch, num_pairs=num_pairs, max_pairs=max_pairs, num_keys=r.num_keys,
                        num_values=r.num_values)
     init_key, data_key, eval_key = jax.random.split(key, 3)
     params = model.init(init_key, batch_of(init_key, batch=1).tokens)
@@ -159,8 +167,9 @@ def train_setting(plan: DictConfig, kind: str, width: int, pairs: list[int]) -> 
 
     seeds = jax.random.split(jax.random.PRNGKey(0), plan.seeds)
     counts = jnp.asarray(pairs)
-    run = jax.vmap(jax.vmap(partial(train_recall, plan=plan, kind=kind, width=width), in_axes=(0, None)),
-                   in_axes=(None, 0))
+    max_pairs = plan.recall.max_pairs or max(pairs)
+    run = jax.vmap(jax.vmap(partial(train_recall, plan=plan, kind=kind, width=width, max_pairs=max_pairs),
+                            in_axes=(0, None)), in_axes=(None, 0))
     accuracy, curves = jax.block_until_ready(jax.jit(run)(seeds, counts))  # [pairs, seeds]
     curves = np.asarray(curves)
     tail = max(1, plan.recall.steps // 10)
@@ -180,7 +189,7 @@ def recall(plan: DictConfig) -> pd.DataFrame:
 
     tables = []
     for s in recall_settings(plan):
-        name = f"recall_{s['kind']}_d{s['width']}"
+        name = setting_name(s, plan)
         identity = {"setting": s, "seeds": plan.seeds, "recipe": OmegaConf.to_container(plan.recall, resolve=True)}
         tables.append(lab.measured(plan, name, identity, partial(train_setting, plan, **s),
                                    code=[lm, linear, bound_recall_batch, lm_config, train_recall, train_setting,

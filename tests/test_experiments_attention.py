@@ -164,7 +164,9 @@ def _check_softmax_vs_linear_report(report, plan):
     crossing = table_under(report, "Where chunked linear attention becomes faster")
     assert len(crossing) == 3 + 2 * (1 + len(plan.gpu.fused_efficiencies))  # CPU paths + model rows
     gpu = table_under(report, "Roofline:")
-    assert [row[0] for row in gpu][:2] == ["softmax, XLA dense", "softmax, fused (flash)"]
+    fused = [f"softmax, fused (flash) ({e:.0%} of peak)" for e in plan.gpu.fused_efficiencies]
+    linear = [f"linear chunked, {m} ({plan.gpu.linear_efficiency:.0%} of peak)" for m in ("elu", "Taylor")]
+    assert [row[0] for row in gpu] == ["softmax, XLA dense", *fused, *linear]
     assert "Reason 1" in report and "Reason 2" in report and "## Answer" in report
 
 
