@@ -35,3 +35,79 @@ def test_ppo_holds_four_models_and_trains_two():
 def test_bad_setup_is_named():
     with pytest.raises(ValueError, match="memory.setup: got 'rlhf'"):
         roles("rlhf")
+
+
+# ---------------------------------------------------------------- offloading, KV cache, `purerl-memory rlhf`
+def test_the_issues_offloading_figures_exactly():
+    """Each 7B bf16 model 14 GB; GRPO 84 GB; offload reference + reward model -> 56 GB; also the
+    optimizer -> 28 GB (actor weights + gradients)."""
+    def grpo(*offload):
+        return setup_memory("grpo", SEVEN_B, reward_model=True, precision="bf16", offload=offload)
+
+    assert setup_memory("sft", SEVEN_B, precision="bf16")["weights"] == 14 * GB
+    assert grpo()["device"] == 84 * GB and grpo()["offloaded"] == 0
+    frozen = grpo("reference", "reward_model")
+    assert frozen["device"] == 56 * GB and frozen["offloaded"] == 28 * GB and frozen["total"] == 84 * GB
+    everything = grpo("reference", "reward_model", "optimizer")
+    assert everything["device"] == 28 * GB and everything["offloaded"] == 56 * GB
+    assert everything["device_models"] == 1
+
+
+def test_mixed_precision_offloading_and_ppo_dpo():
+    mixed = setup_memory("grpo", SEVEN_B, reward_model=True, precision="mixed")
+    assert mixed["optimizer"] == 84 * GB and mixed["device"] == 140 * GB
+    assert setup_memory("grpo", SEVEN_B, reward_model=True, precision="mixed",
+                        offload=("reference", "reward_model", "optimizer"))["device"] == 28 * GB
+    assert setup_memory("ppo", SEVEN_B, reward_model=True, precision="bf16")["device"] == 140 * GB
+    # DPO holds no reward model: offloading one moves nothing.
+    dpo = setup_memory("dpo", SEVEN_B, precision="bf16", offload=("reward_model",))
+    assert dpo["device"] == 70 * GB and dpo["offloaded"] == 0
+
+
+def test_rollout_kv_cache_only_for_generating_setups():
+    from purerl.attention.memory import kv_cache_bytes
+    from purerl.llm.memory import rlhf_rows, rollout_kv_bytes
+
+    kv = dict(layers=32, num_kv_heads=32, head_dim=128, rollout_batch=64, rollout_len=1536, dtype="bf16")
+    assert rollout_kv_bytes("grpo", **kv) == 2 * 32 * 32 * 128 * 2 * 1536 * 64 == kv_cache_bytes(
+        32, 32, 128, 1536, 64, "bf16")
+    assert rollout_kv_bytes("dpo", **kv) == 0
+    rows = rlhf_rows(SEVEN_B, ["grpo", "dpo"], ["bf16"], [(), ("reference", "reward_model")], kv=kv)
+    assert [r["offload"] for r in rows] == [(), ("reference", "reward_model"), (), ("reference",)]
+    assert rows[0]["device_with_kv"] == 84 * GB + rollout_kv_bytes("grpo", **kv)
+
+
+def test_bad_offload_and_counts_are_named():
+    with pytest.raises(ValueError, match="memory.offload: got 'critic'; allowed: 'reference', 'reward_model'"):
+        setup_memory("ppo", 10, offload=("critic",))
+    with pytest.raises(ValueError, match=r"memory.policy_params: got -1; allowed: an integer ≥ 0"):
+        setup_memory("ppo", -1)
+
+
+def test_cli_prints_the_hand_arithmetic(capsys):
+    from purerl.attention.memory import main
+
+    main(["rlhf", "--params", "7B", "--setups", "grpo", "--precision", "bf16"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| GRPO")]
+    device = [cells[7].strip() for cells in rows]
+    assert device == ["84 GB", "56 GB", "28 GB"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--params", "lots"], "purerl-memory.params: got 'lots'; allowed: a count like 7B"),
+    (["--params", "0B"], "purerl-memory.params: got '0B'; allowed: a positive count"),
+    (["--setups", "rlhf"], "purerl-memory.setups: got 'rlhf'; allowed: sft, dpo, grpo, ppo, reward_model"),
+    (["--precision", "fp8"], "purerl-memory.precision: got 'fp8'; allowed: fp32, bf16, mixed"),
+    (["--offload", "critic"], "purerl-memory.offload: got 'critic'; allowed: 'none' or a comma-separated"),
+    (["--rollout-batch", "-2"], "purerl-memory.rollout_batch: got -2; allowed: an integer ≥ 0"),
+    (["--rollout-batch", "4", "--kv-heads", "0"], "kv_cache_bytes.num_kv_heads: got 0; allowed: a positive"),
+    (["--rollout-batch", "4", "--kv-dtype", "int3"], "dtype_bytes.dtype: got 'int3'"),
+    (["--budget", "lots"], "purerl-memory.budget: got 'lots'"),
+])
+def test_cli_rejects_bad_input_with_the_field_named(capsys, argv, message):
+    from purerl.attention.memory import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["rlhf", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

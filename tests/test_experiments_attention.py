@@ -1,0 +1,198 @@
+"""The attention experiments of issue 13 (`rlhf_memory`, `softmax_vs_linear`): a smoke run of each
+(`scale=smoke`) that checks the generated report has the expected tables and rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_experiments import table_under
+
+from experiments import lab
+
+
+def _smoke(module, tmp_path, *extra: str) -> str:
+    argv = ["scale=smoke", f"out_dir={tmp_path / 'out'}", f"report_dir={tmp_path / 'report'}", *extra]
+    assert module.main(argv) == 0
+    return (tmp_path / "report" / f"{module.NAME}.md").read_text()
+
+
+def test_rlhf_memory_smoke(tmp_path):
+    from experiments import rlhf_memory
+
+    report = _smoke(rlhf_memory, tmp_path)
+    plan = lab.load_plan("rlhf_memory", ["scale=smoke"])
+    headline = table_under(report, "Headline: 7B RLHF training memory")
+    assert len(headline) == len(plan.setups) * len(plan.precisions) * len(plan.offloads)  # 3 × 2 × 3
+    grpo_bf16 = [row for row in headline if row[0] == "GRPO" and row[1].startswith("bf16")]
+    assert [row[7] for row in grpo_bf16] == ["84 GB", "56 GB", "28 GB"]  # training state on device
+    grpo_mixed = [row for row in headline if row[0] == "GRPO" and row[1].startswith("mixed")]
+    assert [row[7] for row in grpo_mixed] == ["140 GB", "112 GB", "28 GB"]
+    assert all(row[-1] in ("yes", "no") for row in headline)
+    hand = table_under(report, "Check against the hand arithmetic")
+    assert len(hand) == 6 and all(row[-1] == "yes" for row in hand)
+    conventions = table_under(report, "Bytes per parameter of one trained model")
+    assert [row[0] for row in conventions] == ["fp32", "bf16", "mixed"]
+    assert all(row[-1] == "yes" for row in conventions)
+    kv = table_under(report, "KV cache of the policy while it generates")
+    assert len(kv) == len(plan.kv_sweep.kv_heads) * len(plan.kv_sweep.lens)
+    assert "python -m experiments.rlhf_memory scale=smoke" in report and "## Answer" in report
+    for png in ("breakdown.png", "kv_cache.png"):
+        assert (tmp_path / "report" / "rlhf_memory" / png).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", ["rlhf_memory", "softmax_vs_linear"])
+def test_every_scale_loads(name):
+    assert lab.scales(name) == ["ci", "paper", "smoke"]
+    for scale in lab.scales(name):
+        plan = lab.load_plan(name, [f"scale={scale}"])
+        if scale == "paper":
+            assert plan.seeds >= 32
+
+
+# ---------------------------------------------------------------- softmax_vs_linear
+def _numpy_check_recall_batch(tokens, targets, mask, num_pairs, max_pairs, num_keys, num_values):
+    """Decode every sequence with plain Python and check it is a well-formed recall problem."""
+    pair_base = 1 + num_keys + num_values
+    for seq, tgt, msk in zip(tokens, targets, mask):
+        bound = {}
+        for slot in range(max_pairs):
+            token = int(seq[slot])
+            if slot < num_pairs:
+                key, value = divmod(token - pair_base, num_values)
+                assert 0 <= key < num_keys and key not in bound
+                bound[key] = value
+            else:
+                assert token == 0
+        asked = []
+        for slot in range(max_pairs):
+            position = max_pairs + 2 * slot
+            query, answer = int(seq[position]), int(seq[position + 1])
+            if slot < num_pairs:
+                asked.append(query - 1)
+                assert answer == 1 + num_keys + bound[query - 1]  # the value bound to that key
+                assert msk[position] and int(tgt[position]) == answer
+            else:
+                assert query == answer == 0 and not msk[position]
+        assert sorted(asked) == sorted(bound)  # every key asked once
+        assert int(msk.sum()) == num_pairs
+        np.testing.assert_array_equal(tgt[:-1], seq[1:])
+
+
+def test_bound_recall_batch_is_well_formed():
+    import jax
+
+    from experiments.softmax_vs_linear import bound_recall_batch
+
+    # The pair count is traced: one compiled generator serves every count.
+    make = jax.jit(bound_recall_batch, static_argnames=("max_pairs", "num_keys", "num_values", "batch"))
+    for num_pairs in (1, 3, 5):
+        batch = make(jax.random.PRNGKey(num_pairs), num_pairs, max_pairs=5, num_keys=7, num_values=3, batch=16)
+        assert batch.tokens.shape == (16, 15)
+        _numpy_check_recall_batch(*(np.asarray(x) for x in (batch.tokens, batch.targets, batch.loss_mask)),
+                                  num_pairs, 5, 7, 3)
+
+
+def test_no_binding_baseline_by_simulation():
+    """Answering uniformly among the context's values not yet answered scores H_m / m."""
+    from experiments.softmax_vs_linear import no_binding_accuracy
+
+    rng = np.random.default_rng(0)
+    for m in (2, 4, 8):
+        hits = []
+        for _ in range(4000):
+            remaining = list(range(m))  # distinct values; the queries ask them in a random order
+            for truth in rng.permutation(m):
+                guess = remaining[rng.integers(len(remaining))]
+                hits.append(guess == truth)
+                remaining.remove(truth)
+        assert abs(np.mean(hits) - no_binding_accuracy(m)) < 0.02
+
+
+def test_cost_model_closed_forms_and_crossover():
+    from experiments.softmax_vs_linear import cost, crossover
+
+    n, h, d, c = 256, 4, 16, 32
+    flops, moved = cost("softmax_xla", n, h, d, c, 4)
+    assert flops == 4 * n * n * d * h + 5 * n * n * h
+    assert moved == 4 * n * d * h * 4 + 16 * n * n * h
+    flops, moved = cost("softmax_fused", n, h, d, c, 2, query_block=64)
+    assert flops == 2 * n * n * d * h  # causal blocks skipped: half of QKᵀ and PV
+    assert moved == 4 * n * d * h * 2 + 2 * n * d * h * 2 * 2  # K, V re-read by half of the 4 query blocks
+    flops, _ = cost("linear_chunked_elu", n, h, d, c, 4)
+    # per token: state update 2fd, read-out 2fd, in-chunk scores 2Cf and their product with V 2Cd (f = d)
+    assert flops == h * n * (2 * d * d + 2 * d * d + 2 * c * d + 2 * c * d)
+    taylor, _ = cost("linear_chunked_taylor", n, h, d, c, 4)
+    f = 1 + d + d * d
+    assert taylor == h * n * (4 * f * d + 2 * c * (f + d))
+    lengths = np.array([64, 128, 256, 512, 1024])
+    assert crossover(lengths, lengths**2, 200.0 * lengths) == pytest.approx(200, rel=1e-6)
+    assert crossover(lengths, lengths, 2.0 * lengths) == np.inf
+    assert crossover(lengths, 2.0 * lengths, lengths) == 64
+
+
+def _fake_recall(plan, kind, width, pairs):
+    """Stand-in for training (the slow smoke test trains for real): accuracy by kind."""
+    import pandas as pd
+
+    from experiments.softmax_vs_linear import memory_per_sequence
+
+    level = {"softmax": 0.9, "elu": 0.5, "taylor": 0.7}[kind]
+    return pd.concat([pd.DataFrame({"kind": kind, "width": width, "pairs": m, "seed": np.arange(plan.seeds),
+                                    "accuracy": level - 0.01 * np.arange(plan.seeds),
+                                    "train_accuracy_first10pct": 0.1, "train_accuracy_last10pct": level,
+                                    **memory_per_sequence(plan, kind, width, m)}) for m in pairs],
+                     ignore_index=True)
+
+
+def _fake_standard(plan, kind):
+    import pandas as pd
+
+    c = plan.standard_mqar
+    return pd.DataFrame({"kind": kind, "seed": np.arange(c.seeds), "accuracy": 0.3,
+                         "train_accuracy_first10pct": 0.1, "train_accuracy_last10pct": 0.3})
+
+
+def _check_softmax_vs_linear_report(report, plan):
+    headline = table_under(report, "Headline: MQAR recall")
+    cells = {(row[0], row[1]) for row in headline}
+    r = plan.recall
+    expected = {(str(w), str(m)) for w in r.widths for m in r.pairs}
+    expected |= {(str(w), str(r.width_sweep.pairs)) for w in r.width_sweep.widths}
+    assert cells == expected
+    speed = table_under(report, "Speed: prefill on this CPU")
+    assert [row[0] for row in speed] == [f"{n:,}" for n in plan.speed.lengths]
+    crossing = table_under(report, "Where chunked linear attention becomes faster")
+    assert len(crossing) == 3 + 2 * (1 + len(plan.gpu.fused_efficiencies))  # CPU paths + model rows
+    gpu = table_under(report, "Roofline:")
+    fused = [f"softmax, fused (flash) ({e:.0%} of peak)" for e in plan.gpu.fused_efficiencies]
+    linear = [f"linear chunked, {m} ({plan.gpu.linear_efficiency:.0%} of peak)" for m in ("elu", "Taylor")]
+    assert [row[0] for row in gpu] == ["softmax, XLA dense", *fused, *linear]
+    assert "Reason 1" in report and "Reason 2" in report and "## Answer" in report
+
+
+def test_softmax_vs_linear_smoke_report(tmp_path, monkeypatch):
+    """The report's tables at scale=smoke, with training stubbed (it compiles for minutes on a
+    loaded CPU: see the slow test below); the speed measurement and the model run for real."""
+    from experiments import softmax_vs_linear
+
+    monkeypatch.setattr(softmax_vs_linear, "train_setting", _fake_recall)
+    monkeypatch.setattr(softmax_vs_linear, "standard_mqar_kind", _fake_standard)
+    report = _smoke(softmax_vs_linear, tmp_path)
+    plan = softmax_vs_linear.with_recipe(lab.load_plan("softmax_vs_linear", ["scale=smoke"]))
+    _check_softmax_vs_linear_report(report, plan)
+    assert "python -m experiments.softmax_vs_linear scale=smoke" in report
+    for png in ("recall.png", "prefill.png"):
+        assert (tmp_path / "report" / "softmax_vs_linear" / png).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_softmax_vs_linear_smoke_trains(tmp_path):
+    """The whole smoke run, training included: five small training programs to compile (about
+    1 CPU-minute), hence slow."""
+    from experiments import softmax_vs_linear
+
+    report = _smoke(softmax_vs_linear, tmp_path)
+    plan = softmax_vs_linear.with_recipe(lab.load_plan("softmax_vs_linear", ["scale=smoke"]))
+    _check_softmax_vs_linear_report(report, plan)
+    runs = table_under(report, "Headline: MQAR recall")
+    assert all(0 <= float(row[4].split()[0]) <= 1 for row in runs)
