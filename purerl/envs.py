@@ -7,8 +7,15 @@ observation. Every wrapper here keeps both flags and that final observation, bec
 advantage estimation bootstraps from V(final observation) on truncation.
 
 Stack built by `make_vec_env` (innermost first):
-    gymnax env -> VectorObservation (non-vector obs) -> ClipAction / RescaleAction
-    (continuous) -> EpisodeStatistics -> VecEnv (num_envs copies, vmapped)
+    gymnax env -> AutoReset -> VectorObservation (non-vector obs) -> ClipAction /
+    RescaleAction (continuous) -> EpisodeStatistics -> VecEnv (num_envs copies, vmapped)
+
+Presampled steps (speed): every `step(key, ...)` of gymnax draws random numbers (split
+the key, sample a reset state), and on XLA:CPU every draw is a small loop of its own;
+inside a rollout scan those draws cost about as much as the rest of the env step.
+`VecEnv.presample(keys)` draws the randomness of a whole rollout in one batched call,
+and `step` accepts the result (`PresampledStep`) in place of the key, giving exactly the
+transition `step(key)` gives. The wrappers in between pass the key through untouched.
 
 Observation normalisation is not an env wrapper: its running statistics belong to the
 agent (purerl.rl.normalization), so episodic collectors that reset the envs every update,
@@ -67,6 +74,59 @@ class Wrapper:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._env, name)
+
+
+@struct.dataclass
+class PresampledStep:
+    """Everything random in one step of one env, drawn ahead of time from the step's key.
+
+    For a gymnax env with the standard auto-reset step: `step_key` is the key of the
+    transition itself and `reset_obs` / `reset_state` the episode start an auto-reset
+    would use. For an env with its own `step`, `step_key` is the step's key itself and
+    the reset fields are None (nothing is presampled; `step` runs as usual).
+    """
+
+    step_key: jax.Array
+    reset_obs: Any = None
+    reset_state: Any = None
+
+
+class AutoReset(Wrapper):
+    """gymnax's auto-resetting `step`, able to take its randomness presampled.
+
+    `step(key)` is the env's own step. `step(presample(key))` is the same transition
+    computed from presampled randomness: gymnax's `Environment.step` splits the key into
+    a step key and a reset key, steps, resets, and selects the reset on done; here the
+    split and the reset happen in `presample` (batched over a rollout by VecEnv) and the
+    step only selects. Envs that override `step` (e.g. bsuite's DeepSea) keep theirs.
+    """
+
+    def __init__(self, env: Any):
+        super().__init__(env)
+        self._standard_step = type(env).step is gymnax.environments.environment.Environment.step
+
+    def presample(self, key: jax.Array, params=None) -> PresampledStep:
+        if not self._standard_step:
+            return PresampledStep(key)
+        params = self._env.default_params if params is None else params
+        key_step, key_reset = jax.random.split(key)  # the split gymnax's step makes
+        reset_obs, reset_state = self._env.reset_env(key_reset, params)
+        return PresampledStep(key_step, reset_obs, reset_state)
+
+    def step(self, key, state, action, params=None):
+        if not isinstance(key, PresampledStep):
+            return self._env.step(key, state, action, params)
+        if key.reset_state is None:
+            return self._env.step(key.step_key, state, action, params)
+        # gymnax 1.0.1 Environment.step, with the reset taken from the presample.
+        params = self._env.default_params if params is None else params
+        obs_st, state_st, reward, terminated, info = self._env.step_env(key.step_key, state, action, params)
+        truncated = self._env.is_truncated(state_st, params)
+        done = jnp.logical_or(terminated, truncated)
+        state = jax.tree.map(lambda re, st: jax.lax.select(done, re, st), key.reset_state, state_st)
+        obs = jax.tree.map(lambda re, st: jax.lax.select(done, re, st), key.reset_obs, obs_st)
+        info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
+        return obs, state, reward, terminated, truncated, info
 
 
 class VectorObservation(Wrapper):
@@ -176,8 +236,16 @@ class VecEnv(Wrapper):
         keys = jax.random.split(key, self.num_envs)
         return jax.vmap(self._env.reset, in_axes=(0, None))(keys, params)
 
+    def presample(self, keys: jax.Array, params=None) -> PresampledStep:
+        """The randomness of `step(keys[t], ...)` for every t, drawn in one batched call:
+        `step(presampled[t], ...)` (leaves [T, num_envs, ...]) == `step(keys[t], ...)`."""
+        env_keys = jax.vmap(lambda key: jax.random.split(key, self.num_envs))(keys)
+        presample = jax.vmap(self._env.presample, in_axes=(0, None))
+        return jax.vmap(presample, in_axes=(0, None))(env_keys, params)
+
     def step(self, key, state, action, params=None):
-        keys = jax.random.split(key, self.num_envs)
+        """`key`: a key (split into one per env) or one step of `presample` (per env already)."""
+        keys = key if isinstance(key, PresampledStep) else jax.random.split(key, self.num_envs)
         return jax.vmap(self._env.step, in_axes=(0, 0, 0, None))(keys, state, action, params)
 
 
@@ -198,6 +266,7 @@ def make_vec_env(
             f"action_transform: got {action_transform!r}; allowed: 'clip', 'rescale'"
         )
     env, params = make_env(name, **(env_kwargs or {}))
+    env = AutoReset(env)
     obs_space = env.observation_space(params)
     if isinstance(obs_space, spaces.Discrete) or len(obs_space.shape) != 1:
         env = VectorObservation(env, params)

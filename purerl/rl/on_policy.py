@@ -107,7 +107,8 @@ def collect_rollout(
     policy_fn = make_policy_sampler(network, state.params, state.obs_stats)
     runner, raw, episodes = collect(env, env_params, policy_fn, state.runner, key, num_steps)
     batch = normalize_observations(state.obs_stats, raw)
-    values, next_values = evaluate_values(make_value_fn(network, state.params), batch)
+    last_obs = normalization.normalize(state.obs_stats, runner.obs)
+    values, next_values = evaluate_values(make_value_fn(network, state.params), batch, last_obs)
     state = state.replace(runner=runner, obs_stats=normalization.update(state.obs_stats, raw.obs))
     return state, Rollout(batch, values, next_values, episodes)
 

@@ -1,8 +1,8 @@
 """Collecting on-policy experience from a vectorised gymnax env.
 
-The rollout loop runs only the policy. Values are computed afterwards in one batched
-critic pass over the whole [T, N] buffer (`evaluate_values`), which is cheaper than a
-critic call per step and gives V(final observation) for truncation bootstrapping for free.
+The rollout loop runs only the policy. Values are computed afterwards in batched critic
+passes over the buffer (`evaluate_values`): cheaper than a critic call per step, and
+V(final observation) for truncation bootstrapping comes with them.
 Episode statistics are reduced inside the scan to three scalars per rollout, so nothing
 per-step is kept beyond the training batch itself.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import distrax
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -78,6 +79,45 @@ def init_runner(env: Any, env_params: Any, key: jax.Array) -> EnvRunner:
 PolicyFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
+@struct.dataclass
+class GumbelNoise:
+    """The randomness of one categorical draw, drawn ahead of time: for a key k and
+    logits [..., A], `jax.random.categorical(k, logits)` is argmax(logits + gumbel(k, [..., A]))."""
+
+    noise: jax.Array
+
+
+def presample_policy_noise(dist: distrax.Distribution, keys: jax.Array) -> Any:
+    """The randomness of `sample_and_log_prob(dist', keys[t])` for every t, in one batched
+    call, for distributions `dist'` shaped like `dist`: `GumbelNoise` [T, ..., A] for a
+    categorical policy; other policies get `keys` back (they draw per step)."""
+    if type(dist) is not distrax.Categorical:
+        return keys
+    shape, dtype = dist.logits.shape, dist.logits.dtype
+    return GumbelNoise(jax.vmap(lambda key: jax.random.gumbel(key, shape, dtype))(keys))
+
+
+def sample_and_log_prob(dist: distrax.Distribution, key: Any) -> tuple[jax.Array, jax.Array]:
+    """`dist.sample_and_log_prob(seed=key)`, leaner for a categorical policy, whose `key`
+    may also be its presampled `GumbelNoise` (`presample_policy_noise`).
+
+    distrax's categorical path validates the probabilities (a softmax), draws with an
+    extra sample axis, and takes the log-probability through a one-hot product: about
+    20 small ops per rollout step. The draw and log-probability here are the same numbers
+    (distrax keeps its logits log-softmax-normalised; tests/test_rollout_speedups.py);
+    only distrax's -1 for non-finite probabilities is not reproduced."""
+    if type(dist) is not distrax.Categorical:
+        if isinstance(key, GumbelNoise):
+            raise ValueError(f"GumbelNoise is the randomness of a categorical policy, got {type(dist).__name__}")
+        return dist.sample_and_log_prob(seed=key)
+    log_probs = dist.logits
+    if isinstance(key, GumbelNoise):
+        action = jnp.argmax(key.noise + log_probs, axis=-1)  # jax.random.categorical's own formula
+    else:
+        action = jax.random.categorical(key, log_probs)
+    return action, jnp.take_along_axis(log_probs, action[..., None], axis=-1)[..., 0]
+
+
 def collect(
     env: Any,
     env_params: Any,
@@ -86,20 +126,32 @@ def collect(
     key: jax.Array,
     num_steps: int,
 ) -> tuple[EnvRunner, Transition, EpisodeTotals]:
-    """Step the vectorised env `num_steps` times with `policy_fn(obs, key) -> (action, log_prob)`."""
+    """Step the vectorised env `num_steps` times with `policy_fn(obs, key) -> (action, log_prob)`.
 
-    def step(carry, step_key):
+    Step t uses the keys (policy, env) = split(split(key, num_steps)[t]). All of them,
+    the env's own randomness (`VecEnv.presample`) and the policy's (`policy_fn.presample`
+    where it has one, e.g. `agent.PolicySampler`) are drawn before the scan in batched calls:
+    on XLA:CPU each random draw is a loop of its own (threefry's rounds run rolled), more
+    ops than the rest of a CartPole step. The transitions are the ones per-step draws
+    give (flags and actions bit for bit, floats to rounding; tests/test_rollout_speedups.py)."""
+    step_keys = jax.vmap(jax.random.split)(jax.random.split(key, num_steps))  # [T, 2]
+    policy_keys, env_keys = step_keys[:, 0], step_keys[:, 1]
+    env_inputs = env.presample(env_keys, env_params) if hasattr(env, "presample") else env_keys
+    policy_inputs = policy_fn.presample(policy_keys, runner.obs) if hasattr(policy_fn, "presample") else policy_keys
+
+    def step(carry, inputs):
         runner, totals = carry
-        policy_key, env_key = jax.random.split(step_key)
+        policy_key, env_input = inputs
         action, log_prob = policy_fn(runner.obs, policy_key)
         obs, env_state, reward, terminated, truncated, info = env.step(
-            env_key, runner.env_state, action, env_params
+            env_input, runner.env_state, action, env_params
         )
         done = info["episode_done"]
+        # Per-env sums in the carry; the sum over envs happens once, after the scan.
         totals = EpisodeTotals(
-            totals.return_sum + jnp.sum(jnp.where(done, info["episode_return"], 0.0)),
-            totals.length_sum + jnp.sum(jnp.where(done, info["episode_length"], 0)),
-            totals.count + jnp.sum(done, dtype=jnp.int32),
+            totals.return_sum + jnp.where(done, info["episode_return"], 0.0),
+            totals.length_sum + jnp.where(done, info["episode_length"], 0).astype(jnp.float32),
+            totals.count + done.astype(jnp.int32),
         )
         transition = Transition(
             obs=runner.obs,
@@ -112,19 +164,48 @@ def collect(
         )
         return (EnvRunner(env_state, obs), totals), transition
 
-    (runner, totals), batch = lax.scan(
-        step, (runner, EpisodeTotals.zeros()), jax.random.split(key, num_steps)
-    )
-    return runner, batch, totals
+    per_env = jax.tree.map(lambda x: jnp.zeros(runner.obs.shape[:1], x.dtype), EpisodeTotals.zeros())
+    (runner, totals), batch = lax.scan(step, (runner, per_env), (policy_inputs, env_inputs))
+    return runner, batch, jax.tree.map(jnp.sum, totals)
 
 
 def evaluate_values(
-    value_fn: Callable[[jax.Array], jax.Array], batch: Transition
+    value_fn: Callable[[jax.Array], jax.Array], batch: Transition, last_obs: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """(V(s_t), V(s'_t)) for the whole rollout in one critic call."""
-    both = value_fn(jnp.concatenate([batch.obs, batch.next_obs], axis=0))
-    horizon = batch.obs.shape[0]
-    return both[:horizon], both[horizon:]
+    """(V(s_t), V(s'_t)) [T, N] for a rollout whose envs ended at `last_obs` [N, ...].
+
+    Without `last_obs` (a batch that is not one contiguous rollout), one critic call
+    evaluates all 2·T·N rows of `obs` and `next_obs`.
+
+    s'_t is s_{t+1} (the next row of the batch, or `last_obs` after the last step) unless
+    the episode ended at step t; only there is it a different observation, the final one
+    (`batch.next_obs`). So one critic call covers the (T+1)·N observations s_0..s_T, and
+    the ended rows, a few percent of the batch, get their own critic call (in chunks of
+    T·N/16 rows, as many chunks as needed), instead of evaluating all 2·T·N rows."""
+    if last_obs is None:
+        both = value_fn(jnp.concatenate([batch.obs, batch.next_obs], axis=0))
+        return both[: batch.obs.shape[0]], both[batch.obs.shape[0] :]
+    values = value_fn(jnp.concatenate([batch.obs, last_obs[None]], axis=0))
+    horizon, num_envs = values.shape[0] - 1, values.shape[1]
+    size = horizon * num_envs
+    chunk = max(1, size // 16)
+    num_chunks = -(-size // chunk)
+    ended = jnp.logical_or(batch.terminated, batch.truncated).reshape(size)
+    # Flat indices of the ended rows first, then `size` (out of bounds: gathers clip, writes drop).
+    (ended_rows,) = jnp.nonzero(ended, size=num_chunks * chunk, fill_value=size)
+    final_obs = batch.next_obs.reshape((size,) + batch.next_obs.shape[2:])
+
+    def evaluate_chunk(carry):
+        index, next_values = carry
+        rows = lax.dynamic_slice_in_dim(ended_rows, index * chunk, chunk)
+        chunk_values = value_fn(jnp.take(final_obs, rows, axis=0, mode="clip"))
+        return index + 1, next_values.at[rows].set(chunk_values, mode="drop")
+
+    num_ended = jnp.sum(ended, dtype=jnp.int32)
+    _, next_values = lax.while_loop(
+        lambda carry: carry[0] * chunk < num_ended, evaluate_chunk, (jnp.int32(0), values[1:].reshape(size))
+    )
+    return values[:horizon], next_values.reshape(horizon, num_envs)
 
 
 def first_episode_mask(terminated: jax.Array, truncated: jax.Array) -> jax.Array:

@@ -1,0 +1,197 @@
+"""The rollout's speed-ups give the numbers of the plain code they replace.
+
+- Presampled env steps (`AutoReset`, `VecEnv.presample`) == gymnax's own `env.step(key)`
+  across auto-resets (flags exactly, floats to rounding): CartPole (discrete), Pendulum
+  (continuous, truncation) and DeepSea (an env with its own `step`, drawing per step).
+- The lean categorical sampler (per-step key or presampled Gumbel noise) == distrax's
+  `sample_and_log_prob`.
+- `evaluate_values` with `last_obs` == a direct critic call on every next observation,
+  including V(final observation) on truncated rows.
+- `random_permutation` is a permutation, reproducible, and uniform (chi-square).
+"""
+
+from __future__ import annotations
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tol
+from scipy import stats
+
+from purerl import envs
+from purerl.algos import ppo
+from purerl.rl import rollout
+from purerl.rl.agent import PolicySampler, build_env_and_network, init_params, make_value_fn
+from purerl.rl.training import random_permutation
+
+NUM_ENVS, NUM_STEPS = 6, 40
+
+
+def assert_same(got, want):
+    """Integers and flags exactly; floats to float32 rounding (the presampled reset is
+    compiled into a different fusion, where XLA may contract a multiply-add differently)."""
+    for have, expected in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        have, expected = np.asarray(have), np.asarray(expected)
+        assert have.dtype == expected.dtype and have.shape == expected.shape
+        if np.issubdtype(expected.dtype, np.floating):
+            np.testing.assert_allclose(have, expected, **tol())
+        else:
+            np.testing.assert_array_equal(have, expected)
+
+
+class PerKeyEnv:
+    """The env stack without `presample`: every step draws from its own key, as before."""
+
+    def __init__(self, env):
+        self._env = env
+
+    def reset(self, key, params=None):
+        return self._env.reset(key, params)
+
+    def step(self, key, state, action, params=None):
+        return self._env.step(key, state, action, params)
+
+
+def _random_actions(env, params, key, shape):
+    space = env.action_space(params)
+    if hasattr(space, "n"):
+        return jax.random.randint(key, shape, 0, space.n)
+    return jax.random.uniform(key, shape + tuple(space.shape), minval=space.low, maxval=space.high)
+
+
+def _trajectories(name, env_params_update=None):
+    """(gymnax's env.step per key, AutoReset.step on VecEnv.presample) over NUM_STEPS
+    steps of NUM_ENVS envs with the same keys and actions."""
+    gym_env, params = envs.make_env(name)
+    if env_params_update:
+        params = params.replace(**env_params_update)
+    vec = envs.VecEnv(envs.AutoReset(gym_env), NUM_ENVS)
+    key_reset, key_steps, key_actions = jax.random.split(jax.random.PRNGKey(3), 3)
+    step_keys = jax.random.split(key_steps, NUM_STEPS)
+    actions = _random_actions(gym_env, params, key_actions, (NUM_STEPS, NUM_ENVS))
+    _, state0 = vec.reset(key_reset, params)
+
+    def reference(state, inputs):  # gymnax's own step, one key per env
+        key, action = inputs
+        keys = jax.random.split(key, NUM_ENVS)
+        obs, state, reward, terminated, truncated, info = jax.vmap(gym_env.step, (0, 0, 0, None))(
+            keys, state, action, params
+        )
+        return state, (obs, reward, terminated, truncated, info["final_observation"])
+
+    def presampled(state, inputs):
+        sample, action = inputs
+        obs, state, reward, terminated, truncated, info = vec.step(sample, state, action, params)
+        return state, (obs, reward, terminated, truncated, info["final_observation"])
+
+    run = jax.jit(lambda: (
+        jax.lax.scan(reference, state0, (step_keys, actions))[1],
+        jax.lax.scan(presampled, state0, (vec.presample(step_keys, params), actions))[1],
+    ))
+    return run()
+
+
+@pytest.mark.parametrize(
+    "name, params_update",
+    [("CartPole-v1", None), ("Pendulum-v1", {"max_steps_in_episode": 15}), ("DeepSea-bsuite", None)],
+)
+def test_presampled_env_step_equals_gymnax_step(name, params_update):
+    expected, got = _trajectories(name, params_update)
+    obs, reward, terminated, truncated, final_obs = expected
+    ended = np.asarray(terminated | truncated)
+    assert ended.any(), "the trajectory must cross an auto-reset to test it"
+    if params_update:
+        assert np.asarray(truncated).any()
+    assert_same(got, expected)
+
+
+def test_lean_categorical_equals_distrax():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (NUM_ENVS, 5)) * 3.0
+    dist = distrax.Categorical(logits=logits)
+    keys = jax.random.split(jax.random.PRNGKey(1), 64)
+    noise = rollout.presample_policy_noise(dist, keys)
+
+    @jax.jit
+    def draws(keys, noise):
+        return (
+            jax.vmap(lambda k: dist.sample_and_log_prob(seed=k))(keys),
+            jax.vmap(lambda k: rollout.sample_and_log_prob(dist, k))(keys),
+            jax.vmap(lambda n: rollout.sample_and_log_prob(dist, n))(noise),
+        )
+
+    (want_action, want_log_prob), (lean_action, lean_log_prob), (pre_action, pre_log_prob) = draws(keys, noise)
+    assert len(np.unique(np.asarray(want_action))) == 5  # the draws cover every action
+    for action, log_prob in [(lean_action, lean_log_prob), (pre_action, pre_log_prob)]:
+        np.testing.assert_array_equal(np.asarray(action), np.asarray(want_action))
+        np.testing.assert_allclose(np.asarray(log_prob), np.asarray(want_log_prob), **tol())
+    # Non-categorical policies keep distrax's own draw; Gumbel noise for them is an error.
+    normal = distrax.Normal(jnp.zeros(3), jnp.ones(3))
+    assert rollout.presample_policy_noise(normal, keys) is keys
+    with pytest.raises(ValueError, match="GumbelNoise"):
+        rollout.sample_and_log_prob(normal, noise)
+
+
+def test_collect_presampled_equals_per_step_keys():
+    """collect() on the make_vec_env stack with a PolicySampler (env randomness and Gumbel
+    noise presampled) == the same env and policy drawing from per-step keys."""
+    config = ppo.Config(num_envs=NUM_ENVS, num_steps=NUM_STEPS)
+    env, env_params, network = build_env_and_network(config)
+    params = init_params(network, env, env_params, jax.random.PRNGKey(0))
+    sampler = PolicySampler(network, params)
+    runner = rollout.init_runner(env, env_params, jax.random.PRNGKey(1))
+
+    def both(key):
+        presampled = rollout.collect(env, env_params, sampler, runner, key, NUM_STEPS)
+        per_step = rollout.collect(PerKeyEnv(env), env_params, lambda o, k: sampler(o, k), runner, key, NUM_STEPS)
+        return presampled, per_step
+
+    presampled, per_step = jax.jit(both)(jax.random.PRNGKey(2))
+    assert np.asarray(per_step[1].terminated).any()
+    assert_same(presampled, per_step)
+
+
+@pytest.mark.parametrize("ended_fraction", [0.05, 1.0])  # one chunk of ended rows; all rows
+def test_evaluate_values_with_last_obs_matches_direct_critic(highest_precision, ended_fraction):
+    config = ppo.Config()
+    env, env_params, network = build_env_and_network(config)
+    params = init_params(network, env, env_params, jax.random.PRNGKey(0))
+    value_fn = jax.jit(make_value_fn(network, params))
+    num_steps, num_envs = 32, 4
+    k_obs, k_final, k_ended, k_kind = jax.random.split(jax.random.PRNGKey(1), 4)
+    states = jax.random.normal(k_obs, (num_steps + 1, num_envs, 4))  # s_0 .. s_T
+    final_obs = jax.random.normal(k_final, (num_steps, num_envs, 4))
+    ended = jax.random.uniform(k_ended, (num_steps, num_envs)) < ended_fraction
+    truncated = ended & (jax.random.uniform(k_kind, (num_steps, num_envs)) < 0.5)
+    terminated = ended & ~truncated
+    next_obs = jnp.where(ended[..., None], final_obs, states[1:])
+    zeros = jnp.zeros((num_steps, num_envs))
+    batch = rollout.Transition(states[:-1], zeros.astype(jnp.int32), zeros, zeros, terminated, truncated, next_obs)
+    evaluate = jax.jit(lambda batch, last_obs: rollout.evaluate_values(value_fn, batch, last_obs))
+    values, next_values = evaluate(batch, states[-1])
+    assert np.asarray(truncated).any() and np.asarray(terminated).any()
+    np.testing.assert_allclose(values, value_fn(states[:-1]), **tol())
+    np.testing.assert_allclose(next_values, value_fn(next_obs), **tol())
+    # V(final obs) where truncated differs from V(s_{t+1}) there: the fix-up matters.
+    truncated_rows = np.asarray(truncated)
+    assert not np.allclose(np.asarray(next_values)[truncated_rows], np.asarray(value_fn(states[1:]))[truncated_rows])
+    # Without last_obs: the plain all-rows path, same numbers.
+    _, plain_next = evaluate(batch, None)
+    np.testing.assert_allclose(plain_next, next_values, **tol())
+
+
+def test_random_permutation_is_a_uniform_permutation():
+    n, draws = 6, 6000
+    keys = jax.random.split(jax.random.PRNGKey(0), draws)
+    perms = np.asarray(jax.jit(jax.vmap(random_permutation, (0, None)), static_argnums=1)(keys, n))
+    np.testing.assert_array_equal(np.sort(perms, axis=1), np.tile(np.arange(n), (draws, 1)))
+    alone = np.asarray(random_permutation(keys[7], n))
+    np.testing.assert_array_equal(alone, perms[7])
+    # Position of each element: uniform over the n positions.
+    counts = np.stack([np.bincount(np.argmax(perms == value, axis=1), minlength=n) for value in range(n)])
+    assert stats.chisquare(counts.ravel(), np.full(n * n, draws / n)).pvalue > 1e-4
+    # Large n: a permutation too (and the fallback beyond 2^16).
+    for size in (512, 70_000):
+        big = np.asarray(random_permutation(jax.random.PRNGKey(1), size))
+        np.testing.assert_array_equal(np.sort(big), np.arange(size))
