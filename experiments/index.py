@@ -38,6 +38,7 @@ python -m experiments.<name>                 # scale=ci: trains what is missing,
 python -m experiments.<name> scale=paper     # >= 32 seeds, literature budgets (GPU/TPU)
 python -m experiments.<name> force=true      # redo finished jobs and measurements
 python -m experiments.<name> seeds=4 out_dir=/tmp/x report_dir=/tmp/x   # any key of the scale file
+python -m experiments.<name> workers=2       # train two jobs at a time, each in its own process
 ```
 
 Results go to `outputs/experiments/<name>/<scale>/` (one `purerl-train` job folder per
@@ -77,10 +78,15 @@ def section(name: str, text: str) -> str:
         parts += ["```bash", command.group(1), "```", ""]
     if table:
         parts += [table]
-    total = re.search(r"Wall time of each part when it ran \(total (\d+) s", text)
+    total = re.search(r"Wall time of each part when it ran \((?:total|sum) (\d+) s"
+                      r"(?:; the training jobs ran (\d+) at a time, from the first start to the last finish "
+                      r"in (\d+) s)?",
+                      text)
     if total:
-        parts += [f"Wall time of the last `scale=ci` run: {total.group(1)} s (shared 2-core CPU; per part in the "
-                  "report).", ""]
+        overlap = (f"; its training jobs ran {total.group(2)} at a time and took {total.group(3)} s from first start "
+                   "to last finish" if total.group(2) else "")
+        parts += [f"Wall time of the last `scale=ci` run: {total.group(1)} s summed over its parts{overlap} (shared "
+                  "2-core CPU; per part in the report).", ""]
     return "\n".join(parts)
 
 

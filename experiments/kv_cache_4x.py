@@ -14,6 +14,7 @@ decode time with `generate` (one program: prefill + a `lax.scan` of decode steps
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 
@@ -81,14 +82,22 @@ def measure_memory(plan: DictConfig, config) -> dict[str, pd.DataFrame]:
 
 
 # ---------------------------------------------------------------- timing
+def timing_config(plan: DictConfig, config, attention: str, h_kv: int, context: int):
+    """The timed model: the trained family (same 32 query heads) widened by `timing.model`, so a
+    decode step's cache read is large against its fixed cost, with max_len = context."""
+    lm = config.lm_config(h_kv or config.num_heads)
+    return dataclasses.replace(lm, attention=attention, max_len=context, **dict(plan.timing.get("model") or {}))
+
+
 def measure_timing(plan: DictConfig, config) -> pd.DataFrame:
     """Per context n and variant: prefill time and per-token decode time, both from `generate`.
 
-    Decode: one `generate` call from a 1-token prompt sampling n − 1 tokens, so its cache holds
-    n − 1 positions; decode attends over the whole cache buffer (masked by length), so every
-    step costs what a step at context n costs, and per token = call time / (n − 1) (the
-    1-token prefill is negligible). Prefill: one call with an (n − 1)-token prompt and one
-    sampled token. Variants are timed in turn, best of `rounds`."""
+    Decode: one `generate` call from a 1-token prompt sampling `decode_steps` tokens into a
+    cache of n slots (`cache_len`, as a server allocates it). A decode step attends over the
+    whole buffer (masked by length), so every step costs what a step at context n costs, and per
+    token = call time / decode_steps (the 1-token prefill is negligible). Prefill: one call
+    with an (n − 1)-token prompt and one sampled token. Variants are timed in turn, best of
+    `rounds`."""
     import jax
 
     from purerl.attention import TinyLM, generate
@@ -97,14 +106,14 @@ def measure_timing(plan: DictConfig, config) -> pd.DataFrame:
     rows = []
     for context in (int(c) for c in spec.contexts):
         calls = []
+        steps = min(int(spec.decode_steps), context - 1)
         for attention, h_kv in variants(spec):
-            lm = dataclasses.replace(config.lm_config(h_kv or config.num_heads), attention=attention,
-                                     max_len=context)
+            lm = timing_config(plan, config, attention, h_kv, context)
             params = jax.jit(TinyLM(lm).init)(jax.random.PRNGKey(0), jax.numpy.zeros((1, 8), jax.numpy.int32))
             prompt = jax.random.randint(jax.random.PRNGKey(1), (spec.batch, context - 1), 0, lm.vocab_size)
-            for kind, tokens, steps in (("prefill", prompt, 1), ("decode", prompt[:, :1], context - 1)):
-                def call(params=params, lm=lm, tokens=tokens, steps=steps):
-                    return generate(params, lm, tokens, jax.random.PRNGKey(2), steps=steps).tokens
+            for kind, tokens, n, slots in (("prefill", prompt, 1, None), ("decode", prompt[:, :1], steps, context)):
+                def call(params=params, lm=lm, tokens=tokens, n=n, slots=slots):
+                    return generate(params, lm, tokens, jax.random.PRNGKey(2), steps=n, cache_len=slots).tokens
 
                 jax.block_until_ready(call())  # compile
                 calls.append(((attention, h_kv, kind), call))
@@ -115,12 +124,36 @@ def measure_timing(plan: DictConfig, config) -> pd.DataFrame:
                 jax.block_until_ready(call())
                 best[key] = min(best.get(key, np.inf), time.perf_counter() - start)
         for attention, h_kv in variants(spec):
+            lm = timing_config(plan, config, attention, h_kv, context)
             rows.append(dict(context=context, variant=variant(attention, h_kv, config.num_heads),
                              kv_heads=h_kv or config.num_heads, prefill_ms=1e3 * best[(attention, h_kv, "prefill")],
-                             decode_ms_per_token=1e3 * best[(attention, h_kv, "decode")] / (context - 1)))
+                             decode_ms_per_token=1e3 * best[(attention, h_kv, "decode")] / steps,
+                             cache_bytes_read=(kv_cache_read(lm, h_kv, context) if attention == "softmax" else
+                                               linear_state_read(lm)),
+                             load=os.getloadavg()[0]))
         jax.clear_caches()
         print(f"[{NAME}] timing: context {context} done", flush=True)
     return pd.DataFrame(rows)
+
+
+def timing_shape(plan: DictConfig, config) -> str:
+    lm = timing_config(plan, config, "softmax", config.num_heads, 1)
+    return f"d_model {lm.d_model}, head_dim {lm.resolved_head_dim}, {lm.num_layers} layer(s)"
+
+
+def kv_cache_read(lm, h_kv: int, context: int) -> int:
+    """Bytes of K and V one decode step reads (the whole buffer, all layers, batch 1, fp32)."""
+    from purerl.attention import kv_cache_bytes
+
+    return kv_cache_bytes(lm.num_layers, h_kv, lm.resolved_head_dim, context, 1, "float32")
+
+
+def linear_state_read(lm) -> int:
+    from purerl.attention import linear_state_bytes
+    from purerl.attention.linear import feature_dim
+
+    return linear_state_bytes(lm.num_layers, lm.num_heads, feature_dim(lm.feature_map, lm.resolved_head_dim),
+                              lm.resolved_head_dim, 1, "float32")
 
 
 # ---------------------------------------------------------------- quality from the jobs
@@ -210,6 +243,11 @@ def timing_table_md(timing: pd.DataFrame) -> str:
         out[f"decode ms/token @ {context:,}"] = [lab.fmt(table.loc[v, context]) for v in order]
     for context in prefill.columns:
         out[f"prefill ms @ {context:,}"] = [lab.fmt(prefill.loc[v, context]) for v in order]
+    longest = timing[timing.context == timing.context.max()].set_index("variant")
+    n = int(timing.context.max())
+    out[f"cache read / step @ {n:,}"] = [format_bytes(longest.loc[v].cache_bytes_read) for v in order]
+    out[f"streamed GB/s @ {n:,}"] = [
+        lab.fmt(longest.loc[v].cache_bytes_read / longest.loc[v].decode_ms_per_token / 1e6, 2) for v in order]
     return lab.markdown_table(out)
 
 
@@ -298,6 +336,16 @@ def decision_table(memory: pd.DataFrame, reference: pd.DataFrame, timing: pd.Dat
             "conversion cost from an MHA checkpoint": conversion,
         })
     return pd.DataFrame(rows)
+
+
+def growth(timing: pd.DataFrame) -> str:
+    """How each variant's per-token decode time grew from the shortest to the longest context."""
+    short, long = timing.context.min(), timing.context.max()
+    by = timing.set_index(["variant", "context"]).decode_ms_per_token
+    parts = ", ".join(f"{v} {by[v, long] / by[v, short]:.2g}×" for v in dict.fromkeys(timing.variant))
+    return (f"From {short:,} to {long:,} tokens ({long / short:.2g}× the context) the per-token decode time grew: "
+            f"{parts} — linear attention reads a constant state and does no per-position work, so only its fixed "
+            "per-step cost (and the shared machine's noise) remains.")
 
 
 def ratio(base: float, other: float) -> str:
@@ -409,7 +457,7 @@ def plot_conversion(conversions: pd.DataFrame, scratch: pd.DataFrame):
 
 
 # ---------------------------------------------------------------- report
-def answer(memory, reference, timing, scratch, conversions, config) -> str:
+def answer(memory, reference, timing, scratch, conversions, config, plan) -> str:
     base = variant("softmax", config.num_heads, config.num_heads)
     longest = timing[timing.context == timing.context.max()].set_index("variant")
     lines = []
@@ -428,18 +476,29 @@ def answer(memory, reference, timing, scratch, conversions, config) -> str:
                              for v in longest.index if v != base)
         prefill = ", ".join(f"{v} {ratio(longest.loc[base].prefill_ms, longest.loc[v].prefill_ms)}"
                             for v in longest.index if v != base)
-        kv_per_token = 2 * config.num_layers * config.head_dim * 4 * int(timing.context.max())
+        reads = ", ".join(f"{v} {ratio(longest.loc[base].cache_bytes_read, longest.loc[v].cache_bytes_read)}"
+                          for v in longest.index if v != base)
+        n = int(timing.context.max())
+        lm = timing_config(plan, config, "softmax", config.num_heads, n)
+        flops = 4 * lm.num_layers * lm.num_heads * n * lm.resolved_head_dim  # q·Kᵀ and P·V, multiply + add
+        fastest = min((v for v in longest.index if v not in (base, "linear")),
+                      key=lambda v: longest.loc[v].decode_ms_per_token)
         lines.append(
-            f"- **Speed (measured, this CPU):** at {int(timing.context.max()):,} tokens the per-token decode time "
-            f"relative to {base} is {speedups}; prefill {prefill}. At this model size a decode step reads "
-            f"{kv_per_token * config.num_heads / 2**20:.3g} MiB of cache (all layers, fp32) for {base} and "
-            f"{kv_per_token / 2**10:.3g} KiB for MQA, which the shared 2-core CPU streams in well under the fixed "
-            "per-step cost of the tiny model, so the H_kv effect on decode is within the timing noise here; only "
-            "linear attention (no cache read at all) separates clearly. At a realistic shape the cache read "
-            "dominates: `benchmarks/attention.py --clock cpu` (docs/attention.md; 32 query heads × 128, fp32, "
-            "32k context, attention decode only) measured MHA-32 58.6 ms, GQA-8 40.9 ms, MQA 12.2 ms and linear "
-            "0.14 ms per token on this CPU. Prefill computes all 32 query heads whatever H_kv, so H_kv barely moves "
-            "it; linear attention's chunked prefill is linear in the context (its ratio above).")
+            f"- **Speed (measured, this CPU; {timing_shape(plan, config)}):** at {n:,} tokens a {base} decode step "
+            f"reads {format_bytes(longest.loc[base].cache_bytes_read)} of cache and takes "
+            f"{lab.fmt(longest.loc[base].decode_ms_per_token)} ms per token "
+            f"({lab.fmt(longest.loc[base].cache_bytes_read / longest.loc[base].decode_ms_per_token / 1e6, 2)} GB/s "
+            f"streamed: memory-bound). Relative to it, per-token decode is {speedups} faster, for {reads} fewer "
+            "cache bytes per step. Time follows bytes only until the step stops being memory-bound: the attention's "
+            f"arithmetic, 4·H_q·n·d = {flops / 1e6:.3g} MFLOP per step, is the same for every H_kv (all "
+            f"{lm.num_heads} query heads still score every position), and {fastest}'s step runs it at "
+            f"{lab.fmt(flops / longest.loc[fastest].decode_ms_per_token / 1e6, 2)} GFLOP/s, so cutting the cache "
+            "further buys little on this CPU; a GPU moves that bound far out (hundreds of times the FLOP rate for "
+            f"tens of times the bandwidth). {growth(timing)} Prefill computes all 32 query heads whatever H_kv, so "
+            f"H_kv barely moves it ({prefill}); linear attention's chunked prefill is linear in the context. The "
+            "attention-only benchmark at a realistic shape (`benchmarks/attention.py --clock cpu`, 32 query heads × "
+            "128, fp32, 32k context) measured MHA-32 58.6, GQA-8 40.9, MQA 12.2 and linear 0.14 ms per token on this "
+            "CPU (there XLA:CPU's small-matrix kernel, not memory, bounds GQA-8: docs/attention.md).")
     deltas = []
     spread = float(np.ptp(scratch.groupby("variant").language_excess.mean()))
     for v in dict.fromkeys(scratch.variant):
@@ -505,7 +564,7 @@ def run(plan: DictConfig) -> None:
         f"next-token loss on each evaluation batch is known, so quality is reported as the excess over it. Held-out "
         f"metrics on {config.eval_batch} fresh sequences per task. Presets: `conf/experiment/{NAME}.yaml` and "
         f"`conf/experiment/{NAME}/{plan.scale}.yaml`.",
-        "## Answer\n\n" + answer(tiny, reference, timing, scratch, conversions, config),
+        "## Answer\n\n" + answer(tiny, reference, timing, scratch, conversions, config, plan),
     )
     report.headline("Decision table", lab.markdown_table(
         decision_table(tiny, reference, timing, scratch, conversions, plan, config)))
@@ -529,13 +588,18 @@ def run(plan: DictConfig) -> None:
                   "Cache per sequence and the largest batch that fits the budget, per variant (reference shape)")
     report.add(
         "## Speed: decode and prefill",
-        f"Untrained models of the trained family (same shapes) with max_len = context n; batch {plan.timing.batch}. "
-        "Decode: one `generate` call (prefill + a `lax.scan` of decode steps, one program) from a 1-token prompt "
-        "sampling n − 1 tokens; decode attends over the whole cache buffer, masked by length, so each step costs "
-        "what a step at context n costs, and the per-token time is the call time / (n − 1). Prefill: one `generate` "
-        "call with an (n − 1)-token prompt and one sampled token. Wall time, best of "
-        f"{plan.timing.rounds} rounds, variants in turn, on the shared 2-core CPU (load 10–13 during this run: "
-        "curves that are not monotone in the context are that noise, not a property of the variants).",
+        f"Untrained models of the family: the same {config.num_heads} query heads, widened for timing "
+        f"({timing_shape(plan, config)}) so that a decode step's cache read, not the model's fixed per-step cost, "
+        f"is what H_kv changes; max_len = context n; batch {plan.timing.batch}. Decode: one `generate` call "
+        f"(prefill + a `lax.scan` of decode steps, one program) from a 1-token prompt sampling "
+        f"{plan.timing.decode_steps} tokens into a cache of n slots (`cache_len=n`, as a server allocates it); a "
+        "decode step attends over the whole cache buffer, masked by length, so "
+        "each step costs what a step at context n costs, and the per-token time is the call time / steps. Prefill: "
+        "one `generate` call with an (n − 1)-token prompt and one sampled token. Wall time, best of "
+        f"{plan.timing.rounds} rounds, variants in turn, on the shared 2-core CPU (load average "
+        f"{lab.fmt(timing.load.min(), 2)}–{lab.fmt(timing.load.max(), 2)} while timing). The last column is the "
+        "cache (K and V, or the linear state) one decode step reads, divided by the step's time: what the step "
+        "streams, an upper bound on memory traffic's share.",
         "### Per-token decode and prefill time (ms, CPU, best of rounds)",
         timing_table_md(timing),
     )

@@ -138,6 +138,18 @@ def test_log_probs_match_float64_reference(name):
     assert np.all(np.asarray(rescored)[:, 0] == 0)
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_longer_cache_buffer_changes_nothing(name):
+    # Decode masks the unused slots: a cache allocated at max_len (as a server would, and as
+    # the decode timings do) samples the same tokens with the same log-probs.
+    cfg, params, prompt = setup(name)
+    key = jax.random.PRNGKey(7)
+    short = generate(params, cfg, prompt, key, steps=STEPS, temperature=0.9)
+    full = generate(params, cfg, prompt, key, steps=STEPS, temperature=0.9, cache_len=cfg.max_len)
+    np.testing.assert_array_equal(full.tokens, short.tokens)
+    np.testing.assert_allclose(full.log_probs, short.log_probs, **tol())
+
+
 def test_vmap_over_seeds_and_temperatures_equals_each_run_alone():
     cfg, params, prompt = setup("softmax-GQA")
     keys = jax.random.split(jax.random.PRNGKey(11), 4)
@@ -183,6 +195,9 @@ def test_eos_ends_each_sequence_and_masks_the_rest():
         (dict(temperature=np.ones(2)), r"generate.temperature: .*\[B=3\]"),
         (dict(eos_token=VOCAB), r"generate.eos_token: got 32; allowed: None or an int in "
                                 r"\[0, 32\)"),
+        (dict(cache_len=17), r"generate.cache_len: got 17; allowed: None or an int in "
+                             r"\[prompt \+ steps - 1 = 13, LMConfig.max_len = 16\]"),
+        (dict(cache_len=12), r"generate.cache_len: got 12; allowed"),
         (dict(prompt=np.zeros((3,), np.int32)), r"generate.prompt: got shape \(3,\)"),
         (dict(prompt=np.zeros((3, 2), np.float32)), r"generate.prompt: got dtype float32"),
         (dict(prompt=np.full((3, 2), VOCAB)), r"generate.prompt: got token ids in \[32, 32\]; "

@@ -90,7 +90,9 @@ def test_lm_pretrain_config_errors_name_the_field(kwargs, message):
 def test_kv_cache_4x_smoke(tmp_path):
     from experiments import kv_cache_4x, lab
 
-    assert kv_cache_4x.main(["scale=smoke", f"out_dir={tmp_path / 'out'}", f"report_dir={tmp_path / 'report'}"]) == 0
+    # workers=2: the training jobs run two at a time in spawned processes (lab.train_jobs).
+    assert kv_cache_4x.main(["scale=smoke", "workers=2", f"out_dir={tmp_path / 'out'}",
+                             f"report_dir={tmp_path / 'report'}"]) == 0
     report = (tmp_path / "report" / "kv_cache_4x.md").read_text()
     plan = lab.load_plan("kv_cache_4x", ["scale=smoke"])
     timed = [kv_cache_4x.variant("softmax", h) for h in plan.timing.kv_heads] + ["linear"]
@@ -109,3 +111,11 @@ def test_kv_cache_4x_smoke(tmp_path):
     assert [row[1] for row in conversion[-2:]] == ["(the pretrained model)", "from scratch (100% steps)"]
     for png in ("memory", "timing", "quality", "conversion"):
         assert (tmp_path / "report" / "kv_cache_4x" / f"{png}.png").stat().st_size > 0
+    # A job trained in this process gives the same numbers as the worker did.
+    import pandas as pd
+
+    serial = lab.load_plan("kv_cache_4x", ["scale=smoke", f"out_dir={tmp_path / 'serial'}"])
+    lab.train_jobs(serial, {"kv8": plan.jobs.kv8})
+    columns = ["seed", "update", "mqar_accuracy", "language_loss"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "serial" / "kv8" / "results.parquet")[columns],
+                                  pd.read_parquet(tmp_path / "out" / "kv8" / "results.parquet")[columns])

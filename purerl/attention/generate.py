@@ -125,13 +125,13 @@ def _check(config: LMConfig, prompt: Any, steps: Any, temperature: Any,
             )
 
 
-@partial(jax.jit, static_argnames=("config", "steps", "eos_token"))
+@partial(jax.jit, static_argnames=("config", "steps", "eos_token", "cache_len"))
 def _generate(params: Any, prompt: jax.Array, key: jax.Array, temperature: jax.Array, *,
-              config: LMConfig, steps: int, eos_token: int | None) -> Generation:
+              config: LMConfig, steps: int, eos_token: int | None, cache_len: int) -> Generation:
     model = TinyLM(config)
     batch, prompt_len = prompt.shape
     # The last sampled token is never fed back, so the cache needs prompt + steps - 1 slots.
-    caches = model.init_cache(batch, prompt_len + steps - 1)
+    caches = model.init_cache(batch, cache_len)
     logits, caches = model.apply(params, prompt, caches, method="prefill")
     step_keys = jax.random.split(key, steps)
     first, first_log_prob = sample_token(step_keys[0], logits[:, -1], temperature)
@@ -173,11 +173,24 @@ def generate(
     steps: int,
     temperature: float | jax.Array = 1.0,
     eos_token: int | None = None,
+    cache_len: int | None = None,
 ) -> Generation:
-    """Sample `steps` tokens after each prompt [B, T0] in one compiled program (module doc)."""
+    """Sample `steps` tokens after each prompt [B, T0] in one compiled program (module doc).
+
+    `cache_len`: slots of the KV cache (default: prompt + steps − 1, all that is needed). A
+    server allocates its cache at a fixed maximum length and every decode step attends over
+    the whole buffer (masked by length); pass that length (<= max_len) to generate — or time —
+    the same way. The tokens do not depend on it."""
     _check(config, prompt, steps, temperature, eos_token)
+    needed = np.shape(prompt)[1] + steps - 1
+    if cache_len is None:
+        cache_len = needed
+    elif isinstance(cache_len, bool) or not isinstance(cache_len, (int, np.integer)) or not (
+            needed <= cache_len <= config.max_len):
+        raise ValueError(f"generate.cache_len: got {cache_len!r}; allowed: None or an int in "
+                         f"[prompt + steps - 1 = {needed}, LMConfig.max_len = {config.max_len}]")
     return _generate(params, jnp.asarray(prompt), key, jnp.asarray(temperature, jnp.float32),
-                     config=config, steps=steps, eos_token=eos_token)
+                     config=config, steps=steps, eos_token=eos_token, cache_len=int(cache_len))
 
 
 def token_log_probs(
