@@ -8,7 +8,7 @@
 - `evaluate_values` with `last_obs` == a direct critic call on every next observation,
   including V(final observation) on truncated rows.
 - `random_permutation` is a permutation, reproducible, and uniform (chi-square).
-- `shuffled_minibatch_epochs` (all epochs' permutations drawn up front) == a plain loop
+- `shuffled_minibatch_epochs` == a plain loop
   that draws each epoch's permutation from its own key and steps through the minibatches.
 """
 

@@ -80,14 +80,8 @@ def shuffled_minibatch_epochs(
             f"num_minibatches: {num_minibatches} does not divide the batch size {batch_size}"
         )
 
-    # Every epoch's permutation up front, as one batched draw and sort: the same
-    # permutations as drawing each inside its epoch, in 2 ops instead of 2 per epoch
-    # (under a vmap over seeds, each op XLA:CPU splits across threads is a fork-join;
-    # docs/ppo_speed.md).
-    epoch_keys = jax.random.split(key, num_epochs)
-    permutations = jax.vmap(random_permutation, (0, None))(epoch_keys, batch_size)
-
-    def epoch(carry, permutation):
+    def epoch(carry, epoch_key):
+        permutation = random_permutation(epoch_key, batch_size)
         minibatches = jax.tree.map(
             lambda x: jnp.take(x, permutation, axis=0).reshape(
                 (num_minibatches, -1) + x.shape[1:]
@@ -96,5 +90,5 @@ def shuffled_minibatch_epochs(
         )
         return lax.scan(step_fn, carry, minibatches)
 
-    carry, metrics = lax.scan(epoch, carry, permutations)
+    carry, metrics = lax.scan(epoch, carry, jax.random.split(key, num_epochs))
     return carry, jax.tree.map(lambda m: jnp.mean(m, axis=1), metrics)
