@@ -3,6 +3,7 @@
     python benchmarks/ppo_throughput.py                 # purerl, 1 / 8 / 32 seeds
     python benchmarks/ppo_throughput.py --peers         # + rejax 0.1.3, ratios and targets
     python benchmarks/ppo_throughput.py --profile       # what one PPO update costs, piece by piece
+    python benchmarks/ppo_throughput.py --cpus 1 ...    # this process on one core only (see below)
 
 Every row trains `seeds` runs of 5e5 steps in one compiled `jit(vmap(train))`. Compile
 time is measured separately (`lower().compile()`), so env-steps/s is pure execution.
@@ -13,6 +14,12 @@ Final return: purerl = mean training return over the last 10 updates; rejax = it
 evaluation (128 episodes) at the end of training, evaluated once only (`eval_freq` =
 total steps) so evaluation does not dominate its time.
 
+`--cpus N` restricts the process to N cores before JAX starts. XLA:CPU sizes its thread
+pool and splits large elementwise ops ("outer_dimension_partitions", a fork-join each)
+by the cores it may use; on a small machine shared with other work those fork-joins wait
+for a busy core, so `--cpus 1` measures the compute and the default measures what a user
+of the shared machine gets (docs/ppo_speed.md).
+
 Targets (issue 11): purerl ≥ 1.5× rejax's env-steps/s at 1 seed, ≥ 1.3× at 8 and 32
 seeds, with equal returns (purerl's final return ≥ 95% of rejax's).
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -48,13 +56,31 @@ def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
+def in_seed_chunks(train_one: Callable, seed_chunk: int | None) -> Callable:
+    """keys [S] -> outputs [S, ...]: one vmap over all S seeds, or (seed_chunk) a
+    sequential `lax.map` over chunks of `seed_chunk` vmapped seeds, in one program."""
+    if not seed_chunk:
+        return jax.vmap(train_one)
+    return lambda keys: lax.map(train_one, keys, batch_size=seed_chunk)
+
+
 class PurerlRun:
-    def __init__(self, num_seeds: int, total_timesteps: int):
+    def __init__(self, num_seeds: int, total_timesteps: int, seed_chunk: int | None = None):
         self.train = ppo.make_train(ppo.Config(total_timesteps=total_timesteps))
-        self.num_seeds = num_seeds
-        self.compile_s = sweep.run(self.train, ppo.Hyper(), seeds=num_seeds).compile_seconds
+        self.num_seeds, self.seed_chunk = num_seeds, seed_chunk
+        if seed_chunk:
+            self.keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
+            start = time.perf_counter()
+            self.compiled = jax.jit(in_seed_chunks(lambda key: self.train(key, ppo.Hyper()), seed_chunk)).lower(
+                self.keys).compile()
+            self.compile_s = time.perf_counter() - start
+        else:
+            self.compile_s = sweep.run(self.train, ppo.Hyper(), seeds=num_seeds).compile_seconds
 
     def __call__(self) -> float:
+        if self.seed_chunk:
+            _, metrics = self.compiled(self.keys)
+            return float(np.nanmean(np.asarray(metrics["episode_return"])[:, -10:]))
         # The executable is cached by sweep.run: this call only runs it.
         result = sweep.run(self.train, ppo.Hyper(), seeds=self.num_seeds)
         return float(np.mean(result.final("episode_return", last=10)))
@@ -82,7 +108,7 @@ class FiveTupleStep:
 
 
 class RejaxRun:
-    def __init__(self, num_seeds: int, total_timesteps: int):
+    def __init__(self, num_seeds: int, total_timesteps: int, seed_chunk: int | None = None):
         import gymnax
         from rejax import PPO
 
@@ -108,12 +134,17 @@ class RejaxRun:
         )
         self.keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
         start = time.perf_counter()
-        self.compiled = jax.jit(jax.vmap(algo.train)).lower(self.keys).compile()
+        self.compiled = jax.jit(in_seed_chunks(algo.train, seed_chunk)).lower(self.keys).compile()
         self.compile_s = time.perf_counter() - start
 
     def __call__(self) -> float:
         _, (_, returns) = self.compiled(self.keys)
         return float(np.mean(np.asarray(returns)[:, -1]))
+
+
+def thread_split_ops(compiled) -> int:
+    """How many ops of a compiled XLA:CPU program run split across threads (fork-joins)."""
+    return compiled.as_text().count('"outer_dimension_partitions":["')
 
 
 def verdict(ok: bool) -> str:
@@ -126,7 +157,7 @@ def throughput(args: argparse.Namespace) -> None:
         impls["rejax 0.1.3"] = RejaxRun
     rows, loads = [], []
     for num_seeds in [int(s) for s in args.seeds.split(",")]:
-        runs = {name: make(num_seeds, args.total_timesteps) for name, make in impls.items()}
+        runs = {name: make(num_seeds, args.total_timesteps, args.seed_chunk) for name, make in impls.items()}
         best = {name: (np.inf, np.inf, np.nan) for name in runs}
         loads.append(f"{num_seeds} seeds: {load()} before")
         for _ in range(args.repeats):
@@ -142,7 +173,8 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"  done: {num_seeds} seeds ({loads[-1]})", flush=True)
 
     print(f"\nPPO CartPole-v1, PureJaxRL settings, {args.total_timesteps:,} steps per seed, "
-          f"{jax.device_count()} {jax.devices()[0].platform} device(s), best of {args.repeats} runs\n")
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s), {len(os.sched_getaffinity(0))} "
+          f"core(s) usable, seeds vmapped in chunks of {args.seed_chunk or 'all'}, best of {args.repeats} runs\n")
     print("| impl | seeds | compile s | run s | CPU s | env-steps/s | env-steps/s per seed | final return |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, seeds, compile_s, wall, cpu, sps, ret in rows:
@@ -262,7 +294,8 @@ def profile(args: argparse.Namespace) -> None:
     }
     for num_seeds in [int(s) for s in args.seeds.split(",")]:
         keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-        print(f"\n{num_seeds} seed(s), {num_updates} updates per measurement, best of {args.repeats} ({load()})")
+        print(f"\n{num_seeds} seed(s), {num_updates} updates per measurement, best of {args.repeats}, "
+              f"{len(os.sched_getaffinity(0))} core(s) usable ({load()})")
         print("| piece | ms per update (wall) | ms per update (CPU) |")
         print("|---|---:|---:|")
         for name, fn in pieces.items():
@@ -270,6 +303,9 @@ def profile(args: argparse.Namespace) -> None:
             times = [timed(lambda c=compiled, k=keys: c(k))[:2] for _ in range(args.repeats)]
             wall, cpu = min(t[0] for t in times), min(t[1] for t in times)
             print(f"| {name} | {wall / num_updates * 1e3:.3f} | {cpu / num_updates * 1e3:.3f} |", flush=True)
+            if fn is full:
+                split_ops = thread_split_ops(compiled)
+        print(f"ops XLA:CPU splits across threads in the full program: {split_ops}")
 
 
 def main() -> None:
@@ -280,7 +316,16 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="also run rejax 0.1.3 (pip install rejax==0.1.3)")
     parser.add_argument("--profile", action="store_true", help="time the pieces of one PPO update instead")
     parser.add_argument("--profile-updates", type=int, default=100)
+    parser.add_argument("--seed-chunk", type=int, default=None,
+                        help="both implementations: a lax.map over chunks of this many vmapped seeds")
+    parser.add_argument("--cpus", type=int, default=0, help="run on this many cores only (0: all usable)")
     args = parser.parse_args()
+    usable = sorted(os.sched_getaffinity(0))
+    if 0 < args.cpus < len(usable):
+        # JAX's CPU client (started on import here) sizes its thread pool from the
+        # usable cores: restart this script with the smaller set.
+        os.sched_setaffinity(0, usable[: args.cpus])
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     profile(args) if args.profile else throughput(args)
 
 

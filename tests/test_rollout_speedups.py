@@ -8,6 +8,8 @@
 - `evaluate_values` with `last_obs` == a direct critic call on every next observation,
   including V(final observation) on truncated rows.
 - `random_permutation` is a permutation, reproducible, and uniform (chi-square).
+- `shuffled_minibatch_epochs` == a plain loop
+  that draws each epoch's permutation from its own key and steps through the minibatches.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from purerl import envs
 from purerl.algos import ppo
 from purerl.rl import rollout
 from purerl.rl.agent import PolicySampler, build_env_and_network, init_params, make_value_fn
-from purerl.rl.training import random_permutation
+from purerl.rl.training import random_permutation, shuffled_minibatch_epochs
 
 NUM_ENVS, NUM_STEPS = 6, 40
 
@@ -195,3 +197,36 @@ def test_random_permutation_is_a_uniform_permutation():
     for size in (512, 70_000):
         big = np.asarray(random_permutation(jax.random.PRNGKey(1), size))
         np.testing.assert_array_equal(np.sort(big), np.arange(size))
+
+
+def test_shuffled_minibatch_epochs_equals_a_plain_epoch_loop():
+    num_epochs, num_minibatches, batch_size = 3, 4, 24
+    batch = {
+        "x": jnp.arange(batch_size * 2, dtype=jnp.float32).reshape(batch_size, 2),
+        "i": jnp.arange(batch_size),
+    }
+
+    def step(carry, minibatch):
+        # Order-sensitive carry: any change in the minibatch order or content shows.
+        carry = 0.5 * carry + jnp.sum(minibatch["x"]) + jnp.sum(minibatch["i"] * jnp.arange(6))
+        return carry, {"first": minibatch["i"][0].astype(jnp.float32)}
+
+    run = jax.jit(lambda key: shuffled_minibatch_epochs(key, jnp.float32(0), batch, num_epochs, num_minibatches, step))
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    carry, metrics = run(keys[0])
+
+    # Reference: a host loop over epochs, each shuffled with its own key.
+    x, i = np.asarray(batch["x"], np.float64), np.asarray(batch["i"])
+    want_carry, want_first = 0.0, []
+    for epoch_key in jax.random.split(keys[0], num_epochs):
+        order = np.asarray(random_permutation(epoch_key, batch_size)).reshape(num_minibatches, -1)
+        want_first.append(np.mean(i[order[:, 0]]))
+        for rows in order:
+            want_carry = 0.5 * want_carry + x[rows].sum() + (i[rows] * np.arange(6)).sum()
+    np.testing.assert_allclose(float(carry), want_carry, **tol())
+    np.testing.assert_allclose(np.asarray(metrics["first"]), want_first, **tol())
+
+    # Run i of a vmapped batch equals the same run alone.
+    batched_carry, batched_metrics = jax.jit(jax.vmap(run))(keys)
+    np.testing.assert_allclose(np.asarray(batched_carry)[0], np.asarray(carry), **tol(vmapped=True))
+    np.testing.assert_array_equal(np.asarray(batched_metrics["first"])[0], np.asarray(metrics["first"]))
