@@ -20,6 +20,14 @@ by the cores it may use; on a small machine shared with other work those fork-jo
 for a busy core, so `--cpus 1` measures the compute and the default measures what a user
 of the shared machine gets (docs/ppo_speed.md).
 
+`--cpu-devices N` exposes the CPU as N XLA devices (`--xla_force_host_platform_device_count`).
+`purerl.sweep.run` shards the seeds over all local devices, so each device runs its share of
+the vmapped batch on its own core, with tensors small enough that XLA:CPU does not split
+their element-wise ops across threads (the fork-joins above); rejax's `train` is vmapped on
+one device (its API has no sharding), so it gets the same cores but uses them through XLA's
+intra-op threads only. A purerl user gets the same by setting the flag for a CPU sweep:
+`XLA_FLAGS=--xla_force_host_platform_device_count=2 purerl-train ...` (docs/ppo_speed.md).
+
 Targets (issue 11): purerl ≥ 1.5× rejax's env-steps/s at 1 seed, ≥ 1.3× at 8 and 32
 seeds, with equal returns (purerl's final return ≥ 95% of rejax's).
 """
@@ -319,7 +327,14 @@ def main() -> None:
     parser.add_argument("--seed-chunk", type=int, default=None,
                         help="both implementations: a lax.map over chunks of this many vmapped seeds")
     parser.add_argument("--cpus", type=int, default=0, help="run on this many cores only (0: all usable)")
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="expose the CPU as this many XLA devices (0: leave XLA's default, one)")
     args = parser.parse_args()
+    flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+    if args.cpu_devices and flag not in os.environ.get("XLA_FLAGS", ""):
+        # Read when JAX's CPU backend starts: restart this script with the flag set.
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     usable = sorted(os.sched_getaffinity(0))
     if 0 < args.cpus < len(usable):
         # JAX's CPU client (started on import here) sizes its thread pool from the

@@ -269,7 +269,9 @@ def run(
 
     `sweep` is a `Sweep` or a single (unbatched) Hyper. `max_batch` caps the number of
     runs per call (memory); chunks are padded to equal size so one executable serves all.
-    `devices` defaults to all local devices; the batch axis is sharded over them.
+    `devices` defaults to all local devices (at most one per run); the batch axis is sharded
+    over them. On a CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=<cores>` makes each
+    core a device, so a many-seed sweep runs one shard per core (docs/ppo_speed.md).
 
     `program_key` names the program `train` compiles to (algorithm, Config and any
     `on_update` callback): runs with the same key and batch shapes reuse one executable
@@ -287,7 +289,9 @@ def run(
     seed_values = _seed_array(seeds)
     num_settings, num_seeds = len(sweep), len(seed_values)
     total = num_settings * num_seeds
-    devices = list(devices) if devices is not None else jax.local_devices()
+    # By default, no more devices than runs: padding a 1-run sweep to two CPU devices
+    # would train a discarded copy on the second core.
+    devices = list(devices) if devices is not None else jax.local_devices()[:total]
     if max_batch is not None and max_batch <= 0:
         raise ValueError(f"max_batch: got {max_batch}; allowed: a positive integer or None")
 

@@ -62,8 +62,11 @@ HANG_REPRODUCER = textwrap.dedent(
     # The sizes that hung in about 9 of 10 tries before the fix (num_steps=64, 2 epochs).
     config = ppo.Config(num_envs=4, num_steps=64, total_timesteps=256, update_epochs=2)
     result = sweep.run(ppo.make_train(config), sweep.grid(ppo.Hyper(), clip_eps=[0.1, 0.3]), seeds=3)
+    single = sweep.run(ppo.make_train(config), ppo.Hyper(clip_eps=0.3), seeds=[2])
     print(json.dumps({"devices": jax.local_device_count(),
-                      "value_loss": result.metrics["value_loss"].tolist()}))
+                      "value_loss": result.metrics["value_loss"].tolist(),
+                      "single": single.metrics["value_loss"].tolist(),
+                      "program_devices": sorted(len(key[3]) for key in sweep._EXECUTABLES)}))
     """
 )
 
@@ -85,6 +88,10 @@ def test_sweep_over_two_cpu_devices_finishes_and_matches_one_device():
     two, one = _run_reproducer(2), _run_reproducer(1)
     assert (two["devices"], one["devices"]) == (2, 1)
     np.testing.assert_allclose(two["value_loss"], one["value_loss"], rtol=1e-5, atol=1e-5)
+    # A 1-run sweep uses one device, not a padded copy on the second one; same numbers as
+    # that run (clip 0.3, seed 2) inside the 6-run sweep.
+    assert (two["program_devices"], one["program_devices"]) == ([1, 2], [1, 1])
+    np.testing.assert_allclose(two["single"][0][0], two["value_loss"][1][2], rtol=1e-5, atol=1e-5)
 
 
 def test_training_programs_call_no_lapack_kernels():
