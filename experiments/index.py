@@ -15,8 +15,9 @@ ORDER = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo", "on_
 
 HEADER = """# Experiments
 
-The policy-gradient follow-up questions of issue 12, each answered by a report generated
-from its results by one command. This page is generated too, from the reports
+The policy-gradient follow-up questions (issue 12), the attention questions (issue 13) and RL
+on the tiny language model (issue 14), each answered by a report generated from its results
+by one command. This page is generated too, from the reports
 (`python -m experiments.index`); edit the experiments, not this page.
 
 ## How an experiment is built
@@ -79,11 +80,11 @@ def section(name: str, text: str) -> str:
     if table:
         parts += [table]
     total = re.search(r"Wall time of each part when it ran \((?:total|sum) (\d+) s"
-                      r"(?:; the training jobs ran (\d+) at a time, from the first start to the last finish "
-                      r"in (\d+) s)?",
+                      r"(?:; the (?:training jobs|parts) ran (?:up to )?(\d+) at a time, "
+                      r"from the first start to the last finish in (\d+) s)?",
                       text)
     if total:
-        overlap = (f"; its training jobs ran {total.group(2)} at a time and took {total.group(3)} s from first start "
+        overlap = (f"; its parts ran up to {total.group(2)} at a time and took {total.group(3)} s from first start "
                    "to last finish" if total.group(2) else "")
         parts += [f"Wall time of the last `scale=ci` run: {total.group(1)} s summed over its parts{overlap} (shared "
                   "2-core CPU; per part in the report).", ""]

@@ -126,24 +126,45 @@ def train_jobs(plan: DictConfig, jobs: dict[str, Sequence[str]] | None = None) -
     it is complete; `workers=N` trains N jobs at a time in their own processes (XLA compiles a
     program on one core, so a second worker uses an idle core while the first compiles)."""
     jobs = plan.jobs if jobs is None else jobs
-    folders = {job: Path(plan.out_dir) / job for job in jobs}
-    workers = min(int(plan.get("workers", 1)), len(jobs))
+    names = list(jobs)
+    specs = [(job, OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else list(spec))
+             for job, spec in jobs.items()]
+    in_workers(plan, _train_job_spec, specs, on_result=lambda i, out: _report_job(plan, names[i], *out))
+    return {job: Path(plan.out_dir) / job for job in jobs}
+
+
+def in_workers(plan: DictConfig, fn: Callable[..., Any], calls: Sequence[Sequence[Any]],
+               on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """[fn(plan, *args) for args in calls], `plan.workers` calls at a time in their own
+    processes (spawned; each with the persistent compile cache), results in call order;
+    `on_result(i, result)` as each call finishes. One worker (the default): in this process.
+    `fn` must be a module-level function (it is pickled); its arguments plain data."""
+    workers = min(int(plan.get("workers", 1)), len(calls))
+    results_in_order: list[Any] = [None] * len(calls)
     if workers <= 1:
-        for job, spec in jobs.items():
-            _report_job(plan, job, *_train_job(plan, job, spec))
-        return folders
+        for i, args in enumerate(calls):
+            results_in_order[i] = fn(plan, *args)
+            if on_result is not None:
+                on_result(i, results_in_order[i])
+        return results_in_order
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     container = OmegaConf.to_container(plan, resolve=True)
-    specs = {job: OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else list(spec)
-             for job, spec in jobs.items()}
     # spawn, not fork: a forked copy of a process that has started XLA's threads can deadlock.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_job_in_worker, container, job, spec): job for job, spec in specs.items()}
+        futures = {pool.submit(_call_in_worker, fn, container, tuple(args)): i for i, args in enumerate(calls)}
         for future in as_completed(futures):
-            _report_job(plan, futures[future], *future.result())
-    return folders
+            i = futures[future]
+            results_in_order[i] = future.result()
+            if on_result is not None:
+                on_result(i, results_in_order[i])
+    return results_in_order
+
+
+def _call_in_worker(fn: Callable[..., Any], container: dict, args: tuple) -> Any:
+    enable_compile_cache()
+    return fn(OmegaConf.create(container), *args)
 
 
 def _train_job(plan: DictConfig, job: str, spec: Any) -> tuple[str, float, str | None]:
@@ -159,9 +180,9 @@ def _train_job(plan: DictConfig, job: str, spec: Any) -> tuple[str, float, str |
     return status, time.perf_counter() - started, None
 
 
-def _train_job_in_worker(container: dict, job: str, spec: Any) -> tuple[str, float, str | None]:
-    enable_compile_cache()
-    return _train_job(OmegaConf.create(container), job, OmegaConf.create(spec) if isinstance(spec, dict) else spec)
+def _train_job_spec(plan: DictConfig, job: str, spec: Any) -> tuple[str, float, str | None]:
+    """_train_job with a spec that crossed a process boundary as plain data."""
+    return _train_job(plan, job, OmegaConf.create(spec) if isinstance(spec, dict) else spec)
 
 
 def _report_job(plan: DictConfig, job: str, status: str, seconds: float, error: str | None) -> None:
@@ -228,7 +249,8 @@ def measured(
     tables = out if isinstance(out, dict) else {MEASUREMENTS.removesuffix(".parquet"): out}
     for key, table in tables.items():
         results.atomic_write_parquet(folder / f"{key}.parquet", table)
-    record.update(status="complete", seconds=seconds, tables=list(tables), several=isinstance(out, dict))
+    record.update(status="complete", seconds=seconds, finished=time.time(), tables=list(tables),
+                  several=isinstance(out, dict))
     results.atomic_write_text(status_path, json.dumps(record, indent=2, default=str))
     print(f"[{plan.experiment}] {name}: complete ({seconds:.0f} s)", flush=True)
     return out
@@ -340,6 +362,8 @@ class Report:
                     spans.append((record["finished"] - record["wall_seconds"], record["finished"]))
             elif status.name == MEASUREMENT_STATUS and record.get("status") == "complete":
                 rows.append((status.parent.name, "measurement", record.get("seconds")))
+                if record.get("finished") and record.get("seconds"):
+                    spans.append((record["finished"] - record["seconds"], record["finished"]))
         if not rows:
             return ""
         table = pd.DataFrame(rows, columns=["part", "kind", "wall seconds"])
@@ -347,7 +371,7 @@ class Report:
         overlap = ""
         if int(self.plan.get("workers", 1)) > 1 and spans:
             span = max(end for _, end in spans) - min(start for start, _ in spans)
-            overlap = (f"; the training jobs ran {int(self.plan.workers)} at a time, from the first start to the last "
+            overlap = (f"; the parts ran up to {int(self.plan.workers)} at a time, from the first start to the last "
                        f"finish in {span:.0f} s")
         return (f"Wall time of each part when it ran (sum {total:.0f} s{overlap}; the 2-core machine was shared, so "
                 f"these are upper bounds):\n\n" + markdown_table(table))

@@ -188,11 +188,29 @@ def test_softmax_vs_linear_smoke_report(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_softmax_vs_linear_smoke_trains(tmp_path):
     """The whole smoke run, training included: five small training programs to compile (about
-    1 CPU-minute), hence slow."""
+    1 CPU-minute), hence slow. Two workers, as at scale=ci (recall settings in spawned processes)."""
     from experiments import softmax_vs_linear
 
-    report = _smoke(softmax_vs_linear, tmp_path)
+    report = _smoke(softmax_vs_linear, tmp_path, "workers=2")
     plan = softmax_vs_linear.with_recipe(lab.load_plan("softmax_vs_linear", ["scale=smoke"]))
     _check_softmax_vs_linear_report(report, plan)
     runs = table_under(report, "Headline: MQAR recall")
     assert all(0 <= float(row[4].split()[0]) <= 1 for row in runs)
+
+
+def _square_plus_seeds(plan, x: int) -> int:
+    return x * x + int(plan.seeds)
+
+
+def test_in_workers_returns_results_in_call_order():
+    """lab.in_workers: spawned workers give what the serial loop gives, in call order, and report
+    every call once as it finishes."""
+    calls = [(x,) for x in (5, 1, 4, 2, 3)]
+    serial_plan = lab.load_plan("softmax_vs_linear", ["scale=smoke", "seeds=3"])
+    parallel_plan = lab.load_plan("softmax_vs_linear", ["scale=smoke", "seeds=3", "workers=2"])
+    expected = [x * x + 3 for (x,) in calls]
+    seen = []
+    assert lab.in_workers(serial_plan, _square_plus_seeds, calls) == expected
+    assert lab.in_workers(parallel_plan, _square_plus_seeds, calls,
+                          on_result=lambda i, out: seen.append((i, out))) == expected
+    assert sorted(seen) == list(enumerate(expected))
