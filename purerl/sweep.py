@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import math
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -327,8 +328,8 @@ def run(
     )
     compiled = _EXECUTABLES.get(signature)
     if compiled is None:
-        if export_cache is not None and program_key is not None and not return_state:
-            compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key)
+        if export_cache is not None and program_key is not None:
+            compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key, return_state)
         if compiled is None:
             compiled = jax.jit(batched).lower(*example).compile()
         _remember(signature, compiled)
@@ -377,33 +378,44 @@ def _remember(signature: tuple, compiled: Any) -> None:
 
 
 # ---------------------------------------------------------------- exported-program cache
-def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: str):
+def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: str, return_state: bool = False):
     """Compile `batched` through a serialised `jax.export` artefact; None if that fails.
 
-    Export needs builtin containers (custom pytrees such as Hyper have no serialisation
-    rule), so the program is wrapped to take array leaves and return the metrics dict.
+    Export needs builtin containers (custom pytrees such as Hyper or a TrainState have no
+    serialisation rule), so the stored program takes and returns flat lists of array leaves;
+    the output's tree structure (final state, if `return_state`, and metrics) is pickled
+    beside it (`.treedef`), so a warm job rebuilds the outputs without tracing `train`.
     Programs that cannot be exported (host callbacks, e.g. progress bars) fall back to
     the ordinary path.
     """
     leaves, treedef = jax.tree.flatten(example)
     signature = [(x.shape, str(x.dtype)) for x in leaves]
     devices = [(d.platform, d.device_kind) for d in jax.local_devices()]
-    identity = repr((program_key, signature, devices, provenance.dependency_versions(), provenance.source_digest()))
+    identity = repr((program_key, return_state, signature, devices, provenance.dependency_versions(),
+                     provenance.source_digest()))
     path = cache_dir / (hashlib.sha256(identity.encode()).hexdigest()[:24] + ".jaxexport")
+    tree_path = path.with_suffix(".treedef")
+    out_tree = []
 
-    def metrics_program(*flat):
-        return batched(*jax.tree.unflatten(treedef, flat))[1]
+    def flat_program(*flat):
+        state, metrics = batched(*jax.tree.unflatten(treedef, flat))
+        out = (state if return_state else None, metrics)
+        out_tree.append(jax.tree.structure(out))
+        return jax.tree.leaves(out)
 
     try:
-        if path.exists():
+        if path.exists() and tree_path.exists():
             exported = jax.export.deserialize(bytearray(path.read_bytes()))
+            out_treedef = pickle.loads(tree_path.read_bytes())
         else:
-            exported = jax.export.export(jax.jit(metrics_program))(*leaves)
+            exported = jax.export.export(jax.jit(flat_program))(*leaves)
+            out_treedef = out_tree[-1]
             cache_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as tmp:
-                tmp.write(exported.serialize())
-            os.replace(tmp.name, path)
+            for target, payload in ((tree_path, pickle.dumps(out_treedef)), (path, exported.serialize())):
+                with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as tmp:
+                    tmp.write(payload)
+                os.replace(tmp.name, target)  # the program last: it marks the pair complete
         executable = jax.jit(exported.call).lower(*leaves).compile()
     except Exception:  # noqa: BLE001 - any export problem means: compile the ordinary way
         return None
-    return lambda *args: (None, executable(*jax.tree.leaves(args)))
+    return lambda *args: jax.tree.unflatten(out_treedef, executable(*jax.tree.leaves(args)))

@@ -1,6 +1,7 @@
 """Sweep construction, chunking and multi-device sharding."""
 
 
+import jax
 import numpy as np
 import pytest
 
@@ -87,6 +88,35 @@ def test_export_cache_round_trip_gives_identical_results(tmp_path):
         np.testing.assert_array_equal(second.metrics[name], plain.metrics[name], err_msg=name)
     # A different program key (another Config) must not reuse the artefact.
     sweep.run(train, grid, seeds=2, export_cache=tmp_path, program_key="other")
+    assert len(list(tmp_path.glob("*.jaxexport"))) == 2
+
+
+def test_export_cache_round_trip_with_final_state_skips_tracing(tmp_path):
+    """return_state=True (purerl-train's default, for saved policies) goes through the exported
+    program too: the final state's tree comes back from the pickled structure, equal to a plain
+    run's, and a warm call never traces `train`."""
+    inner = ppo.make_train(ppo.Config(num_envs=2, num_steps=16, num_minibatches=2, total_timesteps=96))
+    traces = []
+
+    def train(key, hyper):
+        traces.append(1)  # runs only while JAX traces the program
+        return inner(key, hyper)
+
+    grid = sweep.grid(ppo.Hyper(), clip_eps=[0.1, 0.3])
+    plain = sweep.run(train, grid, seeds=2, return_state=True)
+    sweep.run(train, grid, seeds=2, return_state=True, export_cache=tmp_path, program_key="ppo-state")
+    assert len(list(tmp_path.glob("*.jaxexport"))) == len(list(tmp_path.glob("*.treedef"))) == 1
+    sweep._EXECUTABLES.clear()  # as in a new process
+    traced_before = len(traces)
+    warm = sweep.run(train, grid, seeds=2, return_state=True, export_cache=tmp_path, program_key="ppo-state")
+    assert len(traces) == traced_before
+    assert jax.tree.structure(warm.final_state) == jax.tree.structure(plain.final_state)
+    for a, b in zip(jax.tree.leaves(warm.final_state), jax.tree.leaves(plain.final_state)):
+        np.testing.assert_array_equal(a, b)
+    for name in plain.metrics:
+        np.testing.assert_array_equal(warm.metrics[name], plain.metrics[name], err_msg=name)
+    # Metrics-only runs of the same key are another program (no state outputs): their own artefact.
+    sweep.run(train, grid, seeds=2, export_cache=tmp_path, program_key="ppo-state")
     assert len(list(tmp_path.glob("*.jaxexport"))) == 2
 
 
