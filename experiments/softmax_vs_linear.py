@@ -187,13 +187,9 @@ def train_setting(plan: DictConfig, kind: str, width: int, pairs: list[int]) -> 
 def recall(plan: DictConfig) -> pd.DataFrame:
     """Every recall setting's table; `workers=N` trains N settings at a time in their own
     processes (each is one compile-heavy program; the timings come later, alone)."""
+    # Settings in `skip` are left out of this run (the report says so).
     settings = [s for s in recall_settings(plan) if setting_name(s, plan) not in plan.get("skip", [])]
-    # Settings in `skip` are left out of this run (the report says so). The slowest programs
-    # start first (the Taylor map's large state, then the most pairs), so the workers end together.
-    by_cost = sorted(range(len(settings)), key=lambda i: (settings[i]["kind"] != "taylor", -max(settings[i]["pairs"])))
-    tables = lab.in_workers(plan, recall_setting, [(settings[i],) for i in by_cost])
-    in_order = [tables[by_cost.index(i)] for i in range(len(settings))]
-    return pd.concat(in_order, ignore_index=True)
+    return pd.concat(lab.in_workers(plan, recall_setting, [(s,) for s in settings]), ignore_index=True)
 
 
 def recall_setting(plan: DictConfig, setting: dict[str, Any]) -> pd.DataFrame:
