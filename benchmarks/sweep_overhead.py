@@ -94,7 +94,7 @@ def main() -> None:
 
         env = {**os.environ, "PURERL_COMPILE_CACHE": str(tmp / "cache-train")}
         train = [
-            sys.executable, "-m", "experiments.train", "name=bench", f"seeds={args.seeds}",
+            sys.executable, "-m", "purerl.cli.train", "name=bench", f"seeds={args.seeds}",
             f"algo.config.num_envs={args.num_envs}", f"algo.config.num_steps={args.num_steps}",
             f"algo.config.total_timesteps={args.total_timesteps}", "algo.hyper.lr=5e-4",
             f"grid.clip_eps=[{args.clips}]", "print_table=false",

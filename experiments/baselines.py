@@ -35,9 +35,9 @@ METHODS = {"reinforce_none": "none", "reinforce_value": "value", "reinforce_grou
 
 # ---------------------------------------------------------------- PPO checkpoints + gradient variance
 def ppo_and_gradients(plan: DictConfig) -> dict[str, pd.DataFrame]:
-    from experiments.train import build_plan
     from purerl import results, sweep
     from purerl.algos import reinforce
+    from purerl.cli.train import build_plan
 
     built = build_plan(lab.compose_job(plan, plan.ppo.overrides, preset=False))
     result = sweep.run(built.module.make_train(built.config), built.sweep, built.seeds, return_state=True)

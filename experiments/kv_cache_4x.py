@@ -37,7 +37,7 @@ def variant(attention: str, kv_heads: int, heads: int = 32) -> str:
 
 def model_config(plan: DictConfig):
     """The trained family's Config (the preset with the first job's overrides)."""
-    from experiments.train import build_plan
+    from purerl.cli.train import build_plan
 
     overrides, preset = lab.job_spec(next(iter(plan.jobs.values())))
     return build_plan(lab.compose_job(plan, overrides, preset=preset)).config

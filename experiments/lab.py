@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import schema
+from purerl.cli import schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT_CONF = schema.CONF_DIR / "experiment"
@@ -94,7 +94,7 @@ def _keys(node: Any, prefix: str = "") -> list[str]:
 
 def enable_compile_cache() -> None:
     """JAX's persistent compilation cache, where `purerl-train` keeps it."""
-    from experiments.train import enable_compile_cache as enable
+    from purerl.cli.train import enable_compile_cache as enable
 
     enable(os.environ.get("PURERL_COMPILE_CACHE", "~/.cache/purerl/jax"))
 
@@ -169,7 +169,7 @@ def _call_in_worker(fn: Callable[..., Any], container: dict, args: tuple) -> Any
 
 def _train_job(plan: DictConfig, job: str, spec: Any) -> tuple[str, float, str | None]:
     """(status, seconds, error message or None) of one training job."""
-    from experiments.train import ConfigError, run_job
+    from purerl.cli.train import ConfigError, run_job
 
     overrides, preset = job_spec(spec)
     started = time.perf_counter()

@@ -94,7 +94,7 @@ def conventions(plan: DictConfig) -> pd.DataFrame:
 
     import jax
 
-    from experiments.train import build_plan
+    from purerl.cli.train import build_plan
     from purerl.llm.common import LMSetup
     from purerl.llm.memory import PRECISIONS, roles, setup_memory
     from purerl.llm.models import count_params, init_lm
@@ -135,14 +135,14 @@ def conventions(plan: DictConfig) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- tables
 def gb(x: float) -> str:
-    from purerl.attention.memory import format_gb
+    from purerl.llm.memory import format_gb
 
     return format_gb(x)
 
 
 def memory_table(rows: pd.DataFrame, budget: int) -> pd.DataFrame:
-    from purerl.attention.memory import format_bytes, offload_label
-    from purerl.llm.memory import PRECISIONS
+    from purerl.attention.memory import format_bytes
+    from purerl.llm.memory import PRECISIONS, offload_label
 
     out = []
     for r in rows.itertuples():
@@ -219,7 +219,7 @@ def kv_table(sweep: pd.DataFrame, budget: int) -> pd.DataFrame:
 def plot_breakdown(rows: pd.DataFrame, budget: int, model: str):
     import matplotlib.pyplot as plt
 
-    from purerl.attention.memory import offload_label
+    from purerl.llm.memory import offload_label
 
     part = rows[rows.model == model].reset_index(drop=True)
     labels = [f"{r.setup.upper()} {r.precision}, off: {offload_label(tuple(n for n in r.offload.split(',') if n))}"

@@ -27,8 +27,8 @@ DIAGNOSTICS = ("clip_frac_first_epoch", "behaviour_kl", "ratio_p05", "ratio_p95"
 
 def train_env(plan: DictConfig, overrides: list[str]) -> dict[str, pd.DataFrame]:
     """The stale-PPO grid on one env: tidy per-update results and per-run summaries."""
-    from experiments.train import build_plan
     from purerl import results, sweep
+    from purerl.cli.train import build_plan
 
     base = build_plan(lab.compose_job(plan, overrides))  # validates the PPO settings
     config = agent.Config(**{f.name: getattr(base.config, f.name) for f in dataclasses.fields(base.config)},

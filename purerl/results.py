@@ -24,7 +24,7 @@ A job directory holds, once finished:
   written to a temporary name and `os.replace`d into place, so a job killed at any
   point is never `complete`, and no reader sees a half-written parquet file.
 
-Nothing here knows about Hydra; `experiments/train.py` drives it.
+Nothing here knows about Hydra; `purerl/cli/train.py` drives it.
 """
 
 from __future__ import annotations

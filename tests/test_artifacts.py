@@ -21,9 +21,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import purerl
-from experiments import evaluate as purerl_eval
-from experiments import schema
-from experiments.train import build_plan, run_job
+from purerl.cli import evaluate as purerl_eval
+from purerl.cli import schema
+from purerl.cli.train import build_plan, run_job
 from purerl import artifacts, results, sweep
 from purerl.algos import ppo
 from purerl.nets import ActorCritic
@@ -296,7 +296,7 @@ def test_a_failed_save_leaves_the_earlier_one(tmp_path, monkeypatch):
 def test_purerl_eval_end_to_end(cartpole_job):
     job, _, _ = cartpole_job
     out = subprocess.run(
-        [sys.executable, "-m", "experiments.evaluate", str(job), "--episodes", "3", "--gif"],
+        [sys.executable, "-m", "purerl.cli.evaluate", str(job), "--episodes", "3", "--gif"],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -11,10 +11,10 @@ from purerl.attention.memory import (
     format_bytes,
     kv_cache_bytes,
     linear_state_bytes,
-    main,
     memory_table,
     parse_bytes,
 )
+from purerl.cli.memory import main
 
 
 def kv_leaf_bytes(cache) -> int:

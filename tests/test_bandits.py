@@ -204,8 +204,8 @@ def test_epsilon_sweep_is_one_vmapped_call_and_vmapped_equals_alone():
 def test_hydra_config_composes_with_the_bandit_env_presets():
     from hydra import compose, initialize_config_dir
 
-    from experiments import schema
-    from experiments.train import build_plan
+    from purerl.cli import schema
+    from purerl.cli.train import build_plan
 
     schema.register()
     overrides = ["algo=bandit", "env=bernoulli_bandit", "+algo.config.env_params.reward_prob=0.4", "grid.ucb_c=[1,2]"]

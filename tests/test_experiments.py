@@ -353,7 +353,7 @@ def test_every_scale_of_every_experiment_builds(name):
 
     from omegaconf import DictConfig
 
-    from experiments.train import build_plan
+    from purerl.cli.train import build_plan
 
     assert lab.scales(name) == ["ci", "paper", "smoke"]
     module = importlib.import_module(f"experiments.{name}")

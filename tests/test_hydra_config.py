@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from experiments import schema
-from experiments.train import ConfigError, build_plan, run_job
+from purerl.cli import schema
+from purerl.cli.train import ConfigError, build_plan, run_job
 from purerl import sweep
 from purerl.algos import ALGORITHMS, get_algorithm
 
@@ -212,7 +212,7 @@ def test_cli_reports_bad_override_and_writes_nothing(tmp_path):
         [
             sys.executable,
             "-m",
-            "experiments.train",
+            "purerl.cli.train",
             "algo.hyper.gae_lambda=1.5",
             f"hydra.run.dir={tmp_path}/job",
         ],
@@ -228,7 +228,7 @@ def test_cli_reports_bad_override_and_writes_nothing(tmp_path):
 
 
 def test_resolved_config_round_trips():
-    from experiments.train import resolved_config_text
+    from purerl.cli.train import resolved_config_text
 
     cfg = compose_cfg("grid.clip_eps=[0.1,0.2]")
     loaded = OmegaConf.create(resolved_config_text(cfg))
@@ -255,7 +255,7 @@ def test_resolved_config_round_trips():
     ],
 )
 def test_command_line_errors_are_one_line(override, expected, tmp_path):
-    from experiments.train import validate_command_line
+    from purerl.cli.train import validate_command_line
 
     errors = validate_command_line([*override.split(), f"hydra.run.dir={tmp_path}/job"])
     assert len(errors) == 1 and "\n" not in errors[0], errors
@@ -264,7 +264,7 @@ def test_command_line_errors_are_one_line(override, expected, tmp_path):
 
 
 def test_valid_command_lines_pass_validation(tmp_path):
-    from experiments.train import validate_command_line
+    from purerl.cli.train import validate_command_line
 
     assert validate_command_line(["grid.clip_eps=[0.1,0.2]", f"hydra.run.dir={tmp_path}/a"]) == []
     assert validate_command_line(["-m", "env=cartpole,acrobot", f"hydra.sweep.dir={tmp_path}/b"]) == []
@@ -272,7 +272,7 @@ def test_valid_command_lines_pass_validation(tmp_path):
 
 
 def test_multirun_validates_every_job_before_the_first(tmp_path):
-    from experiments.train import validate_command_line
+    from purerl.cli.train import validate_command_line
 
     errors = validate_command_line(
         ["-m", "algo.hyper.ent_coef=0.0,-1,0.01", "env=cartpole,acrobot", f"hydra.sweep.dir={tmp_path}/s"]
@@ -403,7 +403,7 @@ def test_a_bad_rerun_never_downgrades_a_complete_job(override, tmp_path, trainin
 
 
 def test_progress_bar_advances_once_per_update_of_every_chunk(tmp_path, monkeypatch):
-    import experiments.train as train
+    import purerl.cli.train as train
 
     bars = []
 

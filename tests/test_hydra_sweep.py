@@ -50,7 +50,7 @@ def purerl_train(
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "PURERL_COMPILE_CACHE": str(cache)}
     return subprocess.run(
-        [sys.executable, "-m", "experiments.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", *extra],
+        [sys.executable, "-m", "purerl.cli.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -160,8 +160,8 @@ def test_rerun_skips_finished_jobs_without_training(sweep, monkeypatch):
     from omegaconf import OmegaConf
 
     import purerl.sweep
-    from experiments import schema
-    from experiments.train import run_job
+    from purerl.cli import schema
+    from purerl.cli.train import run_job
 
     job = sweep[0] / job_name("0.0")
     overrides = list(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
@@ -216,7 +216,7 @@ def test_rerun_after_kill_redoes_only_the_unfinished_job(sweep):
 
 
 def test_purerl_analyze_writes_table_and_plots(sweep, capsys):
-    from analysis.cli import main
+    from purerl.cli.analyze import main
 
     sweep_dir = sweep[0]
     assert main([str(sweep_dir), "--by", "ent_coef", "lr", "--metric", "final_return", "--stat", "iqm"]) == 0
@@ -281,7 +281,7 @@ def test_rerun_after_editing_purerl_is_refused(sweep, tmp_path):
 
 
 def test_analysis_of_a_job_folder_named_with_brackets(sweep, tmp_path):
-    from analysis.cli import main
+    from purerl.cli.analyze import main
 
     job = sweep[0] / job_name("0.0")
     assert "[" in job.name

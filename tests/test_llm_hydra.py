@@ -16,7 +16,7 @@ from purerl import results as res
 def test_purerl_train_runs_grpo_and_writes_results(tmp_path):
     job = tmp_path / "job"
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "experiment=llm_rl_smoke", "algo.config.ratio=sequence",
+        [sys.executable, "-m", "purerl.cli.train", "experiment=llm_rl_smoke", "algo.config.ratio=sequence",
          f"hydra.run.dir={job}", "compile_cache.enabled=false"],
         capture_output=True, text=True, timeout=900,
     )

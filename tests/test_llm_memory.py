@@ -85,7 +85,7 @@ def test_bad_offload_and_counts_are_named():
 
 
 def test_cli_prints_the_hand_arithmetic(capsys):
-    from purerl.attention.memory import main
+    from purerl.cli.memory import main
 
     main(["rlhf", "--params", "7B", "--setups", "grpo", "--precision", "bf16"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| GRPO")]
@@ -105,7 +105,7 @@ def test_cli_prints_the_hand_arithmetic(capsys):
     (["--budget", "lots"], "purerl-memory.budget: got 'lots'"),
 ])
 def test_cli_rejects_bad_input_with_the_field_named(capsys, argv, message):
-    from purerl.attention.memory import main
+    from purerl.cli.memory import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["rlhf", *argv])

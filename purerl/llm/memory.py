@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from purerl.attention.memory import kv_cache_bytes
 from purerl.config import check_choice
 
 
@@ -121,8 +122,6 @@ def rollout_kv_bytes(setup: str, layers: int, num_kv_heads: int, head_dim: int, 
     """KV cache of the policy while it samples `rollout_batch` sequences of `rollout_len` tokens
     (prompt + completion); 0 for set-ups that do not generate while training (SFT, offline DPO,
     reward model)."""
-    from purerl.attention.memory import kv_cache_bytes
-
     check_choice("memory", "setup", setup, SETUPS)
     cache = kv_cache_bytes(layers, num_kv_heads, head_dim, rollout_len, rollout_batch, dtype)
     return cache if setup in GENERATING else 0
@@ -145,3 +144,13 @@ def rlhf_rows(policy_params: int, setups: Sequence[str], precisions: Sequence[st
                 rows.append({"setup": setup, "precision": precision, "offload": moved, **memory,
                              "rollout_kv": cache, "device_with_kv": memory["device"] + cache})
     return rows
+
+def format_gb(num_bytes: float) -> str:
+    """Decimal gigabytes, the unit of the hand arithmetic: 14e9 -> '14 GB'."""
+    text = f"{num_bytes / 1e9:.2f}".rstrip("0").rstrip(".")
+    return f"{text} GB"
+
+
+def offload_label(offload: Sequence[str]) -> str:
+    names = {"reference": "reference", "reward_model": "reward model", "optimizer": "optimizer"}
+    return " + ".join(names[n] for n in offload) if offload else "nothing"

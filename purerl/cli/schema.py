@@ -12,7 +12,7 @@ The root schema `train_schema` types the top-level keys; its `grid` node has one
 optional list per field of any algorithm, so a misspelt grid key fails at composition.
 Types come from the dataclass annotations, so `algo.hyper.clip_eps=abc` or
 `algo.config.num_envs=4.5` fail at composition naming the key; value ranges and the
-algorithm's own cross-field checks run in `experiments.train.build_plan`, before JAX.
+algorithm's own cross-field checks run in `purerl.cli.train.build_plan`, before JAX.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from omegaconf import MISSING
 
 from purerl.algos import ALGORITHMS, get_algorithm
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SCHEMA_GROUP = "schema/algo"  # not `algo`: a schema must not be selectable as an algorithm
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import purerl  # noqa: F401  (sets XLA flags; must precede any JAX import)
-from experiments import schema
+from purerl.cli import schema
 
 log = logging.getLogger("purerl.train")
 
