@@ -322,7 +322,9 @@ def _jitted_act(network: Any) -> Any:
     return jax.jit(functools.partial(act, network), static_argnames="deterministic")
 
 
-@dataclasses.dataclass
+# eq=False: a policy hashes by identity, so `jax.jit(policy)` works; comparing weights is
+# not what `==` should do.
+@dataclasses.dataclass(eq=False)
 class Policy:
     """One saved policy: `policy(obs, key=None, deterministic=True) -> action`.
 
@@ -349,6 +351,14 @@ class Policy:
         self.observation_shape = observation_shape(vec_env, vec_params)
         self._act = _jitted_act(self.network)
 
+    def __repr__(self) -> str:
+        import jax
+
+        size = sum(int(np.size(x)) for x in jax.tree.leaves(self.params))
+        return (f"Policy({self.algo} on {self.config.env}, setting={self.setting}, seed={self.seed}, "
+                f"{size:,} parameters, obs {list(self.observation_shape)}, "
+                f"normalised obs: {'yes' if self.obs_stats is not None else 'no'})")
+
     def __call__(self, obs: Any, key: Any = None, deterministic: bool = True) -> Any:
         import jax
         import jax.numpy as jnp
@@ -372,7 +382,9 @@ class Policy:
 def _env_stack(config: Any, num_envs: int) -> tuple[Any, Any, Any]:
     from purerl.rl.agent import build_env_and_network
 
-    return build_env_and_network(dataclasses.replace(config, num_envs=num_envs))
+    # Not `dataclasses.replace(config, num_envs=...)`: that would validate the evaluation's
+    # episode count against the training budget (num_envs × num_steps ≤ total_timesteps).
+    return build_env_and_network(config, num_envs=num_envs)
 
 
 def episode_limit(config: Any) -> int:

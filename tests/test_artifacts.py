@@ -119,6 +119,10 @@ def test_saved_policy_acts_exactly_like_the_final_state(cartpole_job):
     assert float(policy.obs_stats.count) > 1000 and np.all(np.abs(policy.obs_stats.mean) > 0)
     unnormalised = network.apply(policy.params, obs, method=ActorCritic.policy).mode()
     assert np.any(np.asarray(policy(obs)) != np.asarray(unnormalised))
+    # A policy is a jittable function and prints as a summary, not as its weights.
+    np.testing.assert_array_equal(jax.jit(policy)(obs), policy(obs))
+    text = repr(policy)
+    assert text.startswith("Policy(ppo on CartPole-v1, setting={'lr': 0.0003}, seed=4,") and len(text) < 200
 
 
 def test_job_saves_params_and_stats_only_indexed_by_setting_and_seed(cartpole_job):
@@ -344,10 +348,12 @@ def test_purerl_eval_catch_gif_and_errors(tmp_path, capsys):
     config = ppo.Config(env="Catch-bsuite", num_envs=2, num_steps=8, total_timesteps=16)
     job = tmp_path / "env=catch"
     artifacts.save_policies(job, untrained_state(config, 1, 2), algo="ppo", config=config, settings=[{}], seeds=[0, 1])
-    purerl_eval.main([str(job), "--episodes", "2", "--gif"])
+    # More episodes than the training budget's envs (2 envs × 8 steps = total_timesteps 16), and
+    # the multirun folder above the job instead of the job: every job below is evaluated.
+    purerl_eval.main([str(tmp_path), "--episodes", "5", "--gif"])
     printed = capsys.readouterr().out
     table = pd.read_parquet(job / purerl_eval.EVALUATION)
-    assert len(table) == 4 and (table["episodes"] == 2).all()
+    assert len(table) == 4 and (table["episodes"] == 5).all()
     assert table["mean_return"].between(-1, 1).all()  # Catch pays ±1 once per episode
     gif = next(job.glob("episode_setting0_seed*.gif"))
     assert gif.name in printed

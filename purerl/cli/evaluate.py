@@ -1,7 +1,7 @@
 """`purerl-eval JOB_DIR [JOB_DIR ...] [--episodes N] [--seed S] [--max-steps T] [--gif]`
 
 Evaluates every policy a job saved (`save_policies=true`, the default of `purerl-train`)
-over N episodes, acting deterministically (the distribution's mode) and stochastically
+over N episodes (any N: evaluation runs its own envs, independent of the training budget), acting deterministically (the distribution's mode) and stochastically
 (a sample), in one vmapped program per job (purerl.artifacts.evaluate). Writes
 `JOB_DIR/evaluation.parquet` (atomically) and prints a Markdown table: setting, the
 setting's grid values, seed, mode, mean return, std over episodes, episodes.
@@ -145,11 +145,35 @@ def _seed(text: str) -> int:
     return value
 
 
+def has_policies(job_dir: Path) -> bool:
+    from purerl import artifacts
+
+    return (job_dir / artifacts.POLICIES / artifacts.INDEX).is_file()
+
+
+def expand_job_dirs(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Job folders to evaluate: each path that holds saved policies, or every job below a
+    path that does not (a multirun folder); plus the paths under which none was found."""
+    from purerl import artifacts
+
+    jobs, missing = [], []
+    for path in paths:
+        if has_policies(path):
+            jobs.append(path)
+            continue
+        below = sorted(index.parent.parent for index in path.glob(f"**/{artifacts.POLICIES}/{artifacts.INDEX}"))
+        jobs.extend(below)
+        if not below:
+            missing.append(str(path))
+    return jobs, missing
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="purerl-eval", description="Evaluate the policies saved by purerl-train jobs."
     )
-    parser.add_argument("job_dirs", nargs="+", type=Path, metavar="JOB_DIR", help="job folder(s) with policies/")
+    parser.add_argument("job_dirs", nargs="+", type=Path, metavar="JOB_DIR",
+                        help="job folder(s) with policies/, or multirun folders (every job below is evaluated)")
     parser.add_argument("--episodes", type=_positive, default=10, help="episodes per policy and mode (default 10)")
     parser.add_argument("--seed", type=_seed, default=0, help="PRNG seed of the evaluation episodes (default 0)")
     parser.add_argument(
@@ -158,13 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gif", action="store_true", help="also write a GIF of one episode (best policy)")
     args = parser.parse_args(argv)
 
-    from purerl import artifacts
-
-    missing = [str(d) for d in args.job_dirs if not (d / artifacts.POLICIES / artifacts.INDEX).is_file()]
+    job_dirs, missing = expand_job_dirs(args.job_dirs)
     if missing:  # every argument checked before anything runs
         parser.exit(2, f"purerl-eval: error: no saved policies in: {', '.join(missing)} "
-                       "(train with save_policies=true; a killed save leaves none)\n")
-    for job_dir in args.job_dirs:
+                       "(pass a job folder or a multirun folder whose jobs ran with save_policies=true; "
+                       "a killed save leaves none)\n")
+    for job_dir in job_dirs:
         try:
             evaluate_job(job_dir, args.episodes, args.seed, args.max_steps, args.gif)
         except (ValueError, artifacts.PoliciesNotFound) as e:

@@ -33,12 +33,13 @@ def actor_critic(config: Any, action_dim: int, discrete: bool) -> ActorCritic:
 
 
 def build_env_and_network(
-    config: EnvConfig, network_factory: NetworkFactory = actor_critic
+    config: EnvConfig, network_factory: NetworkFactory = actor_critic, num_envs: int | None = None
 ) -> tuple[Any, Any, nn.Module]:
-    """(vectorised env, env params, network) for any config with the EnvConfig fields."""
+    """(vectorised env, env params, network) for any config with the EnvConfig fields;
+    `num_envs` overrides the config's (evaluation runs its own number of episodes)."""
     env, env_params = envs.make_vec_env(
         config.env,
-        config.num_envs,
+        config.num_envs if num_envs is None else num_envs,
         env_kwargs=dict(config.env_kwargs),
         action_transform=config.action_transform,
     )
