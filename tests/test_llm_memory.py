@@ -87,10 +87,15 @@ def test_bad_offload_and_counts_are_named():
 def test_cli_prints_the_hand_arithmetic(capsys):
     from purerl.cli.memory import main
 
-    main(["rlhf", "--params", "7B", "--setups", "grpo", "--precision", "bf16"])
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| GRPO")]
+    main(["rlhf", "--params", "7B", "--setups", "grpo", "--precision", "bf16", "--budget", "80GiB"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| GRPO")]
     device = [cells[7].strip() for cells in rows]
     assert device == ["84 GB", "56 GB", "28 GB"]
+    # One unit system: the budget is compared and printed in the table's decimal GB
+    # (80 GiB = 85.9 GB, so 84 GB fits).
+    header = next(line for line in lines if line.startswith("| set-up"))
+    assert header.rstrip(" |").endswith("fits 85.9 GB") and [c[-1].strip() for c in rows] == ["yes"] * 3
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -65,7 +65,7 @@ def render_rlhf_table(rows: list[dict[str, Any]], budget_bytes: int | None = Non
     header = ["set-up", "convention", "offloaded", "models on device", "weights on device", "gradients",
               "optimizer on device", "training state on device", "rollout KV", "device total", "on host"]
     if budget_bytes is not None:
-        header.append(f"fits {format_bytes(budget_bytes)}")
+        header.append(f"fits {format_gb(budget_bytes)}")  # one unit system: decimal GB
     body = []
     for r in rows:
         line = [r["setup"].upper(), r["precision"], offload_label(r["offload"]), str(r["device_models"]),
@@ -103,7 +103,8 @@ def rlhf_main(argv: Sequence[str]) -> None:
                         help="sequences sampled at once by PPO/GRPO (0: leave the KV cache out)")
     parser.add_argument("--rollout-len", type=int, default=2048, help="prompt + completion tokens")
     parser.add_argument("--kv-dtype", default="bf16", help=f"one of {sorted(DTYPE_ALIASES)}")
-    parser.add_argument("--budget", default="80GiB", help="accelerator memory, e.g. 80GiB")
+    parser.add_argument("--budget", default="80GiB",
+                        help="accelerator memory, e.g. 80GiB or 80GB (the table is in decimal GB)")
     args = parser.parse_args(argv)
     try:
         params = parse_count(args.params)
@@ -133,7 +134,7 @@ def rlhf_main(argv: Sequence[str]) -> None:
     cache = (f"rollout KV cache: {args.rollout_batch} × {args.rollout_len:,} tokens, {args.layers} layers × "
              f"{args.kv_heads} KV heads × head_dim {args.head_dim}, {args.kv_dtype}" if kv else
              "no rollout KV cache (--rollout-batch 0)")
-    print(f"{params:,} parameters per model; {cache}; budget {format_bytes(budget)}")
+    print(f"{params:,} parameters per model; {cache}; budget {format_gb(budget)} ({format_bytes(budget)})")
     for precision in dict.fromkeys(args.precision):
         print(f"  {precision}: {PRECISIONS[precision].label}")
     print(render_rlhf_table(rows, budget))
