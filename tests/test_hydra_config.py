@@ -252,6 +252,10 @@ def test_resolved_config_round_trips():
         ("env=cartpol", "env: got 'cartpol'; allowed: acrobot, asterix"),
         ("grid.clip_eps=[0.1,0.2,0.1]", "grid.clip_eps: 0.1 listed more than once"),
         ("grid_mode=zip grid.lr=[0.1,0.1] grid.gamma=[0.9,0.9]", "grid: the zipped lists repeat a setting"),
+        ("grid.clip_eps=0.1", "grid.clip_eps: got 0.1; allowed: a list of values, e.g. grid.clip_eps=[0.1]"),
+        ("algo=grpo", "env: grpo trains on its own task, not a gymnax env; drop the env group: add '~env'"),
+        ("algo=grpo ~env algo.config.task_kwargs={num_digits:1}",
+         "algo.config.task_kwargs.num_digits: not a key of algo.config.task_kwargs yet; add it with '+'"),
     ],
 )
 def test_command_line_errors_are_one_line(override, expected, tmp_path):

@@ -440,13 +440,22 @@ def composition_error(error: Exception, job: list[str], config_name: str = "conf
     if isinstance(error, MissingConfigException) and error.options is not None:
         group, _, name = str(error.missing_cfg_file or "").rpartition("/")
         return f"{group or 'config'}: got {name!r}; allowed: {', '.join(error.options)}"
-    cause = error.__cause__
+    cause = error.__cause__ or error.__context__
     key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key == "algo.config.env":
+        algo = next((o.split("=", 1)[1] for o in job if o.startswith("algo=")), "this algorithm")
+        return f"env: {algo} trains on its own task, not a gymnax env; drop the env group: add '~env'"
+    parent = key.rpartition(".")[0] if key else ""
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and parent.endswith("kwargs"):
+        return (f"{key}: not a key of {parent} yet; add it with '+': "
+                f"+{key}=<value> (e.g. +algo.config.task_kwargs.num_digits=1)")
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
         allowed = _allowed_keys(key, job, config_name)
         return f"{key}: unknown key" + (f"; allowed: {allowed}" if allowed else "")
     if isinstance(cause, ValidationError) and key:
         message = str(getattr(cause, "msg", cause)).splitlines()[0]
+        if "is not a ListConfig" in message:
+            return f"{key}: got {cause.value!r}; allowed: a list of values, e.g. {key}=[{cause.value}]"
         converted = re.search(r"could not be converted to (\w+)", message)
         if converted:
             kind = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false"}
