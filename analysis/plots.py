@@ -291,6 +291,7 @@ def heatmap(
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         middle = (vmin + vmax) / 2
+        digits = distinct_digits(values)
         for i, yv in enumerate(grid.index):
             for j, xv in enumerate(grid.columns):
                 v = values[i, j]
@@ -298,7 +299,7 @@ def heatmap(
                     ax.text(j, i, "no runs", ha="center", va="center", color="black", fontsize="x-small")
                     continue
                 cell = cells.loc[(yv, xv)]
-                text = [_short_value(v)]
+                text = [_short_value(v, digits)]
                 if show_ci:
                     low, high = cell["ci_low"], cell["ci_high"]
                     if np.isfinite(low) and np.isfinite(high):
@@ -323,9 +324,19 @@ def heatmap(
     return fig
 
 
-def _short_value(v: float) -> str:
+def _short_value(v: float, digits: int = 3) -> str:
     if np.isnan(v):
         return "nan"
     if np.isinf(v):
         return "-inf" if v < 0 else "inf"
-    return f"{v:.3g}"
+    return f"{v:.{digits}g}"
+
+
+def distinct_digits(values: np.ndarray, start: int = 3, most: int = 10) -> int:
+    """The fewest significant digits (≥ `start`) at which distinct finite values get
+    distinct labels: cells whose colours differ never read the same."""
+    finite = np.unique(values[np.isfinite(values)])
+    for digits in range(start, most + 1):
+        if len({_short_value(v, digits) for v in finite}) == finite.size:
+            return digits
+    return most

@@ -306,7 +306,16 @@ def test_heatmap_cells_show_n_and_optionally_the_ci_width(ablation):
     assert sum("1 diverged" in t for t in texts) == 1 and sum("CI width" in t for t in texts) >= 5
     table = analysis.aggregate(summary[summary.env == "CartPole-v1"], by=["num_envs", "clip_eps"], n_resamples=500)
     row = table[(table.num_envs == 4) & (table.clip_eps == 0.1)].iloc[0]
-    assert any(t.startswith(f"{row.iqm:.3g}\nCI width {row.ci_high - row.ci_low:.3g}\nn=8") for t in texts)
+    label = plots._short_value(row.iqm, plots.distinct_digits(table["iqm"].to_numpy()))
+    assert any(t.startswith(f"{label}\nCI width {row.ci_high - row.ci_low:.3g}\nn=8") for t in texts)
     assert fig.get_suptitle().startswith("PPO on Acrobot-v1, CartPole-v1, 8 seeds per setting")
     plain = plots.heatmap(summary[summary.env == "Acrobot-v1"], x="clip_eps", y="num_envs")
     assert not any("CI width" in t.get_text() for t in plain.axes[0].texts)
+
+
+def test_heatmap_labels_keep_distinct_values_distinct():
+    values = np.array([[0.12341, 0.12349], [np.nan, 5.0]])
+    digits = plots.distinct_digits(values)
+    labels = {plots._short_value(v, digits) for v in values[np.isfinite(values)]}
+    assert digits == 4 and labels == {"0.1234", "0.1235", "5"}
+    assert plots.distinct_digits(np.array([1.0, 2.0])) == 3  # no extra digits when not needed
