@@ -141,8 +141,6 @@ class ValidatedHyper:
         validate_hyper(self)
 
 
-def hyper_names(hyper_cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(hyper_cls))
 
 
 # ---------------------------------------------------------------- static configuration parts
