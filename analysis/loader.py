@@ -18,9 +18,11 @@ one `name` with overlapping grids) would count that seed twice: `load` refuses t
 from __future__ import annotations
 
 import glob as globlib
+import itertools
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -46,20 +48,30 @@ def _find_job_dirs(root: Path) -> list[Path]:
     return found
 
 
+def multirun_jobs(overrides: list[Any]) -> list[list[str]]:
+    """The jobs of a basic-sweeper multirun, as Hydra's basic sweeper makes them: the
+    Cartesian product of every sweep override's values (in command-line order), each job a
+    list of `key=value` overrides. `overrides`: parsed Hydra overrides."""
+    choices = [
+        [f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()]
+        if o.is_sweep_override() else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
+        for o in overrides
+    ]
+    return [list(job) for job in itertools.product(*choices)]
+
+
 def _expected_overrides(multirun_root: Path) -> list[tuple[str, ...]] | None:
     """Per job of the multirun started in `multirun_root`: its sorted override list."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     try:
         cfg = OmegaConf.load(multirun_root / "multirun.yaml")
         overrides = list(cfg.hydra.overrides.task)
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        batches = BasicSweeper.split_arguments(parsed, None)
+        jobs = multirun_jobs(OverridesParser.create().parse_overrides(overrides))
     except Exception:  # not a basic-sweeper multirun, or unreadable: cannot tell
         return None
-    return [tuple(sorted(job)) for batch in batches for job in batch]
+    return [tuple(sorted(job)) for job in jobs]
 
 
 def _job_overrides(job_dir: Path) -> tuple[str, ...] | None:

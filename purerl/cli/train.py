@@ -11,6 +11,7 @@ See docs/hydra.md.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -466,6 +467,23 @@ def composition_error(error: Exception, job: list[str], config_name: str = "conf
     return _one_line(" ".join(lines)) + (f": {_one_line(cause)}" if cause else "")
 
 
+def _hydra_flags() -> argparse.ArgumentParser:
+    """The flags of Hydra's own command line (hydra.main), parsed here only to tell a plain
+    run or multirun from --help, --cfg and the like."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("overrides", nargs="*")
+    for flags in (["--help", "-h"], ["--hydra-help"], ["--version"], ["--resolve"], ["--run", "-r"],
+                  ["--multirun", "-m"], ["--shell-completion", "-sc"]):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (["--cfg", "-c"], ["--package", "-p"], ["--config-path", "-cp"], ["--config-name", "-cn"],
+                  ["--config-dir", "-cd"], ["--experimental-rerun"]):
+        parser.add_argument(*flags)
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    return parser
+
+
+
+
 def validate_command_line(argv: list[str]) -> list[str]:
     """Compose and validate every job the command line would run, before any of them runs.
 
@@ -474,17 +492,17 @@ def validate_command_line(argv: list[str]) -> list[str]:
     Checks composition, `build_plan` and, for jobs whose folder holds complete results,
     that a rerun would not mix results of other code or configuration."""
     from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    from analysis.loader import multirun_jobs
+
     try:
-        args = get_args_parser().parse_args(argv)
+        args = _hydra_flags().parse_args(argv)
     except SystemExit:
         return []  # argparse's own message; Hydra will repeat it
-    if any([args.help, args.hydra_help, args.cfg, args.info, args.shell_completion, args.config_path,
-            args.config_dir, args.experimental_rerun, args.package]):
+    if any([args.help, args.hydra_help, args.version, args.cfg, args.info, args.shell_completion,
+            args.config_path, args.config_dir, args.experimental_rerun, args.package]):
         return []
     config_name = args.config_name or "config"
     try:
@@ -495,7 +513,7 @@ def validate_command_line(argv: list[str]) -> list[str]:
     task = [o for o in parsed if not o.is_hydra_override()]
     swept = {o.key_or_group for o in task if o.is_sweep_override()}
     if args.multirun:
-        jobs = [list(job) for batch in BasicSweeper.split_arguments(task, None) for job in batch]
+        jobs = multirun_jobs(task)
     elif any(o.is_sweep_override() for o in task):
         return []  # Hydra explains that a sweep needs -m
     else:
