@@ -24,7 +24,6 @@ import time
 import jax
 import jax.numpy as jnp
 
-import purerl  # noqa: F401
 from purerl import sweep
 from purerl.algos import dqn, sac
 

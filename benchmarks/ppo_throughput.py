@@ -45,7 +45,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-import purerl  # noqa: F401
 from purerl import sweep
 from purerl.algos import ppo
 

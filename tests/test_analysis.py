@@ -19,8 +19,8 @@ from scipy import stats  # noqa: E402
 
 import analysis  # noqa: E402
 from analysis import plots  # noqa: E402
-from purerl.cli.analyze import main  # noqa: E402
 from purerl import results as res  # noqa: E402
+from purerl.cli.analyze import main  # noqa: E402
 
 GRID_JOB = "grid.clip_eps=[0.1,0.2]"
 

@@ -21,11 +21,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import purerl
+from purerl import artifacts, results, sweep
+from purerl.algos import ppo
 from purerl.cli import evaluate as purerl_eval
 from purerl.cli import schema
 from purerl.cli.train import build_plan, run_job
-from purerl import artifacts, results, sweep
-from purerl.algos import ppo
 from purerl.nets import ActorCritic
 from purerl.rl import normalization
 from purerl.rl.agent import build_env_and_network, init_params

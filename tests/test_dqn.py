@@ -7,7 +7,6 @@ import pytest
 from conftest import ON_CPU, tol
 from scipy.stats import trim_mean
 
-import purerl  # noqa: F401
 from purerl import sweep
 from purerl.algos import dqn
 

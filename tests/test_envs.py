@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import purerl  # noqa: F401
 from purerl import envs
 
 

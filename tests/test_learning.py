@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from scipy.stats import trim_mean
 
-import purerl  # noqa: F401
 from purerl import sweep
 from purerl.algos import a2c, ppo, reinforce, trpo
 

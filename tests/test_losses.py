@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import purerl  # noqa: F401
 from purerl.rl import losses
 
 EPS = 0.2

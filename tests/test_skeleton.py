@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import purerl  # noqa: F401
 from purerl import sweep
 from purerl.algos import ppo, reinforce
 from purerl.rl import losses, normalization

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from conftest import ON_CPU, tol
 
-import purerl  # noqa: F401
 from purerl import sweep
 from purerl.algos import ppo
 

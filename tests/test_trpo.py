@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from conftest import tol
 
-import purerl  # noqa: F401
 from purerl import sweep
 from purerl.algos import trpo
 from purerl.nets import ActorCritic

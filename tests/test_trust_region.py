@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-import purerl  # noqa: F401
 from purerl.nets import ActorCritic
 from purerl.rl import trust_region as tr
 

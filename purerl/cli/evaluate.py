@@ -1,7 +1,8 @@
 """`purerl-eval JOB_DIR [JOB_DIR ...] [--episodes N] [--seed S] [--max-steps T] [--gif]`
 
 Evaluates every policy a job saved (`save_policies=true`, the default of `purerl-train`)
-over N episodes (any N: evaluation runs its own envs, independent of the training budget), acting deterministically (the distribution's mode) and stochastically
+over N episodes (any N: evaluation runs its own envs, independent of the training
+budget), acting deterministically (the distribution's mode) and stochastically
 (a sample), in one vmapped program per job (purerl.artifacts.evaluate). Writes
 `JOB_DIR/evaluation.parquet` (atomically) and prints a Markdown table: setting, the
 setting's grid values, seed, mode, mean return, std over episodes, episodes.
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--gif", action="store_true", help="also write a GIF of one episode (best policy)")
     args = parser.parse_args(argv)
+
+    from purerl import artifacts
 
     job_dirs, missing = expand_job_dirs(args.job_dirs)
     if missing:  # every argument checked before anything runs

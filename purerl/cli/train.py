@@ -27,7 +27,6 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-import purerl  # noqa: F401  (sets XLA flags; must precede any JAX import)
 from purerl.cli import schema
 
 log = logging.getLogger("purerl.train")
