@@ -26,6 +26,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import lab
+from purerl.attention.cost import KERNELS, cost, crossover, roofline_seconds
 
 NAME = "softmax_vs_linear"
 KINDS = {"softmax": "softmax", "elu": "linear, elu+1", "taylor": "linear, Taylor"}
@@ -54,36 +55,11 @@ def with_recipe(plan: DictConfig) -> DictConfig:
 
 
 def recall_vocab(plan: DictConfig) -> int:
-    r = plan.recall
-    return 1 + r.num_keys + r.num_values + r.num_keys * r.num_values
+    from purerl.attention.mqar import bound_recall_vocab
+
+    return bound_recall_vocab(plan.recall.num_keys, plan.recall.num_values)
 
 
-def bound_recall_batch(key, num_pairs, max_pairs: int, num_keys: int, num_values: int, batch: int):
-    """An MQARBatch of `batch` sequences of 3·max_pairs tokens with `num_pairs` (traced) pairs."""
-    import jax
-    import jax.numpy as jnp
-
-    from purerl.attention.mqar import MQARBatch
-
-    slots = jnp.arange(max_pairs)
-    used = slots < num_pairs
-
-    def one(key):
-        key_keys, key_values, key_order = jax.random.split(key, 3)
-        keys = jax.random.permutation(key_keys, num_keys)[:max_pairs]  # distinct keys
-        values = jax.random.randint(key_values, (max_pairs,), 0, num_values)
-        # Ask the used pairs in a random order: sort a random score, unused slots last.
-        order = jnp.argsort(jnp.where(used, jax.random.uniform(key_order, (max_pairs,)), 2.0))
-        pair_tokens = jnp.where(used, 1 + num_keys + num_values + keys * num_values + values, 0)
-        queries = jnp.where(used, 1 + keys[order], 0)
-        answers = jnp.where(used, 1 + num_keys + values[order], 0)
-        tokens = jnp.concatenate([pair_tokens, jnp.stack([queries, answers], 1).reshape(-1)])
-        targets = jnp.concatenate([tokens[1:], jnp.zeros((1,), tokens.dtype)])
-        mask = jnp.zeros((3 * max_pairs,), bool).at[max_pairs + 2 * slots].set(used)
-        return tokens.astype(jnp.int32), targets.astype(jnp.int32), mask
-
-    tokens, targets, mask = jax.vmap(one)(jax.random.split(key, batch))
-    return MQARBatch(tokens=tokens, targets=targets, loss_mask=mask)
 
 
 def recall_settings(plan: DictConfig) -> list[dict[str, Any]]:
@@ -136,6 +112,7 @@ def train_recall(key, num_pairs, plan: DictConfig, kind: str, width: int, max_pa
     import optax
 
     from purerl.attention.lm import TinyLM, TrainConfig, make_optimizer, masked_loss_and_accuracy
+    from purerl.attention.mqar import bound_recall_batch
 
     r = plan.recall
     model = TinyLM(lm_config(plan, kind, width, max_pairs))
@@ -194,12 +171,12 @@ def recall(plan: DictConfig) -> pd.DataFrame:
 
 def recall_setting(plan: DictConfig, setting: dict[str, Any]) -> pd.DataFrame:
     """One (kind, width) setting's measured table (trained unless stored)."""
-    from purerl.attention import linear, lm
+    from purerl.attention import linear, lm, mqar
 
     setting = dict(setting)
     identity = {"setting": setting, "seeds": plan.seeds, "recipe": OmegaConf.to_container(plan.recall, resolve=True)}
     return lab.measured(plan, setting_name(setting, plan), identity, partial(train_setting, plan, **setting),
-                        code=[lm, linear, bound_recall_batch, lm_config, train_recall, train_setting,
+                        code=[lm, linear, mqar, lm_config, train_recall, train_setting,
                               memory_per_sequence])
 
 
@@ -318,49 +295,9 @@ def speed(plan: DictConfig) -> dict[str, pd.DataFrame]:
     return {"timings": pd.DataFrame(rows), "machine": pd.DataFrame([machine_roofline()])}
 
 
-# ---------------------------------------------------------------- analytic model
-def cost(path: str, n: int, heads: int, d: int, chunk: int, bytes_per: int, query_block: int = 128,
-         fused_linear: bool = False) -> tuple[float, float]:
-    """(FLOPs, bytes moved to/from main memory) of one causal prefill of the attention core,
-    batch 1. Feature maps: elu f = d; Taylor f = 1 + d + d².
-
-    softmax_xla: dense QKᵀ and PV over all n² entries (no causal skipping), logits and
-      probabilities written and read once each in fp32 (16 n² H bytes).
-    softmax_fused: FlashAttention-style: causal blocks skipped (half of 4n²dH), no n² array; Q and
-      O move once, K and V once per query block (half of the blocks, causal).
-    linear_chunked: per chunk of C tokens the chunk state φ(K)ᵀV (2Cfd), the read-out of the
-      previous state (2Cfd) and the causal in-chunk part (2C²f + 2C²d); memory: Q, K, V, O, φ(Q),
-      φ(K) and the per-chunk states (written, prefix-summed, read: 4 passes of n/C · f · d) — as
-      this XLA implementation runs; `fused_linear`: a fused GPU kernel computes φ in registers and
-      writes each chunk state once and reads it once (fp32).
-    linear_parallel: the masked n×n φ(Q)φ(K)ᵀ (2n²f) and its product with V (2n²d), the n² scores
-      written and read.
-    """
-    f = {"elu": d, "taylor": 1 + d + d * d}[path.rsplit("_", 1)[-1]] if path.startswith("linear") else d
-    io = 4 * n * d * heads * bytes_per  # Q, K, V in, O out
-    if path == "softmax_xla":
-        return 4 * n * n * d * heads + 5 * n * n * heads, io + 16 * n * n * heads
-    if path == "softmax_fused":
-        blocks = max(1, -(-n // query_block))
-        return 2 * n * n * d * heads, io + 2 * n * d * heads * bytes_per * max(1, blocks // 2)
-    if path.startswith("linear_chunked"):
-        chunks = max(1, -(-n // chunk))
-        flops = heads * n * (4 * f * d + 2 * chunk * (f + d))
-        if fused_linear:
-            return flops, io + 2 * chunks * f * d * heads * 4
-        return flops, io + 4 * n * f * heads * 4 + 4 * chunks * f * d * heads * 4
-    if path.startswith("linear_parallel"):
-        return 2 * n * n * (f + d) * heads, io + 4 * n * f * heads * 4 + 16 * n * n * heads
-    raise ValueError(f"cost.path: got {path!r}")
+# ---------------------------------------------------------------- analytic model (purerl.attention.cost)
 
 
-def roofline_seconds(flops: float, bytes_moved: float, peak_flops: float, bandwidth: float) -> float:
-    return max(flops / peak_flops, bytes_moved / bandwidth)
-
-
-# Kernel launches per prefill: a fused softmax is one kernel; XLA's dense path QKᵀ, softmax, PV;
-# the chunked form feature maps, chunk states, prefix sum, read-out (as in fla-style kernels).
-KERNELS = {"softmax_fused": 1, "softmax_xla": 3, "linear_chunked": 4, "linear_parallel": 3}
 
 
 def gpu_seconds(path: str, n: int, plan: DictConfig, fused_efficiency: float | None = None) -> float:
@@ -379,18 +316,6 @@ def gpu_seconds(path: str, n: int, plan: DictConfig, fused_efficiency: float | N
     return launches + roofline_seconds(flops, moved, g.linear_efficiency * g.bf16_flops, g.hbm_bytes_per_s)
 
 
-def crossover(lengths: np.ndarray, slow: np.ndarray, fast: np.ndarray) -> float:
-    """First length where `fast` < `slow` (log-log interpolation between grid points); inf if never,
-    the first length if always."""
-    ratio = np.log(np.asarray(slow) / np.asarray(fast))
-    above = np.nonzero(ratio > 0)[0]
-    if len(above) == 0:
-        return np.inf
-    i = above[0]
-    if i == 0:
-        return float(lengths[0])
-    x0, x1 = np.log(lengths[i - 1]), np.log(lengths[i])
-    return float(np.exp(x0 + (x1 - x0) * (0 - ratio[i - 1]) / (ratio[i] - ratio[i - 1])))
 
 
 def gpu_model(plan: DictConfig) -> pd.DataFrame:

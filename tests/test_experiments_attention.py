@@ -81,7 +81,7 @@ def _numpy_check_recall_batch(tokens, targets, mask, num_pairs, max_pairs, num_k
 def test_bound_recall_batch_is_well_formed():
     import jax
 
-    from experiments.softmax_vs_linear import bound_recall_batch
+    from purerl.attention.mqar import bound_recall_batch
 
     # The pair count is traced: one compiled generator serves every count.
     make = jax.jit(bound_recall_batch, static_argnames=("max_pairs", "num_keys", "num_values", "batch"))
@@ -109,7 +109,7 @@ def test_no_binding_baseline_by_simulation():
 
 
 def test_cost_model_closed_forms_and_crossover():
-    from experiments.softmax_vs_linear import cost, crossover
+    from purerl.attention.cost import cost, crossover
 
     n, h, d, c = 256, 4, 16, 32
     flops, moved = cost("softmax_xla", n, h, d, c, 4)

@@ -87,3 +87,38 @@ def generate_mqar(key: jax.Array, config: MQARConfig, batch_size: int) -> MQARBa
     tokens, targets, loss_mask = jax.vmap(lambda k: _one_sequence(k, config))(
         jax.random.split(key, batch_size))
     return MQARBatch(tokens=tokens, targets=targets, loss_mask=loss_mask)
+
+
+def bound_recall_vocab(num_keys: int, num_values: int) -> int:
+    """Vocabulary of bound-pair recall: padding 0, keys, values, then one token per (key, value)."""
+    return 1 + num_keys + num_values + num_keys * num_values
+
+
+def bound_recall_batch(key: jax.Array, num_pairs: jax.Array | int, max_pairs: int, num_keys: int, num_values: int,
+                       batch: int) -> MQARBatch:
+    """Bound-pair recall: `batch` sequences of 3·max_pairs tokens. First `num_pairs` (traced,
+    ≤ max_pairs) pair tokens, each one token that binds a key to a value (vocabulary
+    1 + K + V + K·V); then the used keys asked in a random order, each followed by its value
+    token. Loss only at the answer positions. MQAR writes a pair as two tokens "k v", so a
+    model must first learn to bind each value to the key before it; here key and value arrive
+    bound in one token's embedding, so what is left is retrieval — storing m associations and
+    reading one back — where a constant-size linear state and a growing KV cache differ."""
+    slots = jnp.arange(max_pairs)
+    used = slots < num_pairs
+
+    def one(key):
+        key_keys, key_values, key_order = jax.random.split(key, 3)
+        keys = jax.random.permutation(key_keys, num_keys)[:max_pairs]  # distinct keys
+        values = jax.random.randint(key_values, (max_pairs,), 0, num_values)
+        # Ask the used pairs in a random order: sort a random score, unused slots last.
+        order = jnp.argsort(jnp.where(used, jax.random.uniform(key_order, (max_pairs,)), 2.0))
+        pair_tokens = jnp.where(used, 1 + num_keys + num_values + keys * num_values + values, 0)
+        queries = jnp.where(used, 1 + keys[order], 0)
+        answers = jnp.where(used, 1 + num_keys + values[order], 0)
+        tokens = jnp.concatenate([pair_tokens, jnp.stack([queries, answers], 1).reshape(-1)])
+        targets = jnp.concatenate([tokens[1:], jnp.zeros((1,), tokens.dtype)])
+        mask = jnp.zeros((3 * max_pairs,), bool).at[max_pairs + 2 * slots].set(used)
+        return tokens.astype(jnp.int32), targets.astype(jnp.int32), mask
+
+    tokens, targets, mask = jax.vmap(one)(jax.random.split(key, batch))
+    return MQARBatch(tokens=tokens, targets=targets, loss_mask=mask)
