@@ -1,7 +1,7 @@
 """Stale data and the clip range ε (issue 12, part 1). `python -m experiments.stale_ppo [scale=ci|paper]`
 
 PPO whose update batch is the fresh rollout plus the K most recent older rollouts
-(experiments.stale_ppo_agent), with the ratio taken against each sample's behaviour policy
+(purerl.algos.stale_ppo), with the ratio taken against each sample's behaviour policy
 or, naively, against the policy at the start of the update. The base settings are the
 `purerl-train` preset `conf/experiment/stale_ppo.yaml`; K, the ratio choice and ε are
 traced, so each env is one compiled program vmapped over the whole grid × seeds.
@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from experiments import lab
-from experiments import stale_ppo_agent as agent
+from purerl.algos import stale_ppo as agent
 
 NAME = "stale_ppo"
 RATIO = {0.0: "behaviour μ (stored)", 1.0: "naive: π at update start"}
@@ -176,7 +176,7 @@ def run(plan: DictConfig) -> None:
         f"```bash\n{report.command()}\n```\n\n"
         f"Scale `{plan.scale}`: {plan.seeds} seeds per setting, {int(summary.env_steps.max())} environment steps per "
         f"run, K ≤ {plan.max_stale}. Presets: `conf/experiment/{NAME}.yaml` (the base PPO) and "
-        f"`conf/experiment/{NAME}/{plan.scale}.yaml`; the variant: `experiments/stale_ppo_agent.py`.",
+        f"`conf/experiment/{NAME}/{plan.scale}.yaml`; the variant: `purerl/algos/stale_ppo.py`.",
         "## Answer\n\n" + answer(summary, runs),
         "## Setup",
         "Every update collects a fresh rollout (8 envs × 32 steps) and trains 4 epochs × 4 minibatches on it plus "

@@ -111,6 +111,9 @@ def _batched_tree(final_state: Any) -> dict[str, Any]:
     """{"params", "obs_stats"?} as host arrays; opt_state and runner are dropped."""
     import jax
 
+    # Variants that carry more than the agent (stale PPO's rollout buffer) keep the
+    # on-policy TrainState as `.agent`; only the agent is a policy.
+    final_state = getattr(final_state, "agent", final_state)
     params = getattr(final_state, "params", None)
     if params is None:
         raise ValueError(

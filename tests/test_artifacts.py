@@ -163,6 +163,20 @@ def test_save_policies_false_saves_nothing(cartpole_job, tmp_path, monkeypatch):
     assert asked == [False, False] and not (dqn_job / artifacts.POLICIES).exists()
 
 
+def test_a_variant_state_saves_its_agent(tmp_path):
+    """Stale PPO's final state wraps the on-policy TrainState with its rollout buffer: the
+    saved policy is the agent's."""
+    from purerl.algos import stale_ppo
+
+    config = stale_ppo.Config(num_envs=2, num_steps=8, total_timesteps=16, max_stale=2)
+    agent = untrained_state(config, 1, 2)
+    state = stale_ppo.StaleState(agent=agent, buffer=None, filled=np.zeros((1, 2), np.int32))
+    artifacts.save_policies(tmp_path, state, algo="stale_ppo", config=config, settings=[{}], seeds=[0, 1])
+    policy = purerl.load_policy(tmp_path, setting=0, seed=1)
+    for loaded, saved in zip(jax.tree.leaves(policy.params), jax.tree.leaves(agent.params)):
+        np.testing.assert_array_equal(loaded, saved[0, 1])
+
+
 def test_policies_are_supported_for_the_on_policy_actor_critics():
     from purerl.algos import ALGORITHMS, get_algorithm
 

@@ -8,6 +8,7 @@ from types import ModuleType
 # name -> module path; modules are imported lazily so `import purerl.algos` stays cheap.
 ALGORITHMS: dict[str, str] = {
     "ppo": "purerl.algos.ppo",
+    "stale_ppo": "purerl.algos.stale_ppo",  # PPO whose batches include K older rollouts
     "trpo": "purerl.algos.trpo",
     "a2c": "purerl.algos.a2c",
     "reinforce": "purerl.algos.reinforce",

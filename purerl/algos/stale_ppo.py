@@ -1,6 +1,6 @@
 """PPO on stale data: each update's batch is the fresh rollout plus the K most recent older
-rollouts (issue 12, part 1). An experiment-specific variant of purerl.algos.ppo, with the
-same interface (Config, Hyper, make_train) so `purerl.sweep` vmaps it.
+rollouts. A variant of purerl.algos.ppo with the same interface (Config, Hyper,
+make_train), so `purerl.sweep` vmaps it and `purerl-train algo=stale_ppo` trains it.
 
 Both knobs of interest are traced, so one compiled program covers the whole grid:
 
