@@ -28,7 +28,7 @@ one device (its API has no sharding), so it gets the same cores but uses them th
 intra-op threads only. A purerl user gets the same by setting the flag for a CPU sweep:
 `XLA_FLAGS=--xla_force_host_platform_device_count=2 purerl-train ...` (docs/ppo_speed.md).
 
-Targets (issue 11): purerl ≥ 1.5× rejax's env-steps/s at 1 seed, ≥ 1.3× at 8 and 32
+Targets: purerl ≥ 1.5× rejax's env-steps/s at 1 seed, ≥ 1.3× at 8 and 32
 seeds, with equal returns (purerl's final return ≥ 95% of rejax's).
 """
 

@@ -8,7 +8,7 @@ Both sides run as fresh processes (imports included) with their own empty compil
 cache, so both pay one cold compile. Targets: purerl-train ≤ 1.10 × direct once compile
 time is taken out of both; warm-cache compile ≤ 1 s.
 
-The sweep engine in one process (issue 11, target 5): a second `sweep.run` of the same
+The sweep engine in one process: a second `sweep.run` of the same
 program reuses its compiled executable (target: no compile, ≤ 5% of the first call's
 compile time), and a sweep split into chunks (`max_batch`) dispatches every chunk before
 fetching any (the chunked run's wall time is printed next to the unchunked one's).

@@ -1,4 +1,4 @@
-"""Critic or no critic (issue 12, part 5). `python -m experiments.baselines [scale=ci|paper]`
+"""Critic or no critic. `python -m experiments.baselines [scale=ci|paper]`
 
 - Learning speed: REINFORCE without a baseline, with a learned critic (G − V) and with
   the group-relative baseline (critic-free, GRPO-style), one `purerl-train` job each;

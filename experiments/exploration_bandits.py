@@ -1,4 +1,4 @@
-"""Exploration and regret on bandits (issue 12, part 6).
+"""Exploration and regret on bandits.
 `python -m experiments.exploration_bandits [scale=ci|paper]`
 
 ε-greedy (fixed and decaying ε), UCB1 (over its constant c) and Thompson sampling on

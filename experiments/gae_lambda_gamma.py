@@ -1,4 +1,4 @@
-"""GAE: λ versus γ (issue 12, part 2). `python -m experiments.gae_lambda_gamma [scale=ci|paper]`
+"""GAE: λ versus γ. `python -m experiments.gae_lambda_gamma [scale=ci|paper]`
 
 (a) Exact, no networks (experiments.tabular_gae): bias², variance and MSE of GAE(γ, λ)
     against the γ-discounted advantage and against the long-horizon advantage, on random

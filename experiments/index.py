@@ -15,8 +15,8 @@ ORDER = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo", "on_
 
 HEADER = """# Experiments
 
-The policy-gradient follow-up questions (issue 12), the attention questions (issue 13) and RL
-on the tiny language model (issue 14), each answered by a report generated from its results
+The policy-gradient follow-up questions, the attention questions and RL
+on the tiny language model, each answered by a report generated from its results
 by one command. This page is generated too, from the reports
 (`python -m experiments.index`); edit the experiments, not this page.
 

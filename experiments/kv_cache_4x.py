@@ -1,4 +1,4 @@
-"""Cutting the KV cache 4× on a 32-query-head model (issue 13, part 2).
+"""Cutting the KV cache 4× on a 32-query-head model.
 `python -m experiments.kv_cache_4x [scale=ci|paper]`
 
 One model family (TinyLM, 32 query heads) with H_kv ∈ {32, 16, 8, 4, 2, 1} (one `purerl-train`

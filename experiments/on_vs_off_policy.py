@@ -1,4 +1,4 @@
-"""On- vs off-policy: PPO and A2C vs DQN and SAC (issue 12, part 4).
+"""On- vs off-policy: PPO and A2C vs DQN and SAC.
 `python -m experiments.on_vs_off_policy [scale=ci|paper]`
 
 One `purerl-train` job per env × algorithm (8 vmapped seeds at `scale=ci`): PPO and A2C

@@ -1,4 +1,4 @@
-"""Issue 13, part 3: training-time memory of RLHF set-ups — PPO (actor, critic, reference, reward
+"""Training-time memory of RLHF set-ups — PPO (actor, critic, reference, reward
 model) vs GRPO (no critic) vs DPO (policy + reference) — with offloading and the rollout KV cache.
 
 `python -m experiments.rlhf_memory [scale=ci|paper|smoke] [key=value ...]`

@@ -1,4 +1,4 @@
-"""Issue 13, part 1: why exact softmax attention still wins over linear attention.
+"""Why exact softmax attention still wins over linear attention.
 
 `python -m experiments.softmax_vs_linear [scale=ci|paper|smoke] [key=value ...]`
 
@@ -430,7 +430,7 @@ def calibration(plan: DictConfig) -> str:
     g = plan.gpu
     predicted = roofline_seconds(flops, moved, max(g.fused_efficiencies) * g.bf16_flops,
                                  g.unfused_efficiency * g.hbm_bytes_per_s)
-    return (f"Calibration: for the H100 measurement of issue 11 (XLA dense prefill, fp32, {c.heads} heads, d "
+    return (f"Calibration: for an H100 measurement (XLA dense prefill, fp32, {c.heads} heads, d "
             f"{c.head_dim}, {c.length:,} tokens: {c.measured_ms} ms) the model gives {predicted * 1e3:.2f} ms — "
             f"it moves {moved / 1e9:.1f} GB of logits and probabilities, so the unfused path is bandwidth-bound, "
             "as modelled.")

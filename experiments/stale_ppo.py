@@ -1,4 +1,4 @@
-"""Stale data and the clip range ε (issue 12, part 1). `python -m experiments.stale_ppo [scale=ci|paper]`
+"""Stale data and the clip range ε. `python -m experiments.stale_ppo [scale=ci|paper]`
 
 PPO whose update batch is the fresh rollout plus the K most recent older rollouts
 (purerl.algos.stale_ppo), with the ratio taken against each sample's behaviour policy

@@ -1,4 +1,4 @@
-"""Step-size control: vanilla PG vs PPO vs TRPO (issue 12, part 3).
+"""Step-size control: vanilla PG vs PPO vs TRPO.
 `python -m experiments.step_size_control [scale=ci|paper]`
 
 Same budget, same networks, same batch per update (8 envs × 128 steps); only the update

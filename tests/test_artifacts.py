@@ -1,4 +1,4 @@
-"""Trained policies as artifacts (issue 9): saving with orbax from a Hydra job, loading
+"""Trained policies as artifacts: saving with orbax from a Hydra job, loading
 back as a callable policy, atomic saves, `purerl-eval` end to end, and a trained CartPole
 policy that evaluates at the env's ceiling."""
 

@@ -133,8 +133,7 @@ def test_vmapped_equals_alone_and_hyper_sweeps_in_one_call():
 def test_dqn_solves_cartpole():
     """8 vmapped seeds at the default settings (250k env steps, 24k gradient steps).
     Measured (final = mean training return, ε = 0.05, over the last 10% of updates):
-    [240, 158, 500, 500, 433, 476, 340, 500], IQM 437; 97 s on the shared 2-core CPU
-    under a load average of 12 (compile 56 s)."""
+    [240, 158, 500, 500, 433, 476, 340, 500], IQM 437."""
     config = dqn.Config()
     result = sweep.run(dqn.make_train(config), dqn.Hyper(), seeds=8)
     finals = result.final("episode_return", last=config.num_updates // 10)[0]

@@ -1,4 +1,4 @@
-"""The experiments of issue 12: their exact pieces against independent references, and a
+"""The RL experiments: their exact pieces against independent references, and a
 smoke run of each (`scale=smoke`) that checks the generated report has the expected tables."""
 
 from __future__ import annotations

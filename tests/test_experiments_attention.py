@@ -1,4 +1,4 @@
-"""The attention experiments of issue 13 (`rlhf_memory`, `softmax_vs_linear`): a smoke run of each
+"""The attention experiments (`rlhf_memory`, `softmax_vs_linear`): a smoke run of each
 (`scale=smoke`) that checks the generated report has the expected tables and rows."""
 
 from __future__ import annotations

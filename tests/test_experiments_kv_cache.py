@@ -1,4 +1,4 @@
-"""Issue 13 part 2 (`kv_cache_4x`): MHA -> GQA/MQA conversion against an explicit NumPy pooling,
+"""kv_cache_4x: MHA -> GQA/MQA conversion against an explicit NumPy pooling,
 the synthetic language's Bayes loss against a NumPy loop, `lm_pretrain`'s config errors, and a
 smoke run of the experiment that checks the report's tables."""
 

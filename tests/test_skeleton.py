@@ -1,4 +1,4 @@
-"""The shared on-policy skeleton and the defects found in review (issue 8), each with a
+"""The shared on-policy skeleton and the defects found in review, each with a
 test that failed before its fix: agent-held observation statistics, the 2-device hang,
 traced-hyperparameter contract, diluted group diagnostics, exact counters, duplicate
 seeds, and the collect + critic wiring at a truncation step."""

@@ -27,7 +27,7 @@ IMPLEMENTATIONS = (None, "xla", "cudnn", "blockwise")
 # logits (B × H × T × S floats) would have at least this many elements. CPU: measured (causal,
 # 8 heads, d = 64, CPU seconds, docs/attention.md "Prefill"): equal at 256 tokens, blockwise
 # 1.8× faster at 512 and 3× at 1,024, forward and backward alike. GPU: the dense path fell off
-# a cliff at 16k × 16k × 8 heads = 2^31 elements on an H100 (issue 11), so it is kept below that.
+# a cliff at 16k × 16k × 8 heads = 2^31 elements on an H100, so it is kept below that.
 DENSE_LOGITS_LIMIT = {"cpu": 2**21, "gpu": 2**31}
 
 
