@@ -169,7 +169,7 @@ def expand_job_dirs(paths: list[Path]) -> tuple[list[Path], list[str]]:
     return jobs, missing
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="purerl-eval", description="Evaluate the policies saved by purerl-train jobs."
     )
@@ -181,6 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         "--max-steps", type=_positive, default=None, help="steps per episode (default: the env's time limit)"
     )
     parser.add_argument("--gif", action="store_true", help="also write a GIF of one episode (best policy)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     from purerl import artifacts
