@@ -146,3 +146,17 @@ def test_make_targets_and_pip_extras_exist():
             assert set(named) <= extras, f"{page}: {command}: unknown extras {set(named) - extras}"
             checked += 1
     assert checked >= 3
+
+
+def test_gpu_check_fits_its_budget_and_reports_every_step():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    steps = gpu_check.plan(quick=False)
+    assert sum(s.timeout_s for s in steps) <= 8 * 60
+    assert any("16384" in " ".join(s.command) for s in steps)
+    outcomes = [{"step": s, "status": "exit 0" if i else "timed out after 20 s", "seconds": 1.5, "output": "ok\n"}
+                for i, s in enumerate(steps)]
+    text = gpu_check.report(outcomes)
+    assert "| devices | timed out after 20 s | 1.5 |" in text
+    assert all(f"## {s.name}" in text for s in steps)
