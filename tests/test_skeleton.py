@@ -37,7 +37,8 @@ def test_running_stats_equal_numpy_over_all_batches_and_respect_the_mask():
     assert float(stats.count) == pytest.approx(len(kept), rel=1e-5)
     normalised = normalization.normalize(stats, jnp.asarray(kept))
     np.testing.assert_allclose(np.mean(normalised, axis=0), 0.0, atol=1e-3)
-    assert normalization.normalize(None, jnp.ones(3)) is not None  # identity without stats
+    x = jnp.asarray([1.0, -2.0, 3.5])
+    np.testing.assert_array_equal(normalization.normalize(None, x), x)  # identity without stats
 
 
 def test_reinforce_keeps_observation_statistics_across_updates():
