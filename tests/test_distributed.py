@@ -6,13 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from purerl import distributed
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKER = Path(__file__).resolve().parent / "distributed_sweep_worker.py"
 
 
 def test_settings_from_env_reads_the_switch_and_names_bad_values():
@@ -40,35 +41,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_sweep_equals_the_same_sweep_in_one_process(tmp_path):
-    """2 processes × 1 CPU device under jax.distributed vs 1 process × 2 CPU devices: the
-    same runs on the same per-device batch, so every process holds exactly the same
-    [setting, seed, update] metrics and final parameters as the single process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+TINY_JOB = ["algo=ppo", "env=cartpole", "seeds=2", "grid.clip_eps=[0.1,0.3]", "algo.config.num_envs=2",
+            "algo.config.num_steps=8", "algo.config.num_minibatches=1", "algo.config.total_timesteps=48",
+            "compile_cache.enabled=false", "print_table=false"]
+
+
+def test_two_process_purerl_train_job_writes_once_what_one_process_writes(tmp_path):
+    """The docs/hydra.md recipe: `PURERL_DISTRIBUTED=1` + coordinator, count and index per
+    process, the same job folder; 2 processes × 1 CPU device under jax.distributed (sweep.run
+    spans both) against 1 process × 2 CPU devices (PURERL_CPU_DEVICES=2). Every process
+    holds all metrics; process 0 alone writes the results and saved policies, exactly equal
+    to the 1-process job's (the same runs on the same per-device shards)."""
+    from purerl import artifacts
+    from purerl import results as res
+
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     coordinator = f"localhost:{_free_port()}"
-    commands = {
-        "single": [str(tmp_path / "single.npz"), "2"],
-        **{f"process{i}": [str(tmp_path / f"process{i}.npz"), "1", coordinator, "2", str(i)] for i in (0, 1)},
+    cluster = {"PURERL_DISTRIBUTED": "1", "PURERL_COORDINATOR": coordinator, "PURERL_NUM_PROCESSES": "2",
+               "PURERL_CPU_DEVICES": "1"}
+    runs = {
+        "single": ({**base, "PURERL_CPU_DEVICES": "2"}, tmp_path / "single"),
+        **{f"process{i}": ({**base, **cluster, "PURERL_PROCESS_ID": str(i)}, tmp_path / "distributed")
+           for i in (0, 1)},
     }
-    procs = {name: subprocess.Popen([sys.executable, str(WORKER), *args], env=env, cwd=ROOT,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name, args in commands.items()}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "purerl.cli.train", *TINY_JOB, f"hydra.run.dir={job}"],
+                                    env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+             for name, (env, job) in runs.items()}
+    outputs = {}
     for name, proc in procs.items():
         try:
-            output, _ = proc.communicate(timeout=300)
+            outputs[name], _ = proc.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             for p in procs.values():
                 p.kill()
             raise
-        assert proc.returncode == 0, f"{name} failed:\n{output[-3000:]}"
+        assert proc.returncode == 0, f"{name} failed:\n{outputs[name][-3000:]}"
 
-    single = np.load(tmp_path / "single.npz")
-    arrays = [k for k in single.files if k.startswith(("metric/", "param/"))]
-    assert single["metric/episode_return"].shape == (2, 2, 3)  # [setting, seed, update]
-    assert any(k.startswith("param/") for k in arrays)
-    for i in (0, 1):
-        part = np.load(tmp_path / f"process{i}.npz")
-        assert int(part["process_count"]) == 2 and int(part["global_devices"]) == 2
-        assert sorted(k for k in part.files if k.startswith(("metric/", "param/"))) == sorted(arrays)
-        for k in arrays:  # exact: both sides run the same CPU kernels on the same shards
-            np.testing.assert_array_equal(part[k], single[k], err_msg=f"process {i}: {k}")
+    single, distributed_job = tmp_path / "single", tmp_path / "distributed"
+    assert res.is_complete(single) and res.is_complete(distributed_job)
+    # The job's log says what devices trained it; process 1 logged to its console.
+    assert "2 cpu device(s), 1 in this process; process 0 of 2" in (distributed_job / "train.log").read_text()
+    assert "process 1 of 2" in outputs["process1"]
+    assert "the metrics of all 4 runs are held here too" in outputs["process1"]
+    assert "2 cpu device(s), 2 in this process [2 CPU devices (PURERL_CPU_DEVICES=2)]" in (
+        single / "train.log").read_text()
+    a, b = pd.read_parquet(single / res.RESULTS), pd.read_parquet(distributed_job / res.RESULTS)
+    assert len(a) == 2 * 2 * 3  # settings × seeds × updates
+    pd.testing.assert_frame_equal(a, b)  # exact: the same CPU kernels on the same shards
+    for s in range(2):
+        for k in range(2):
+            p, q = artifacts.load_policy(single, s, k), artifacts.load_policy(distributed_job, s, k)
+            for x, y in zip(jax.tree.leaves(p.params), jax.tree.leaves(q.params), strict=True):
+                np.testing.assert_array_equal(x, y)
