@@ -30,8 +30,6 @@ from typing import Any
 
 import numpy as np
 
-import purerl  # noqa: F401  (XLA flags before JAX starts)
-
 REPORTS = Path(__file__).resolve().parent / "reports"
 DATA = REPORTS / "llm_rl.json"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import purerl  # noqa: F401  (XLA flags before jax starts)
 from purerl import sweep
 from purerl.algos import ppo
 

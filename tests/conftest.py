@@ -18,8 +18,6 @@ import jax
 import numpy as np
 import pytest
 
-import purerl  # noqa: F401  (sets up XLA flags before the backend starts)
-
 ON_CPU = jax.default_backend() == "cpu"
 
 # (rtol, atol) per dtype for float32-vs-float64-reference comparisons at highest precision.

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import purerl  # noqa: F401  (sets XLA flags before jax starts)
 from purerl.rl import advantages as adv
 
 
