@@ -22,17 +22,37 @@ import hashlib
 import inspect
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import yaml
-from omegaconf import DictConfig, OmegaConf
+from purerl.cli import devices
 
-from purerl.cli import schema
+
+def _running_an_experiment() -> bool:
+    """Whether this process is `python -m experiments.<name>` (or a worker it spawned)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name.startswith("experiments.")
+
+
+# An experiment script, as purerl-train does, sets the CPU device count before anything
+# starts JAX; its own imports come after this module's (an import of lab by a test or a
+# notebook changes nothing).
+if _running_an_experiment():
+    try:
+        devices.prepare()
+    except ValueError as e:
+        print(f"{sys.modules['__main__'].__spec__.name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from purerl.cli import schema  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT_CONF = schema.CONF_DIR / "experiment"
@@ -390,10 +410,9 @@ class Report:
 
 def main(run: Callable[[DictConfig], Any], name: str, argv: Sequence[str]) -> int:
     """Command-line entry of an experiment: one-line errors, exit status 2."""
-    import sys
-
     try:
         plan = load_plan(name, argv)
+        print(f"[{name}] devices: {devices.summary()}", flush=True)
         enable_compile_cache()
         run(plan)
     except ExperimentError as e:

@@ -74,13 +74,20 @@ def _orbax_path(path: Path) -> Iterator[Path]:
 def _checkpointer() -> Iterator[Any]:
     """orbax's StandardCheckpointer, its INFO logs (a dozen lines per save) kept out of the
     job's log."""
+    import jax
     import orbax.checkpoint as ocp
 
+    options = {}
+    if jax.process_count() > 1:
+        # Under jax.distributed one process writes the (host, already gathered) policies;
+        # orbax would otherwise wait at barriers for processes that never save.
+        me = jax.process_index()
+        options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(max(level, logging.WARNING))
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
+        with ocp.StandardCheckpointer(**options) as checkpointer:
             yield checkpointer
     finally:
         absl.setLevel(level)

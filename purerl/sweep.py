@@ -11,6 +11,12 @@ Run (s, k) uses key `PRNGKey(seeds[k])` and setting s, so it equals
 `train(PRNGKey(seeds[k]), setting_s)` trained alone. `max_batch` bounds memory by
 splitting B into equal chunks (padded) that reuse one compiled executable; with several
 visible devices each chunk is sharded over all of them along the batch axis.
+
+Under `jax.distributed` (several processes, e.g. one per node or GPU; see
+`purerl.distributed`), one sweep spans every device of every process: each process puts
+only its own devices' share of the runs, every chunk is one global array, and every
+process gets the full `[setting, seed, update]` metrics back. The caller writes results
+once (e.g. on `jax.process_index() == 0`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from purerl import provenance
@@ -271,8 +278,16 @@ def run(
     `sweep` is a `Sweep` or a single (unbatched) Hyper. `max_batch` caps the number of
     runs per call (memory); chunks are padded to equal size so one executable serves all.
     `devices` defaults to all local devices (at most one per run); the batch axis is sharded
-    over them. On a CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=<cores>` makes each
-    core a device, so a many-seed sweep runs one shard per core (docs/ppo_speed.md).
+    over them. Under `jax.distributed` with several processes, every process calls `run`
+    with the same arguments; `devices` then defaults to every device of every process (the
+    batch is padded to a multiple of their count) and each process receives all results
+    (the exported-program cache is not used then).
+
+    On a CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=<cores>` (set before JAX
+    starts) makes each core a device, so a many-seed sweep runs one shard per core, about
+    twice the env-steps/s of the default single CPU device at 8-32 seeds on 2 cores
+    (docs/ppo_speed.md). purerl-train and the experiment scripts set it by default; the
+    library never does.
 
     `program_key` names the program `train` compiles to (algorithm, Config and any
     `on_update` callback): runs with the same key and batch shapes reuse one executable
@@ -292,7 +307,7 @@ def run(
     total = num_settings * num_seeds
     # By default, no more devices than runs: padding a 1-run sweep to two CPU devices
     # would train a discarded copy on the second core.
-    devices = list(devices) if devices is not None else jax.local_devices()[:total]
+    devices = list(devices) if devices is not None else _default_devices(total)
     if max_batch is not None and max_batch <= 0:
         raise ValueError(f"max_batch: got {max_batch}; allowed: a positive integer or None")
 
@@ -303,19 +318,22 @@ def run(
     # Flat run index r = s * K + k; padding repeats the last run and is dropped afterwards.
     run_setting = np.minimum(np.arange(padded) // num_seeds, num_settings - 1)
     run_seed = seed_values[np.minimum(np.arange(padded), total - 1) % num_seeds]
-    flat_hypers = jax.tree.map(lambda x: np.asarray(x)[run_setting], sweep.hypers)
-    flat_keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(run_seed))
+    # Hypers travel as a list of leaves, rebuilt inside the program: building a Hyper
+    # validates concrete values, which a process cannot read from a global array.
+    hyper_leaves, hyper_tree = jax.tree.flatten(sweep.hypers)
+    flat_hypers = [np.asarray(x)[run_setting] for x in hyper_leaves]
+    flat_keys = np.asarray(jax.vmap(jax.random.PRNGKey)(jnp.asarray(run_seed)))
 
     mesh = Mesh(np.asarray(devices), ("batch",))
     sharding = NamedSharding(mesh, PartitionSpec("batch"))
 
     def chunk_inputs(c: int):
         part = slice(c * chunk, (c + 1) * chunk)
-        inputs = (flat_keys[part], jax.tree.map(lambda x: x[part], flat_hypers))
-        return jax.device_put(inputs, sharding)
+        inputs = (flat_keys[part], [x[part] for x in flat_hypers])
+        return _to_global(inputs, sharding)
 
     def batched(keys, hypers):
-        state, metrics = jax.vmap(train)(keys, hypers)
+        state, metrics = jax.vmap(train)(keys, jax.tree.unflatten(hyper_tree, hypers))
         return (state if return_state else None), metrics
 
     start = time.perf_counter()
@@ -328,7 +346,7 @@ def run(
     )
     compiled = _EXECUTABLES.get(signature)
     if compiled is None:
-        if export_cache is not None and program_key is not None:
+        if export_cache is not None and program_key is not None and jax.process_count() == 1:
             compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key, return_state)
         if compiled is None:
             compiled = jax.jit(batched).lower(*example).compile()
@@ -343,7 +361,7 @@ def run(
     start = time.perf_counter()
     # Dispatch every chunk before fetching any: the device never waits for the host.
     pending = [compiled(*chunk_inputs(c)) for c in chunks]
-    outputs = [jax.device_get(o) for o in pending]
+    outputs = [_to_host(o) for o in pending]
     run_seconds = time.perf_counter() - start
 
     def gather(*parts):
@@ -362,6 +380,36 @@ def run(
         compile_seconds=compile_seconds,
         run_seconds=run_seconds,
     )
+
+
+# ---------------------------------------------------------------- processes and devices
+def _default_devices(total: int) -> list[jax.Device]:
+    """Every device of every process under multi-process `jax.distributed` (each process
+    must take part in the one global program), else at most one local device per run."""
+    if jax.process_count() > 1:
+        return list(jax.devices())
+    return jax.local_devices()[:total]
+
+
+def _to_global(host_tree: Any, sharding: NamedSharding) -> Any:
+    """Arrays laid out by `sharding` from host arrays that every process holds in full
+    (keys and hypers are small): each process transfers only its own devices' shards."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(host_tree, sharding)
+
+    def place(x: np.ndarray) -> jax.Array:
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(place, host_tree)
+
+
+def _to_host(tree: Any) -> Any:
+    """Full host copies of the outputs on every process (an all-gather when they are
+    spread over several processes)."""
+    leaves = jax.tree.leaves(tree)
+    if all(x.is_fully_addressable for x in leaves if isinstance(x, jax.Array)):
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 # Compiled executables of this process, keyed by program (program_key, or the train

@@ -23,11 +23,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
-import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from purerl.cli import devices
 
-from purerl.cli import schema
+# The purerl-train program (not an import of this module, e.g. by a test) sets the CPU
+# device count and joins jax.distributed before the imports below start JAX (importing
+# the algorithms imports gymnax, which starts a backend).
+if __name__ == "__main__" or Path(sys.argv[0]).name == "purerl-train":
+    try:
+        devices.prepare()
+    except ValueError as e:
+        print(f"purerl-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+import hydra  # noqa: E402
+import numpy as np  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from purerl.cli import schema  # noqa: E402
 
 log = logging.getLogger("purerl.train")
 
@@ -311,6 +323,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
 
     job_dir = Path(job_dir)
     progress = None
+    writer = _writes_results()
     try:
         plan = build_plan(cfg)
         action = check_existing(job_dir, plan, cfg.force)
@@ -320,7 +333,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     except Exception as e:
         if progress is not None:
             progress.close()
-        if not results.is_complete(job_dir):
+        if writer and not results.is_complete(job_dir):
             results.mark_failed(job_dir, e)
         raise
 
@@ -335,11 +348,14 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         return "skipped"
 
     meta = plan.record
-    results.mark_running(job_dir, **meta)
+    log.info("%s: %s", job_dir, devices.summary())
+    if writer:
+        results.mark_running(job_dir, **meta)
     try:
         from purerl import sweep as sweeps
 
-        artifacts.remove_policies(job_dir)  # an earlier run's policies must not outlive its results
+        if writer:
+            artifacts.remove_policies(job_dir)  # an earlier run's policies must not outlive its results
         save = cfg.save_policies and artifacts.supports(plan.config)
         if cfg.save_policies and not save:
             log.info("%s: saved policies are not supported for %s; none will be saved", job_dir, plan.algo)
@@ -362,6 +378,9 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         tidy = results.tidy(result, **ids)
         summary = results.summarize(result, **ids, wall_seconds=result.run_seconds)
         config_text = resolved_config_text(cfg)
+        if not writer:
+            log.info("%s: the metrics of all %d runs are held here too; process 0 writes them", job_dir, len(summary))
+            return "complete"
         if save:  # before write_job: a complete job has its policies
             artifacts.save_policies(
                 job_dir, result.final_state, algo=plan.algo, config=plan.config,
@@ -378,7 +397,8 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
             wall_seconds=wall,
         )
     except BaseException as e:
-        results.mark_failed(job_dir, e, **meta)
+        if writer:
+            results.mark_failed(job_dir, e, **meta)
         raise
     finally:
         if progress is not None:
@@ -397,6 +417,14 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         except Exception as e:  # the results are written; a table problem must not fail the job
             log.warning("could not print the table: %s", e)
     return "complete"
+
+
+def _writes_results() -> bool:
+    """Under jax.distributed every process trains its share of the sweep and holds all
+    results; process 0 alone writes them."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def _subdir(override_dirname: str) -> str:
@@ -565,6 +593,10 @@ def main() -> None:
         for line in errors:
             print(f"purerl-train: error: {line}", file=sys.stderr)
         sys.exit(2)
+    if not _writes_results():
+        # The other processes of a jax.distributed job: process 0 writes the job folder
+        # (config, log, results); these log to the console.
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
     _app()
 
 
