@@ -236,9 +236,10 @@ def test_ray_local_init(env, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(env, tmp_path_factory):
+def ray_cluster(request, tmp_path_factory):
     """A one-node `ray start --head` cluster (2 CPUs, no GPU), stopped with `ray stop` afterwards."""
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    env = request.getfixturevalue("env")  # only once the plugin is known to be there
     ray_cli = Path(sys.executable).with_name("ray")
     cwd = tmp_path_factory.mktemp("ray_head")
     start = [str(ray_cli), "start", "--head", "--num-cpus", "2", "--num-gpus", "0", "--disable-usage-stats"]
@@ -285,7 +286,7 @@ def test_ray_cluster_refuses_a_relative_sweep_dir(env, ray_cluster, tmp_path):
 
 SLURM_CONF = """\
 ClusterName=purerl
-SlurmctldHost={host}
+SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
 AuthType=auth/munge
@@ -308,7 +309,7 @@ SlurmdLogFile={root}/slurmd.log
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-NodeName={host} CPUs={cpus} State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -328,7 +329,7 @@ def stop(pid_file: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def slurm(env, tmp_path_factory):
+def slurm(request, tmp_path_factory):
     """munged + slurmctld + slurmd: one node (this host, 2 CPUs, no GPU), no accounting; stopped afterwards."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     missing = [c for c in ("munged", "slurmctld", "slurmd", "sbatch", "sinfo") if shutil.which(c) is None]
@@ -339,6 +340,7 @@ def slurm(env, tmp_path_factory):
         )
     if os.geteuid() != 0:
         pytest.skip("a one-node SLURM needs root (slurmd runs the jobs as their user)")
+    env = request.getfixturevalue("env")
     root = tmp_path_factory.mktemp("slurm")
     host = socket.gethostname().split(".")[0]
     (root / "spool").mkdir()
