@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test bench gpu-check lint clean
 
@@ -12,13 +13,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The tests also run the Ray and SLURM launchers (tests/test_launchers.py).
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,ray,slurm]'
+	touch $(TEST_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/purerl-train experiment=demo
 
 # Two pytest workers: much of the suite is single-threaded XLA compilation, so two
 # processes keep 2 cores busy. No preallocation, so workers can share one GPU.
 TEST_WORKERS ?= 2
-test: $(STAMP)
+test: $(TEST_STAMP)
 	XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)

@@ -30,7 +30,7 @@ def documented_commands() -> list[tuple[str, str]]:
     out = []
     for page in PAGES:
         for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", page.read_text(), re.S):
-            for line in block.splitlines():
+            for line in block.replace("\\\n", " ").splitlines():  # join continued lines
                 line = re.split(r"\s{2,}#|\s#\s", line)[0].strip()
                 if line and not line.startswith("#"):
                     out.append((page.name, line))

@@ -142,9 +142,7 @@ def test_experiment_presets_build(experiment):
     [
         ("basic", "BasicLauncher"),
         ("parallel", "JoblibLauncher"),
-        ("slurm", "SlurmLauncher"),
-        ("ray", "RayLauncher"),
-    ],
+    ],  # the Ray and SLURM presets, which need their plugins: tests/test_launchers.py
 )
 def test_launcher_presets_compose(launcher, target):
     cfg = compose_cfg(f"hydra/launcher={launcher}", hydra_node=True)
