@@ -238,6 +238,9 @@ def _algo_choice(cfg: DictConfig) -> str | None:
 def check_existing(job_dir: str | os.PathLike, plan: Plan, force: bool) -> str:
     """What to do with `job_dir`: "train", or "skip" (complete, same fingerprint).
 
+    A damaged job (a result file changed since it finished, see `results.damage`) is not
+    complete: it is trained again.
+
     A complete job made from another configuration, other purerl source or other library
     versions is refused (ConfigError saying what changed) unless `force`."""
     from purerl import provenance, results
@@ -314,6 +317,10 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     try:
         plan = build_plan(cfg)
         action = check_existing(job_dir, plan, cfg.force)
+        if action == "train" and not cfg.force:
+            state, why = results.job_state(job_dir)
+            if state == "damaged":
+                log.warning("[damaged] %s: %s; training it again", job_dir, why)
         if action == "train":
             progress = _progress_bar(plan) if cfg.progress else None
             train = plan.module.make_train(plan.config, **({"on_update": progress} if progress else {}))
@@ -372,6 +379,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
             tidy,
             summary,
             config_text,
+            extra_files=[artifacts.POLICIES] if save else [],
             **meta,
             compile_seconds=result.compile_seconds,
             run_seconds=result.run_seconds,
