@@ -402,6 +402,25 @@ def test_a_bad_rerun_never_downgrades_a_complete_job(override, tmp_path, trainin
     assert res.is_complete(job) and (job / res.STATUS).read_bytes() == status
 
 
+def test_progress_is_on_by_default_when_stderr_is_a_terminal():
+    from purerl.cli.train import progress_wanted
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    cfg = compose_cfg()
+    assert cfg.progress == "auto"
+    assert progress_wanted(cfg.progress, Stream(True)) and not progress_wanted(cfg.progress, Stream(False))
+    assert progress_wanted(compose_cfg("progress=true").progress, Stream(False))
+    assert not progress_wanted(compose_cfg("progress=false").progress, Stream(True))
+    with pytest.raises(ConfigError, match=r"^progress: got 'yes'; allowed: auto, true, false$"):
+        build_plan(compose_cfg("progress=yes"))
+
+
 def test_progress_bar_advances_once_per_update_of_every_chunk(tmp_path, monkeypatch):
     import purerl.cli.train as train
 

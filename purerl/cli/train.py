@@ -169,6 +169,7 @@ def build_plan(cfg: DictConfig) -> Plan:
         raise ConfigError(
             f"grid_mode: 'zip' needs grid lists of equal length, got { {k: len(v) for k, v in axes.items()} }"
         )
+    progress_wanted(cfg.progress)
     seeds_count = cfg.seeds
     if isinstance(seeds_count, bool) or not isinstance(seeds_count, int) or seeds_count <= 0:
         raise ConfigError(f"seeds: got {seeds_count!r}; allowed: a positive integer")
@@ -292,6 +293,21 @@ def resolved_config_text(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(container))
 
 
+PROGRESS_CHOICES = ("auto", "true", "false")
+
+
+def progress_wanted(setting: Any, stream: Any = None) -> bool:
+    """Whether `progress=<setting>` shows the bar: true, false, or auto = when `stream`
+    (stderr) is a terminal. A program with the bar's host callback is cached neither by
+    JAX's persistent cache nor as an exported program, so logs and batch jobs go without."""
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ConfigError(f"progress: got {setting!r}; allowed: {', '.join(PROGRESS_CHOICES)}")
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 def _progress_bar(plan: Plan) -> Any:
     """A bar that advances once per training update (of every chunk), on the host."""
     import jax
@@ -322,7 +338,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
             if state == "damaged":
                 log.warning("[damaged] %s: %s; training it again", job_dir, why)
         if action == "train":
-            progress = _progress_bar(plan) if cfg.progress else None
+            progress = _progress_bar(plan) if progress_wanted(cfg.progress) else None
             train = plan.module.make_train(plan.config, **({"on_update": progress} if progress else {}))
     except Exception as e:
         if progress is not None:
