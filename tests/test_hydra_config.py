@@ -14,10 +14,10 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from purerl.cli import schema
-from purerl.cli.train import ConfigError, build_plan, run_job
 from purerl import sweep
 from purerl.algos import ALGORITHMS, get_algorithm
+from purerl.cli import schema
+from purerl.cli.train import ConfigError, build_plan, run_job
 
 CONF = str(schema.CONF_DIR)
 ENVS = sorted(p.stem for p in (schema.CONF_DIR / "env").glob("*.yaml"))
