@@ -139,6 +139,7 @@ def train_schema(names: list[str]) -> type:
             # auto | true | false (checked in purerl.cli.train.progress_wanted)
             ("progress", Any, dataclasses.field(default="auto")),
             ("print_table", bool, dataclasses.field(default=True)),
+            ("tensorboard", bool, dataclasses.field(default=False)),
             ("save_policies", bool, dataclasses.field(default=True)),
             ("compile_cache", CompileCacheConf, dataclasses.field(default_factory=CompileCacheConf)),
         ],

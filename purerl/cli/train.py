@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import purerl  # noqa: F401  (sets XLA flags; must precede any JAX import)
 from purerl.cli import schema
 
 log = logging.getLogger("purerl.train")
+TENSORBOARD = "tensorboard"  # the job's event files (tensorboard=true)
 
 
 class ConfigError(ValueError):
@@ -170,6 +172,11 @@ def build_plan(cfg: DictConfig) -> Plan:
             f"grid_mode: 'zip' needs grid lists of equal length, got { {k: len(v) for k, v in axes.items()} }"
         )
     progress_wanted(cfg.progress)
+    if cfg.get("tensorboard", False):
+        from purerl.watch import INSTALL_HINT, tensorboard_available
+
+        if not tensorboard_available():
+            raise ConfigError(f"tensorboard: got true, but tensorboardX is not installed; {INSTALL_HINT}")
     seeds_count = cfg.seeds
     if isinstance(seeds_count, bool) or not isinstance(seeds_count, int) or seeds_count <= 0:
         raise ConfigError(f"seeds: got {seeds_count!r}; allowed: a positive integer")
@@ -363,6 +370,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         from purerl import sweep as sweeps
 
         artifacts.remove_policies(job_dir)  # an earlier run's policies must not outlive its results
+        shutil.rmtree(job_dir / TENSORBOARD, ignore_errors=True)  # nor its curves
         save = cfg.save_policies and artifacts.supports(plan.config)
         if cfg.save_policies and not save:
             log.info("%s: saved policies are not supported for %s; none will be saved", job_dir, plan.algo)
@@ -385,6 +393,10 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         tidy = results.tidy(result, **ids)
         summary = results.summarize(result, **ids, wall_seconds=result.run_seconds)
         config_text = resolved_config_text(cfg)
+        if cfg.get("tensorboard", False):
+            from purerl.watch import write_tensorboard
+
+            write_tensorboard(job_dir / TENSORBOARD, result.metrics, result.settings, result.seeds)
         if save:  # before write_job: a complete job has its policies
             artifacts.save_policies(
                 job_dir, result.final_state, algo=plan.algo, config=plan.config,
