@@ -59,6 +59,8 @@ STATUS = "job.json"
 RETURN_METRIC = "episode_return"
 # Metrics that are NaN by design in updates in which no episode finished.
 EPISODE_METRICS = ("episode_return", "episode_length")
+# Metrics that are NaN by design in the updates without an evaluation (eval_every).
+EVALUATION_METRICS = ("eval_return",)
 ID_COLUMNS = ("experiment", "algo", "env", "seed", "setting")
 # Columns of summary.parquet that are outcomes of a run, not its configuration.
 OUTCOME_COLUMNS = (
@@ -240,7 +242,8 @@ def divergence(metrics: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
     """(diverged [..., ], first_update [...] or -1) over the trailing update axis.
 
     A value is bad if it is inf, or NaN anywhere except in the episode metrics of an
-    update in which no episode finished (those are NaN by design)."""
+    update in which no episode finished and in the evaluation metrics (those are NaN by
+    design in updates without an evaluation)."""
     finished = None
     if "episodes" in metrics:
         finished = np.asarray(metrics["episodes"]) > 0
@@ -251,6 +254,8 @@ def divergence(metrics: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
             continue
         if name in EPISODE_METRICS:
             this = np.isinf(values) if finished is None else (~np.isfinite(values) & finished)
+        elif name in EVALUATION_METRICS:
+            this = np.isinf(values)
         else:
             this = ~np.isfinite(values)
         bad = this if bad is None else (bad | this)
