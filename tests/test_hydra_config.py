@@ -440,7 +440,7 @@ def test_progress_bar_advances_once_per_update_of_every_chunk_and_tensorboard_ha
         "seeds=2", "max_batch=1", "progress=true", "print_table=false", "compile_cache.enabled=false",
         "algo.config.num_envs=2", "algo.config.num_steps=8", "algo.config.total_timesteps=48",
         "algo.config.update_epochs=1", "algo.config.num_minibatches=1", "tensorboard=true",
-        "grid.clip_eps=[0.1,0.3]",
+        "grid.clip_eps=[0.1,0.3]", "algo.config.eval_every=2", "algo.config.eval_episodes=2",
     )
     assert run_job(cfg, tmp_path) == "complete"
     (bar,) = bars
@@ -463,7 +463,8 @@ def test_progress_bar_advances_once_per_update_of_every_chunk_and_tensorboard_ha
         events.Reload()
         tags = set(events.Tags()["scalars"])
         assert {"entropy", "policy_loss", "env_steps"} <= tags
-        for tag in ("entropy", "policy_loss", "env_steps", "episode_return"):
+        assert np.isfinite(rows.eval_return).tolist() == [False, True, False]  # after update 2 of 3
+        for tag in ("entropy", "policy_loss", "env_steps", "episode_return", "eval_return"):
             finite = rows[np.isfinite(rows[tag])]
             if finite.empty:  # no episode finished in these few steps: NaN values are left out
                 assert tag not in tags
