@@ -474,3 +474,8 @@ def test_progress_bar_advances_once_per_update_of_every_chunk_and_tensorboard_ha
             np.testing.assert_allclose([e.value for e in scalars], finite[tag], rtol=1e-6)
         assert len(events.Scalars("entropy")) == num_updates
     assert not res.damage(tmp_path)  # the event files are not result files
+
+    from purerl.cli.analyze import main as analyze
+
+    assert analyze([str(tmp_path), "--by", "clip_eps", "--curve-metric", "eval_return", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
