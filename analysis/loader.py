@@ -4,7 +4,9 @@
 parent of several, or a glob (an existing path is always taken literally, so job folders
 named `grid.clip_eps=[0.1,0.2]` work); it reads only jobs whose status is `complete`, and
 lists the others (failed with their error, incomplete = killed or still running,
-unreadable = complete but a parquet file cannot be read, and — for a multirun root —
+damaged = complete but a result file's size or sha256 differs from what the job recorded
+when it finished, unreadable = complete but a parquet file cannot be read, and — for a
+multirun root —
 missing = expected from `multirun.yaml` but never started) in `df.attrs["jobs"]` and a
 warning, instead of crashing.
 
@@ -85,7 +87,9 @@ def _job_overrides(job_dir: Path) -> tuple[str, ...] | None:
 
 def jobs(path_or_glob: str | os.PathLike) -> pd.DataFrame:
     """One row per job: job (path relative to the common root), path, status
-    (complete | failed | incomplete | missing), error, overrides."""
+    (complete | damaged | failed | incomplete | missing), error, overrides. A damaged job
+    finished, but a result file changed since (its size or sha256 differs from the
+    completion record: truncated, edited, removed); error names the file."""
     pattern = str(path_or_glob)
     if Path(pattern).exists():  # a real path is literal, even with [ ] * ? in its name
         roots = [Path(pattern)]
@@ -105,16 +109,10 @@ def jobs(path_or_glob: str | os.PathLike) -> pd.DataFrame:
             if job_dir.resolve() in visited:  # overlapping glob matches: read each job once
                 continue
             visited.add(job_dir.resolve())
-            status = res.read_status(job_dir)
             overrides = _job_overrides(job_dir)
             if overrides is not None:
                 seen.add(overrides)
-            if res.is_complete(job_dir):
-                state, error = "complete", ""
-            elif status is not None and status.get("status") == "failed":
-                state, error = "failed", status.get("error", "")
-            else:
-                state, error = "incomplete", "no completion record (killed, crashed or still running)"
+            state, error = res.job_state(job_dir)
             rows.append({"path": job_dir, "status": state, "error": error, "overrides": " ".join(overrides or ())})
         if (root / "multirun.yaml").exists():
             for expected in _expected_overrides(root) or []:
@@ -158,8 +156,8 @@ def load(
     """All complete jobs' `summary` (one row per run) or `results` (one row per run ×
     update) rows, with a `job` column. `df.attrs["jobs"]` lists every job and its status
     (as records; `jobs(path)` gives the same as a DataFrame), `df.attrs["failed"]`,
-    `df.attrs["missing"]` (missing or incomplete) and `df.attrs["unreadable"]` the job
-    names that contributed no rows. `duplicates`: see the module docstring; with
+    `df.attrs["missing"]` (missing or incomplete), `df.attrs["damaged"]` and
+    `df.attrs["unreadable"]` the job names that contributed no rows. `duplicates`: see the module docstring; with
     "newest", `df.attrs["dropped_duplicates"]` counts the runs left out."""
     from analysis.aggregate import describe_duplicates, duplicate_runs
 
@@ -209,6 +207,7 @@ def load(
     df.attrs["jobs"] = [{k: str(v) for k, v in r.items()} for r in job_table.to_dict("records")]
     df.attrs["failed"] = job_table[job_table.status == "failed"].job.tolist()
     df.attrs["missing"] = job_table[job_table.status.isin(["missing", "incomplete"])].job.tolist()
+    df.attrs["damaged"] = job_table[job_table.status == "damaged"].job.tolist()
     df.attrs["unreadable"] = job_table[job_table.status == "unreadable"].job.tolist()
     df.attrs["dropped_duplicates"] = dropped
     return df

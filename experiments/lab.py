@@ -125,8 +125,9 @@ def compose_job(plan: DictConfig, overrides: Sequence[str], preset: bool = True)
     seeds, the overrides."""
     from hydra import compose, initialize_config_dir
 
+    # No progress bar: its host callback would keep every job's program out of the caches.
     base = [f"name={plan.experiment}", f"seeds={plan.seeds}", f"force={str(bool(plan.force)).lower()}",
-            "print_table=false"]
+            "print_table=false", "progress=false"]
     if preset:
         base.insert(0, f"experiment={plan.experiment}")
     with initialize_config_dir(version_base="1.3", config_dir=str(schema.CONF_DIR), job_name=plan.experiment):

@@ -309,18 +309,10 @@ def load_policy(job_dir: str | os.PathLike, setting: int = 0, seed: int = 0) -> 
 
 # ---------------------------------------------------------------- acting
 def act(network: Any, params: Any, obs_stats: Any, obs: Any, key: Any, deterministic: Any) -> Any:
-    """The action of the policy network for raw observations [..., obs_dim]: normalised with
-    the agent's own statistics, then the distribution's mode or a sample. `deterministic`
-    is a Python bool, or a traced one (then one program serves both modes)."""
-    import jax.numpy as jnp
+    """The action of the policy network for raw observations (`purerl.rl.evaluation.act`)."""
+    from purerl.rl import evaluation
 
-    from purerl.nets import ActorCritic
-    from purerl.rl import normalization
-
-    dist = network.apply(params, normalization.normalize(obs_stats, obs), method=ActorCritic.policy)
-    if isinstance(deterministic, bool):
-        return dist.mode() if deterministic else dist.sample(seed=key)
-    return jnp.where(deterministic, dist.mode(), dist.sample(seed=key))
+    return evaluation.act(network, params, obs_stats, obs, key, deterministic)
 
 
 @functools.lru_cache(maxsize=16)
@@ -399,11 +391,9 @@ def _env_stack(config: Any, num_envs: int) -> tuple[Any, Any, Any]:
 
 def episode_limit(config: Any) -> int:
     """The env's time limit (steps after which gymnax truncates an episode)."""
-    _, env_params = config.make_env()
-    limit = getattr(env_params, "max_steps_in_episode", None)
-    if limit is None:
-        raise ValueError(f"{config.env}: its params have no max_steps_in_episode; pass max_steps")
-    return int(limit)
+    from purerl.rl import evaluation
+
+    return evaluation.episode_limit(config)
 
 
 MODES = ("deterministic", "stochastic")
@@ -414,27 +404,13 @@ def _evaluation_program(config: Any, episodes: int, max_steps: int) -> Any:
     """jit(program(deterministic [M], params [P, ...], obs_stats [P, ...], key)) ->
     (returns, finished) [M, P, episodes]; cached per Config, so jobs alike share it."""
     import jax
-    import jax.numpy as jnp
 
-    env, env_params, network = _env_stack(config, episodes)
+    from purerl.rl import evaluation
+    from purerl.rl.agent import build_env_and_network
 
-    def run_episodes(deterministic, params, obs_stats, key):
-        reset_key, steps_key = jax.random.split(key)
-        obs, state = env.reset(reset_key, env_params)
-
-        def step(carry, step_key):
-            obs, state, returns, finished = carry
-            act_key, env_key = jax.random.split(step_key)
-            action = act(network, params, obs_stats, obs, act_key, deterministic)
-            obs, state, _, _, _, info = env.step(env_key, state, action, env_params)
-            first_end = info["episode_done"] & ~finished
-            returns = jnp.where(first_end, info["episode_return"], returns)
-            return (obs, state, returns, finished | info["episode_done"]), None
-
-        init = (obs, state, jnp.zeros(episodes, jnp.float32), jnp.zeros(episodes, bool))
-        (_, _, returns, finished), _ = jax.lax.scan(step, init, jax.random.split(steps_key, max_steps))
-        return returns, finished
-
+    env, env_params = evaluation.evaluation_env(config, episodes)
+    network = build_env_and_network(config)[2]
+    run_episodes = evaluation.make_episode_runner(env, env_params, network, episodes, max_steps)
     over_policies = jax.vmap(run_episodes, in_axes=(None, 0, 0, None))
     return jax.jit(jax.vmap(over_policies, in_axes=(0, None, None, None)))
 

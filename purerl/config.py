@@ -231,12 +231,23 @@ class OnPolicyConfig(NetworkConfig, EnvConfig):
 
     num_steps: int = 128
     total_timesteps: int = 500_000
+    # Periodic greedy evaluation (purerl.rl.evaluation): after every eval_every-th update,
+    # eval_episodes separate deterministic episodes -> metric eval_return. 0 = off.
+    eval_every: int = 0
+    eval_episodes: int = 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "total_timesteps", _integral(self.total_timesteps))
         super().__post_init__()
         check_positive_int(self._owner, "num_steps", self.num_steps)
         check_positive_int(self._owner, "total_timesteps", self.total_timesteps)
+        every = self.eval_every
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0:
+            raise ValueError(
+                f"{self._owner}.eval_every: got {self.eval_every!r}; allowed: a non-negative integer "
+                "(updates between evaluations; 0 = no evaluation)"
+            )
+        check_positive_int(self._owner, "eval_episodes", self.eval_episodes)
         if self.total_timesteps < self.batch_size:
             raise ValueError(
                 f"{self._owner}.total_timesteps: got {self.total_timesteps}; allowed: at least "

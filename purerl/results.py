@@ -22,7 +22,12 @@ A job directory holds, once finished:
 - `job.json`: status `running` -> `complete` | `failed`, plus a fingerprint of the
   configuration. It is written first (running) and last (complete); every file is
   written to a temporary name and `os.replace`d into place, so a job killed at any
-  point is never `complete`, and no reader sees a half-written parquet file.
+  point is never `complete`, and no reader sees a half-written parquet file. A complete
+  record also holds the size and sha256 of every result file (`files`: the tables,
+  config.yaml and the saved policies' files), checked by `is_complete` (a rerun skips
+  only an intact job) and by the analysis loader: a file truncated, edited or removed
+  afterwards makes the job `damaged` (`damage` says which file and how), and a rerun
+  trains it again.
 
 Nothing here knows about Hydra; `purerl/cli/train.py` drives it.
 """
@@ -30,6 +35,7 @@ Nothing here knows about Hydra; `purerl/cli/train.py` drives it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -38,7 +44,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,8 @@ STATUS = "job.json"
 RETURN_METRIC = "episode_return"
 # Metrics that are NaN by design in updates in which no episode finished.
 EPISODE_METRICS = ("episode_return", "episode_length")
+# Metrics that are NaN by design in the updates without an evaluation (eval_every).
+EVALUATION_METRICS = ("eval_return",)
 ID_COLUMNS = ("experiment", "algo", "env", "seed", "setting")
 # Columns of summary.parquet that are outcomes of a run, not its configuration.
 OUTCOME_COLUMNS = (
@@ -114,15 +122,70 @@ def read_status(job_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
-def is_complete(job_dir: str | os.PathLike) -> bool:
+def file_record(path: str | os.PathLike) -> dict[str, Any]:
+    """{"size": bytes, "sha256": hex digest} of a file, read in blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def _result_files(job_dir: Path, extra: Sequence[str]) -> list[str]:
+    """The job's result files, relative to `job_dir`: the tables, config.yaml and every
+    file under the `extra` paths (files or folders), sorted."""
+    names = [RESULTS, SUMMARY, CONFIG]
+    for entry in extra:
+        path = job_dir / entry
+        if path.is_dir():
+            names += [p.relative_to(job_dir).as_posix() for p in path.rglob("*") if p.is_file()]
+        elif path.is_file():
+            names.append(Path(entry).as_posix())
+    return sorted(set(names))
+
+
+def damage(job_dir: str | os.PathLike, status: Mapping[str, Any] | None = None) -> str:
+    """Why a complete job's result files differ from what its completion recorded, in one
+    line ("results.parquet sha256 mismatch; ..."), or "" if they are intact. A record
+    without checksums (written before they were kept) is checked for the tables' presence."""
     job_dir = Path(job_dir)
+    status = read_status(job_dir) if status is None else status
+    recorded = (status or {}).get("files")
+    if not isinstance(recorded, Mapping):
+        recorded = {RESULTS: None, SUMMARY: None}
+    problems = []
+    for name, expected in sorted(recorded.items()):
+        path = job_dir / name
+        if not path.is_file():
+            problems.append(f"{name} missing")
+            continue
+        if not isinstance(expected, Mapping):
+            continue
+        size = path.stat().st_size
+        if size != expected.get("size"):
+            problems.append(f"{name} size mismatch ({size} bytes, recorded {expected.get('size')})")
+        elif file_record(path)["sha256"] != expected.get("sha256"):
+            problems.append(f"{name} sha256 mismatch")
+    return "; ".join(problems)
+
+
+def is_complete(job_dir: str | os.PathLike) -> bool:
+    """Whether the job finished and its result files are as it wrote them (see `damage`)."""
     status = read_status(job_dir)
-    return (
-        status is not None
-        and status.get("status") == "complete"
-        and (job_dir / RESULTS).is_file()
-        and (job_dir / SUMMARY).is_file()
-    )
+    return status is not None and status.get("status") == "complete" and not damage(job_dir, status)
+
+
+def job_state(job_dir: str | os.PathLike) -> tuple[str, str]:
+    """(state, why): complete | damaged | failed | incomplete, and a one-line reason."""
+    status = read_status(job_dir)
+    if status is not None and status.get("status") == "complete":
+        why = damage(job_dir, status)
+        return ("damaged", why) if why else ("complete", "")
+    if status is not None and status.get("status") == "failed":
+        return "failed", str(status.get("error", ""))
+    return "incomplete", "no completion record (killed, crashed or still running)"
 
 
 def _write_status(job_dir: Path, record: dict[str, Any]) -> None:
@@ -156,17 +219,21 @@ def write_job(
     results: pd.DataFrame,
     summary: pd.DataFrame,
     config_text: str,
+    extra_files: Sequence[str] = (),
     **meta: Any,
 ) -> None:
-    """Write the job's files atomically; the `complete` status goes last."""
+    """Write the job's files atomically; the `complete` status goes last, with the size and
+    sha256 of every result file (the tables, config.yaml, and the files under each of
+    `extra_files`, paths relative to `job_dir` already written, e.g. saved policies)."""
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job_dir / CONFIG, config_text)
     atomic_write_parquet(job_dir / RESULTS, results)
     atomic_write_parquet(job_dir / SUMMARY, summary)
+    files = {name: file_record(job_dir / name) for name in _result_files(job_dir, extra_files)}
     _write_status(
         job_dir,
-        {"status": "complete", "finished": time.time(), "runs": int(len(summary)), **meta},
+        {"status": "complete", "finished": time.time(), "runs": int(len(summary)), **meta, "files": files},
     )
 
 
@@ -175,7 +242,8 @@ def divergence(metrics: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
     """(diverged [..., ], first_update [...] or -1) over the trailing update axis.
 
     A value is bad if it is inf, or NaN anywhere except in the episode metrics of an
-    update in which no episode finished (those are NaN by design)."""
+    update in which no episode finished and in the evaluation metrics (those are NaN by
+    design in updates without an evaluation)."""
     finished = None
     if "episodes" in metrics:
         finished = np.asarray(metrics["episodes"]) > 0
@@ -186,6 +254,8 @@ def divergence(metrics: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
             continue
         if name in EPISODE_METRICS:
             this = np.isinf(values) if finished is None else (~np.isfinite(values) & finished)
+        elif name in EVALUATION_METRICS:
+            this = np.isinf(values)
         else:
             this = ~np.isfinite(values)
         bad = this if bad is None else (bad | this)

@@ -214,20 +214,45 @@ class UpdateProgress:
     `on_update` runs on the host through `jax.debug.callback`; its argument (the update
     index) is not batched, so under `vmap` it fires once per update for the whole batch,
     and once per update per chunk in `run`. Pass total = num_updates × number of chunks.
+
+    The clock starts at the first update's callback, so compilation stays out of the rate
+    and the ETA. The metric `watch[0]` (default: the episode return) of every run arrives
+    with each update (`purerl.rl.loop.host_report`); the bar shows its mean over the runs
+    that finished an episode in the latest update that had any. `**bar` goes to tqdm
+    (e.g. `file=`, `disable=`).
     """
 
-    def __init__(self, total: int, desc: str = "updates"):
+    def __init__(self, total: int, desc: str = "updates", watch: Sequence[str] = ("episode_return",), **bar: Any):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, desc=desc, unit="update")
+        self.bar = tqdm(total=total, desc=desc, unit="update", **bar)
+        self.watch = tuple(watch)
         self.calls = 0
+        self.latest: dict[str, float] = {}
 
-    def __call__(self, update_index: Any) -> None:
+    def __call__(self, update_index: Any, values: dict[str, Any] | None = None) -> None:
+        if self.calls == 0:
+            # Restart the clock now: the time so far was compilation (and the first update).
+            self.bar.reset()
+            self.bar.initial = self.bar.n = self.bar.last_print_n = 1
+            self.bar.refresh()
+        else:
+            self.bar.update(1)
         self.calls += 1
-        self.bar.update(1)
+        for name, value in (values or {}).items():
+            value = np.asarray(value, dtype=np.float64)
+            finite = value[np.isfinite(value)]
+            if finite.size:  # NaN: no run finished an episode in this update
+                self.latest[name] = float(finite.mean())
+        if self.latest:
+            self.bar.set_postfix({_short(k): f"{v:.4g}" for k, v in self.latest.items()}, refresh=False)
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _short(metric: str) -> str:
+    return "return" if metric == "episode_return" else metric
 
 
 def _seed_array(seeds: int | Sequence[int]) -> np.ndarray:

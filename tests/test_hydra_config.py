@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -404,7 +405,28 @@ def test_a_bad_rerun_never_downgrades_a_complete_job(override, tmp_path, trainin
     assert res.is_complete(job) and (job / res.STATUS).read_bytes() == status
 
 
-def test_progress_bar_advances_once_per_update_of_every_chunk(tmp_path, monkeypatch):
+def test_progress_is_on_by_default_when_stderr_is_a_terminal():
+    from purerl.cli.train import progress_wanted
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    cfg = compose_cfg()
+    assert cfg.progress == "auto"
+    assert progress_wanted(cfg.progress, Stream(True)) and not progress_wanted(cfg.progress, Stream(False))
+    assert progress_wanted(compose_cfg("progress=true").progress, Stream(False))
+    assert not progress_wanted(compose_cfg("progress=false").progress, Stream(True))
+    with pytest.raises(ConfigError, match=r"^progress: got 'yes'; allowed: auto, true, false$"):
+        build_plan(compose_cfg("progress=yes"))
+
+
+def test_progress_bar_advances_once_per_update_of_every_chunk_and_tensorboard_has_the_metrics(
+    tmp_path, monkeypatch
+):
     import purerl.cli.train as train
 
     bars = []
@@ -419,11 +441,43 @@ def test_progress_bar_advances_once_per_update_of_every_chunk(tmp_path, monkeypa
     cfg = compose_cfg(
         "seeds=2", "max_batch=1", "progress=true", "print_table=false", "compile_cache.enabled=false",
         "algo.config.num_envs=2", "algo.config.num_steps=8", "algo.config.total_timesteps=48",
-        "algo.config.update_epochs=1", "algo.config.num_minibatches=1",
+        "algo.config.update_epochs=1", "algo.config.num_minibatches=1", "tensorboard=true",
+        "grid.clip_eps=[0.1,0.3]", "algo.config.eval_every=2", "algo.config.eval_episodes=2",
     )
     assert run_job(cfg, tmp_path) == "complete"
     (bar,) = bars
     num_updates = 48 // (2 * 8)
-    chunks = sweep.chunk_count(2, 1, len(jax.local_devices()))
+    chunks = sweep.chunk_count(4, 1, len(jax.local_devices()))
     assert bar.bar.total == num_updates * chunks
     assert bar.calls == num_updates * chunks  # one tick per update, not one per chunk
+
+    # The event files, read back by TensorBoard's own reader, hold the job's metrics.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from purerl import results as res
+    from purerl.watch import run_name
+
+    table = pd.read_parquet(tmp_path / "results.parquet")
+    runs = sorted((tmp_path / "tensorboard").iterdir())
+    assert [r.name for r in runs] == sorted(run_name(s, k) for s in (0, 1) for k in (0, 1))
+    for (setting, seed), rows in table.groupby(["setting", "seed"]):
+        events = EventAccumulator(str(tmp_path / "tensorboard" / run_name(setting, seed)))
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {"entropy", "policy_loss", "env_steps"} <= tags
+        assert np.isfinite(rows.eval_return).tolist() == [False, True, False]  # after update 2 of 3
+        for tag in ("entropy", "policy_loss", "env_steps", "episode_return", "eval_return"):
+            finite = rows[np.isfinite(rows[tag])]
+            if finite.empty:  # no episode finished in these few steps: NaN values are left out
+                assert tag not in tags
+                continue
+            scalars = events.Scalars(tag)
+            assert [e.step for e in scalars] == finite.env_steps.tolist()  # one point per update
+            np.testing.assert_allclose([e.value for e in scalars], finite[tag], rtol=1e-6)
+        assert len(events.Scalars("entropy")) == num_updates
+    assert not res.damage(tmp_path)  # the event files are not result files
+
+    from purerl.cli.analyze import main as analyze
+
+    assert analyze([str(tmp_path), "--by", "clip_eps", "--curve-metric", "eval_return", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

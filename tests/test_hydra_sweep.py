@@ -215,6 +215,35 @@ def test_rerun_after_kill_redoes_only_the_unfinished_job(sweep):
     assert new_summary.compile_seconds.iloc[0] != old_summary.compile_seconds.iloc[0]  # it did rerun
 
 
+def test_a_truncated_result_file_is_reported_and_only_its_job_reruns(sweep, capsys):
+    from purerl.cli.analyze import main
+
+    sweep_dir, cache, _ = sweep
+    intact, damaged = sweep_dir / job_name("0.0"), sweep_dir / job_name("0.01")
+    kept = result_mtimes(intact)
+    old_results = pd.read_parquet(damaged / res.RESULTS)
+    data = (damaged / res.RESULTS).read_bytes()
+    (damaged / res.RESULTS).write_bytes(data[: len(data) // 2])
+
+    assert main([str(sweep_dir), "--by", "ent_coef", "lr", "--out", str(sweep_dir / "damaged-analysis")]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"[damaged] {job_name('0.01')}: {res.RESULTS} size mismatch ({len(data) // 2} bytes, recorded {len(data)})"
+    ]
+    assert f"{sweep_dir}: 1/2 jobs complete, 4 runs" in out
+
+    proc = purerl_train(sweep_dir, cache)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert f"skipping {intact}" in log and f"[damaged] {damaged}: {res.RESULTS} size mismatch" in log, log[-3000:]
+    assert result_mtimes(intact) == kept  # the intact job was not touched
+    assert res.job_state(damaged) == ("complete", "")
+    cols = ["seed", "setting", "update", "episode_return", "policy_loss"]
+    pd.testing.assert_frame_equal(pd.read_parquet(damaged / res.RESULTS)[cols], old_results[cols])
+    assert main([str(sweep_dir), "--by", "ent_coef", "lr", "--no-plots", "--out", str(sweep_dir / "again")]) == 0
+    assert f"{sweep_dir}: 2/2 jobs complete, 8 runs" in capsys.readouterr().out
+
+
 def test_purerl_analyze_writes_table_and_plots(sweep, capsys):
     from purerl.cli.analyze import main
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -151,6 +152,48 @@ def test_write_job_roundtrip_and_status(tmp_path):
     # A rerun that starts invalidates the old completion before touching anything else.
     res.mark_running(tmp_path, fingerprint="abc")
     assert not res.is_complete(tmp_path)
+
+
+def test_completion_records_checksums_and_any_change_makes_the_job_damaged(tmp_path):
+    import hashlib
+
+    result = make_result()
+    tidy, summary = res.tidy(result, **IDS), res.summarize(result, **IDS)
+    (tmp_path / "policies" / "state").mkdir(parents=True)
+    (tmp_path / "policies" / "state" / "leaf").write_bytes(b"params")
+    res.write_job(tmp_path, tidy, summary, "a: 1\n", extra_files=["policies"], fingerprint="abc")
+    files = res.read_status(tmp_path)["files"]
+    assert sorted(files) == ["config.yaml", "policies/state/leaf", res.RESULTS, res.SUMMARY]
+    for name, record in files.items():  # independent reference: hashlib over the whole file
+        data = (tmp_path / name).read_bytes()
+        assert record == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert res.job_state(tmp_path) == ("complete", "") and res.damage(tmp_path) == ""
+
+    results_bytes = (tmp_path / res.RESULTS).read_bytes()
+    (tmp_path / res.RESULTS).write_bytes(results_bytes[: len(results_bytes) // 2])  # truncated
+    assert not res.is_complete(tmp_path)
+    assert res.job_state(tmp_path) == (
+        "damaged", f"{res.RESULTS} size mismatch ({len(results_bytes) // 2} bytes, recorded {len(results_bytes)})"
+    )
+    (tmp_path / res.RESULTS).write_bytes(results_bytes)
+    assert res.is_complete(tmp_path)
+
+    (tmp_path / "policies" / "state" / "leaf").write_bytes(b"PARAMS")  # same size, other bytes
+    assert res.damage(tmp_path) == "policies/state/leaf sha256 mismatch"
+    (tmp_path / res.SUMMARY).unlink()
+    assert res.damage(tmp_path) == f"policies/state/leaf sha256 mismatch; {res.SUMMARY} missing"
+    assert not res.is_complete(tmp_path)
+
+
+def test_a_record_without_checksums_still_needs_both_tables(tmp_path):
+    result = make_result()
+    res.write_job(tmp_path, res.tidy(result, **IDS), res.summarize(result, **IDS), "a: 1\n")
+    status = res.read_status(tmp_path)
+    del status["files"]
+    res.atomic_write_text(tmp_path / res.STATUS, json.dumps(status))
+    assert res.is_complete(tmp_path)
+    (tmp_path / res.RESULTS).unlink()
+    assert res.job_state(tmp_path) == ("damaged", f"{res.RESULTS} missing")
 
 
 def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):

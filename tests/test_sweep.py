@@ -1,6 +1,7 @@
 """Sweep construction, chunking and multi-device sharding."""
 
 
+import io
 from functools import partial
 
 import jax
@@ -68,13 +69,46 @@ def test_table_prints_every_column():
         assert column in text
 
 
-def test_update_progress_fires_once_per_update_per_chunk():
+def test_update_progress_fires_once_per_update_per_chunk_with_every_runs_return():
     config = ppo.Config(num_envs=2, num_steps=8, num_minibatches=1, total_timesteps=48)
-    progress = sweep.UpdateProgress(total=3 * 2)
+    seen = []
+
+    class Recording(sweep.UpdateProgress):
+        def __call__(self, update_index, values=None):
+            seen.append((int(update_index), np.asarray(values["episode_return"])))
+            super().__call__(update_index, values)
+
+    progress = Recording(total=3 * 2, file=io.StringIO())
     train = ppo.make_train(config, on_update=progress)
-    sweep.run(train, ppo.Hyper(), seeds=4, max_batch=2)  # 2 chunks x 3 updates
+    result = sweep.run(train, ppo.Hyper(), seeds=4, max_batch=2)  # 2 chunks x 3 updates
     progress.close()
     assert progress.calls == config.num_updates * 2
+    returns = result.metrics["episode_return"][0]  # [seed, update]
+    for update in range(config.num_updates):
+        batches = [v for i, v in seen if i == update]
+        assert [b.shape for b in batches] == [(2,), (2,)]  # one call per chunk, with the chunk's runs
+        np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.sort(returns[:, update]))
+    assert "return=" in progress.bar.format_dict["postfix"]
+
+
+def test_update_progress_eta_leaves_out_compile_time():
+    clock = [0.0]
+    progress = sweep.UpdateProgress(total=10, file=io.StringIO(), mininterval=0)
+    progress.bar._time = lambda: clock[0]
+    progress.bar.reset()  # the bar is made before compiling, at t = 0
+    clock[0] = 100.0  # compilation and the first update
+    progress(0, {"episode_return": np.array([np.nan, np.nan])})  # no episode finished yet
+    assert progress.bar.format_dict["postfix"] is None
+    for update in range(1, 5):
+        clock[0] += 2.0
+        progress(update, {"episode_return": np.array([float(update), np.nan, 3.0 * update])})
+    meter = progress.bar.format_dict
+    assert meter["n"] == 5 and meter["elapsed"] == pytest.approx(8.0)  # 4 updates × 2 s, no compile
+    rate = meter["rate"] or (meter["n"] - meter["initial"]) / meter["elapsed"]
+    assert rate == pytest.approx(0.5)  # 2 s per update: ETA (10 - 5) × 2 s = 10 s
+    assert "00:10" in progress.bar.format_meter(**meter).split("<")[1]
+    assert meter["postfix"] == "return=8"  # mean of the finished runs' returns in the latest update: (4 + 12) / 2
+    progress.close()
 
 
 def test_export_cache_round_trip_gives_identical_results(tmp_path):

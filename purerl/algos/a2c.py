@@ -21,7 +21,7 @@ from flax import struct
 
 from purerl.config import OnPolicyConfig, check_choice, check_positive_int
 from purerl.rl import advantages as adv
-from purerl.rl import losses, on_policy
+from purerl.rl import evaluation, losses, on_policy
 from purerl.rl.agent import build_env_and_network
 from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import flatten_time
@@ -109,6 +109,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             }
             return state.replace(params=params, opt_state=opt_state), metrics
 
+        update_step = evaluation.with_periodic_evaluation(update_step, config, network)
         return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

@@ -35,7 +35,7 @@ from flax import struct
 
 from purerl.config import OnPolicyConfig, check_choice, check_positive_int, hyper_field
 from purerl.nets import ActorCritic
-from purerl.rl import group, losses, on_policy
+from purerl.rl import evaluation, group, losses, on_policy
 from purerl.rl.agent import build_env_and_network
 from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import flatten_time
@@ -175,6 +175,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             }
             return state.replace(params=params, opt_state=opt_state), metrics
 
+        update_step = evaluation.with_periodic_evaluation(update_step, config, network)
         return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

@@ -31,7 +31,7 @@ from jax.flatten_util import ravel_pytree
 
 from purerl.config import OnPolicyConfig, ValidatedHyper, check_positive_int, hyper_field
 from purerl.nets import ActorCritic
-from purerl.rl import losses, on_policy
+from purerl.rl import evaluation, losses, on_policy
 from purerl.rl import trust_region as tr
 from purerl.rl.agent import build_env_and_network
 from purerl.rl.loop import OnUpdate, TrainFn, run_updates
@@ -204,6 +204,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             }
             return state.replace(params=params, opt_state=critic_opt_state), metrics
 
+        update_step = evaluation.with_periodic_evaluation(update_step, config, network)
         return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

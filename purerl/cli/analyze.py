@@ -1,8 +1,9 @@
 """`purerl-analyze SWEEP_DIR --by clip_eps --metric final_return --stat iqm`
 
-Prints the table (and which jobs are missing, failed or unreadable), and writes next to
-the sweep: table.md, table.tex, curves.png (learning curves with CI bands per group) and,
-when two columns are grouped (or --heatmap X Y is given), heatmap.png.
+Prints the table (and one line for each job that is missing, failed, damaged or
+unreadable: those contribute nothing), and writes next to the sweep: table.md, table.tex,
+curves.png (learning curves with CI bands per group) and, when two columns are grouped
+(or --heatmap X Y is given), heatmap.png.
 
 Every argument is checked before anything is written; a bad one is a one-line error that
 lists what is allowed. `--by` must name every column that varies within its groups (or
@@ -128,11 +129,15 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore")
         try:
             summary = load(args.sweep, duplicates=args.duplicates)
+            results = None if args.no_plots else load(args.sweep, table="results", duplicates=args.duplicates)
         except FileNotFoundError as e:
             raise UsageError(str(e)) from None
         except ValueError as e:  # duplicated runs
             raise UsageError(str(e)) from None
-    jobs = pd.DataFrame(summary.attrs["jobs"])
+    jobs = pd.DataFrame((summary if results is None else results).attrs["jobs"])
+    if results is not None:  # a job whose per-update table cannot be read is left out of the table too
+        complete = set(jobs.job[jobs.status == "complete"]) if len(jobs) else set()
+        summary = summary[summary.job.isin(complete)].reset_index(drop=True) if len(summary) else summary
     problems = jobs[jobs.status != "complete"] if len(jobs) else jobs
     for row in problems.itertuples():
         print(f"[{row.status}] {row.job}: {row.error.splitlines()[0] if row.error else ''}", file=sys.stderr)
@@ -168,7 +173,6 @@ def run(args: argparse.Namespace) -> int:
             heat_pooled = pooled_columns(summary, [*facets, y, x])
             if heat_pooled and not args.pool:
                 raise UsageError(_pooling_message("--heatmap", summary, [*facets, y, x], heat_pooled))
-        results = load(args.sweep, table="results", quiet=True, duplicates=args.duplicates)
         allowed_curves = curve_metrics(results, summary)
         if args.curve_metric not in allowed_curves:
             raise UsageError(f"--curve-metric: got {args.curve_metric!r}; allowed: {_allowed(allowed_curves)}")

@@ -136,8 +136,10 @@ def train_schema(names: list[str]) -> type:
             ("grid_mode", GridMode, dataclasses.field(default=GridMode.product)),
             ("max_batch", Optional[int], dataclasses.field(default=None)),  # noqa: UP045
             ("force", bool, dataclasses.field(default=False)),
-            ("progress", bool, dataclasses.field(default=False)),
+            # auto | true | false (checked in purerl.cli.train.progress_wanted)
+            ("progress", Any, dataclasses.field(default="auto")),
             ("print_table", bool, dataclasses.field(default=True)),
+            ("tensorboard", bool, dataclasses.field(default=False)),
             ("save_policies", bool, dataclasses.field(default=True)),
             ("compile_cache", CompileCacheConf, dataclasses.field(default_factory=CompileCacheConf)),
         ],

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from purerl.cli import schema  # noqa: E402
 
 log = logging.getLogger("purerl.train")
+TENSORBOARD = "tensorboard"  # the job's event files (tensorboard=true)
 
 
 class ConfigError(ValueError):
@@ -181,6 +183,12 @@ def build_plan(cfg: DictConfig) -> Plan:
         raise ConfigError(
             f"grid_mode: 'zip' needs grid lists of equal length, got { {k: len(v) for k, v in axes.items()} }"
         )
+    progress_wanted(cfg.progress)
+    if cfg.get("tensorboard", False):
+        from purerl.watch import INSTALL_HINT, tensorboard_available
+
+        if not tensorboard_available():
+            raise ConfigError(f"tensorboard: got true, but tensorboardX is not installed; {INSTALL_HINT}")
     seeds_count = cfg.seeds
     if isinstance(seeds_count, bool) or not isinstance(seeds_count, int) or seeds_count <= 0:
         raise ConfigError(f"seeds: got {seeds_count!r}; allowed: a positive integer")
@@ -250,6 +258,9 @@ def _algo_choice(cfg: DictConfig) -> str | None:
 def check_existing(job_dir: str | os.PathLike, plan: Plan, force: bool) -> str:
     """What to do with `job_dir`: "train", or "skip" (complete, same fingerprint).
 
+    A damaged job (a result file changed since it finished, see `results.damage`) is not
+    complete: it is trained again.
+
     A complete job made from another configuration, other purerl source or other library
     versions is refused (ConfigError saying what changed) unless `force`."""
     from purerl import provenance, results
@@ -301,6 +312,21 @@ def resolved_config_text(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(container))
 
 
+PROGRESS_CHOICES = ("auto", "true", "false")
+
+
+def progress_wanted(setting: Any, stream: Any = None) -> bool:
+    """Whether `progress=<setting>` shows the bar: true, false, or auto = when `stream`
+    (stderr) is a terminal. A program with the bar's host callback is cached neither by
+    JAX's persistent cache nor as an exported program, so logs and batch jobs go without."""
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ConfigError(f"progress: got {setting!r}; allowed: {', '.join(PROGRESS_CHOICES)}")
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 def _progress_bar(plan: Plan) -> Any:
     """A bar that advances once per training update (of every chunk), on the host."""
     import jax
@@ -327,8 +353,12 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     try:
         plan = build_plan(cfg)
         action = check_existing(job_dir, plan, cfg.force)
+        if action == "train" and not cfg.force:
+            state, why = results.job_state(job_dir)
+            if state == "damaged":
+                log.warning("[damaged] %s: %s; training it again", job_dir, why)
         if action == "train":
-            progress = _progress_bar(plan) if cfg.progress else None
+            progress = _progress_bar(plan) if progress_wanted(cfg.progress) else None
             train = plan.module.make_train(plan.config, **({"on_update": progress} if progress else {}))
     except Exception as e:
         if progress is not None:
@@ -356,6 +386,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
 
         if writer:
             artifacts.remove_policies(job_dir)  # an earlier run's policies must not outlive its results
+            shutil.rmtree(job_dir / TENSORBOARD, ignore_errors=True)  # nor its curves
         save = cfg.save_policies and artifacts.supports(plan.config)
         if cfg.save_policies and not save:
             log.info("%s: saved policies are not supported for %s; none will be saved", job_dir, plan.algo)
@@ -381,6 +412,10 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         if not writer:
             log.info("%s: the metrics of all %d runs are held here too; process 0 writes them", job_dir, len(summary))
             return "complete"
+        if cfg.get("tensorboard", False):
+            from purerl.watch import write_tensorboard
+
+            write_tensorboard(job_dir / TENSORBOARD, result.metrics, result.settings, result.seeds)
         if save:  # before write_job: a complete job has its policies
             artifacts.save_policies(
                 job_dir, result.final_state, algo=plan.algo, config=plan.config,
@@ -391,6 +426,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
             tidy,
             summary,
             config_text,
+            extra_files=[artifacts.POLICIES] if save else [],
             **meta,
             compile_seconds=result.compile_seconds,
             run_seconds=result.run_seconds,

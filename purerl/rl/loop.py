@@ -2,7 +2,9 @@
 
 `run_updates` scans an algorithm's `update_step(state, key, update_index) -> (state,
 metrics)` over a fixed number of updates, so the whole run is one program; it calls the
-optional host callback `on_update(update_index)` (progress bars) and applies the traced
+optional host callback `on_update(update_index)` (progress bars) — or, if the callback
+names metrics in a `watch` attribute, `on_update(update_index, {name: value})` with those
+metrics of every run of the batch at once (`host_report`) — and applies the traced
 hyperparameter contract (`purerl.config`): a run whose hyperparameters leave their
 intervals reports NaN for every float metric and `hyper_ok = 0`.
 
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_batching import custom_vmap
 
 from purerl.config import traced_hyper_ok
 
@@ -50,7 +53,11 @@ def run_updates(
         key, update_key = jax.random.split(key)
         state, metrics = update_step(state, update_key, update_index)
         if on_update is not None:
-            jax.debug.callback(on_update, update_index)
+            watched = {name: metrics[name] for name in getattr(on_update, "watch", ()) if name in metrics}
+            if watched:
+                host_report(on_update, update_index, watched)
+            else:
+                jax.debug.callback(on_update, update_index)
         return (state, key), metrics
 
     (state, _), metrics = lax.scan(body, (state, key), jnp.arange(num_updates))
@@ -61,6 +68,27 @@ def run_updates(
     }
     metrics["hyper_ok"] = jnp.broadcast_to(ok.astype(jnp.int32), (num_updates,))
     return state, metrics
+
+
+def host_report(callback: Callable[..., None], update_index: jax.Array, values: dict[str, jax.Array]) -> None:
+    """`callback(update_index, values)` on the host, once per update even under `vmap`:
+    `values` then carry the batch axes (one call with every run's values), where a plain
+    `jax.debug.callback` would be unrolled into one call per run. `update_index` must not
+    be batched (it is the scan's counter, the same for every run)."""
+
+    @custom_vmap
+    def report(index, values):
+        jax.debug.callback(callback, index, values)
+        return index
+
+    @report.def_vmap
+    def _batched(axis_size, in_batched, index, values):
+        if in_batched[0]:
+            raise ValueError("host_report: the update index is batched; allowed: one index for the whole batch")
+        jax.debug.callback(callback, index, values)  # `values` hold the batch axis here
+        return index, False
+
+    report(update_index, values)
 
 
 def host_metrics(metrics: dict[str, Any]) -> dict[str, np.ndarray]:

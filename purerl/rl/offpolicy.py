@@ -133,6 +133,18 @@ LearnFn = Callable[[Any, replay.Transition, jax.Array], tuple[Any, dict[str, jax
 ReportFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
 
 
+class OffsetCallback:
+    """`on_update` of a later phase: update indices shifted by `offset`, the watched metrics
+    (`purerl.rl.loop.host_report`) passed on."""
+
+    def __init__(self, on_update: Callable[..., None], offset: int):
+        self.on_update, self.offset = on_update, offset
+        self.watch = getattr(on_update, "watch", ())
+
+    def __call__(self, update_index: Any, *values: Any) -> None:
+        self.on_update(update_index + self.offset, *values)
+
+
 def make_loop(
     config: OffPolicyConfig,
     env: Any,
@@ -224,7 +236,7 @@ def make_loop(
             if count == 0:
                 continue
             key, phase_key = jax.random.split(key)
-            callback = None if on_update is None else (lambda i, offset=offset: on_update(i + offset))
+            callback = None if on_update is None else OffsetCallback(on_update, offset)
             state, metrics = run_updates(
                 make_update_step(learning, stats_zeros), state, phase_key, count, hyper, callback
             )
