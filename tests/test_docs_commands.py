@@ -32,8 +32,11 @@ def documented_commands() -> list[tuple[str, str]]:
         for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", page.read_text(), re.S):
             for line in block.replace("\\\n", " ").splitlines():  # join continued lines
                 line = re.split(r"\s{2,}#|\s#\s", line)[0].strip()
-                if line and not line.startswith("#"):
-                    out.append((page.name, line))
+                # one command per piece of `a; b`, `a && b`, `a &` (a loop's body included)
+                for piece in re.split(r";|&&|&\s*$", line):
+                    piece = re.sub(r"^(do|then|else)\s+", "", piece.strip())
+                    if piece and not piece.startswith("#"):
+                        out.append((page.name, piece))
     return out
 
 
