@@ -338,3 +338,23 @@ def test_bad_model_options_name_the_field():
     with pytest.raises(ValueError, match=r"TinyLM.padding_mask: got shape \(1, 3\)"):
         TinyLM(CONFIGS["rope"]).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32),
                                      padding_mask=jnp.ones((1, 3), bool))
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def test_packing_benchmark_runs_and_both_layouts_give_the_same_loss(capsys):
+    """The documented benchmarks/packing.py command, at a tiny size."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "packing.py"
+    spec = importlib.util.spec_from_file_location("packing_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.main(["--sequences", "12", "--max-len", "32", "--d-model", "16", "--layers",
+                          "1", "--heads", "2", "--vocab", "32", "--rounds", "1"])
+    assert results["packed"]["rows"] < results["padded"]["rows"] == 12
+    assert results["packed"]["fill"] > results["padded"]["fill"]
+    np.testing.assert_allclose(results["packed"]["loss"], results["padded"]["loss"], **tol())
+    assert "| packed | " in capsys.readouterr().out

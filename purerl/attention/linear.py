@@ -237,7 +237,8 @@ class LinearState:
     normalizer: jax.Array  # [B, H_kv, f]: Σ φ(k)
     lengths: jax.Array  # [B] int32: tokens absorbed per sequence, left padding included
     overflow: jax.Array  # [B] bool: a token arrived past the owning model's max_len
-    start: jax.Array  # [B] int32: left-padding tokens skipped at prefill (position = lengths - start)
+    # [B] int32: left-padding tokens skipped at prefill (position = lengths - start); None: none.
+    start: jax.Array | None = None
 
 
 def init_linear_state(
@@ -251,7 +252,6 @@ def init_linear_state(
         normalizer=jnp.zeros((batch, num_kv_heads, feature_width), dtype),
         lengths=jnp.zeros((batch,), jnp.int32),
         overflow=jnp.zeros((batch,), bool),
-        start=jnp.zeros((batch,), jnp.int32),
     )
 
 
@@ -354,9 +354,11 @@ class LinearAttention(nn.Module):
         batch, steps = x.shape[:2]
         if lengths is None:
             lengths = jnp.full((batch,), steps, jnp.int32)
-        start = jnp.zeros((batch,), jnp.int32) if start is None else start.astype(jnp.int32)
         index = jnp.arange(steps)[None, :]
-        valid = (index < lengths[:, None]) & (index >= start[:, None])
+        valid = index < lengths[:, None]
+        if start is not None:
+            start = start.astype(jnp.int32)
+            valid = valid & (index >= start[:, None])
         phi_q, phi_k, v = self._features(x, valid)
         form = "chunked" if self.form == "parallel" else self.form
         out, (kv, normalizer) = self._run(phi_q, phi_k, v, form)

@@ -28,7 +28,13 @@ from purerl.attention.linear import (
 )
 from purerl.attention.masks import positions_from
 from purerl.attention.mqar import MQARBatch, MQARConfig, generate_mqar
-from purerl.attention.softmax import KVCache, SoftmaxAttention, check_room, init_kv_cache
+from purerl.attention.softmax import (
+    KVCache,
+    SoftmaxAttention,
+    cache_positions,
+    check_room,
+    init_kv_cache,
+)
 from purerl.config import check_choice, check_positive_int
 
 ATTENTION_KINDS = ("softmax", "linear")
@@ -251,7 +257,7 @@ class TinyLM(nn.Module):
         """
         self._check_tokens(token, 1)
         max_len = self.config.max_len
-        position = caches[0].lengths - caches[0].start
+        position = cache_positions(caches[0])
         check_room("TinyLM.decode", position, max_len)
         past_end = position >= max_len
         h = self._embed(token, jnp.minimum(position, max_len - 1))

@@ -69,8 +69,9 @@ class KVCache:
     because XLA on CPU copied a donated 4-D cache on every step when its shape had a size-1
     axis (batch 1, MQA), turning a memory-bound 30 ms step into a 700 ms one.
 
-    Left-padded prompts: `start` [B] counts each sequence's padding slots at the front; only
-    slots [start, lengths) are attended, and a new token's position is lengths - start.
+    Left-padded prompts: `start` [B] (set by a prefill given one; None otherwise) counts each
+    sequence's padding slots at the front; only slots [start, lengths) are attended, and a new
+    token's position is lengths - start.
 
     A full cache never grows: writing a token past max_len is an error when the lengths are
     concrete (eager code), and under jit the token is not stored, `lengths` stays at max_len
@@ -82,10 +83,11 @@ class KVCache:
     values: jax.Array  # likewise
     lengths: jax.Array  # [B] int32: tokens stored per sequence, <= max_len
     overflow: jax.Array  # [B] bool: a token arrived when the cache was full
-    start: jax.Array  # [B] int32: slots [0, start) hold left padding, never attended
     num_kv_heads: int = struct.field(pytree_node=False)
     head_dim: int = struct.field(pytree_node=False)
     layout: str = struct.field(pytree_node=False, default="dn_nd")
+    # [B] int32: slots [0, start) hold left padding, never attended; None (no leaf): no padding.
+    start: jax.Array | None = None
 
     @property
     def batch(self) -> int:
@@ -136,7 +138,6 @@ def init_kv_cache(
         values=jnp.zeros(shape(layout[3:]), dtype),
         lengths=jnp.zeros((batch,), jnp.int32),
         overflow=jnp.zeros((batch,), bool),
-        start=jnp.zeros((batch,), jnp.int32),
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
         layout=layout,
@@ -186,7 +187,7 @@ def write_prefix(cache: KVCache, k: jax.Array, v: jax.Array, lengths: jax.Array,
         values=_store_prefix(cache.values, cache.layout[3:], v, cache.max_len),
         lengths=lengths.astype(jnp.int32),
         overflow=jnp.zeros((k.shape[0],), bool),
-        start=jnp.zeros_like(cache.start) if start is None else start.astype(jnp.int32),
+        start=None if start is None else start.astype(jnp.int32),
     )
 
 
@@ -218,6 +219,11 @@ def write_token(cache: KVCache, k: jax.Array, v: jax.Array) -> KVCache:
     )
 
 
+def cache_positions(cache: Any) -> jax.Array:
+    """[B] position of the next token of a KVCache or LinearState: lengths - start."""
+    return cache.lengths if cache.start is None else cache.lengths - cache.start
+
+
 def attend_cache(q: jax.Array, cache: KVCache, scale: float) -> jax.Array:
     """One query per sequence, q [B, H_q, d], against the first `lengths` cached tokens."""
     batch, num_heads, head_dim = q.shape
@@ -235,9 +241,10 @@ def attend_cache(q: jax.Array, cache: KVCache, scale: float) -> jax.Array:
     # Mask by cache index: a lone query must see keys [start, length), not is_causal's
     # top-left band; slots before `start` hold left padding.
     row_lengths = jnp.repeat(cache.lengths, cache.num_kv_heads)
-    row_start = jnp.repeat(cache.start, cache.num_kv_heads)
     slots = jnp.arange(max_len)[None, :]
-    valid = (slots < row_lengths[:, None]) & (slots >= row_start[:, None])
+    valid = slots < row_lengths[:, None]
+    if cache.start is not None:
+        valid = valid & (slots >= jnp.repeat(cache.start, cache.num_kv_heads)[:, None])
     logits = jnp.where(valid[:, None, :], logits, MASKED_LOGIT)
     # Unnormalised weights; the division by their sum is applied to the [G, d] output instead
     # of the [G, n] weights (another pass over the logits saved).
@@ -443,7 +450,7 @@ class SoftmaxAttention(nn.Module):
         self._check_input(x, 2)
         self._check_batch(cache, x.shape[0])
         check_room("SoftmaxAttention.decode", cache.lengths, cache.max_len)
-        q, k, v = self._project(x[:, None, :], (cache.lengths - cache.start)[:, None])
+        q, k, v = self._project(x[:, None, :], cache_positions(cache)[:, None])
         cache = write_token(cache, k[:, 0], v[:, 0])
         # Read after the write: XLA updates the donated cache in place only in this order.
         out = attend_cache(q[:, 0], cache, self.scale).astype(self.dtype)
