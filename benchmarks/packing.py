@@ -103,11 +103,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         results[kind]["rows"] = tokens.shape[0]
         results[kind]["fill"] = real / tokens.size
         results[kind]["tokens_per_s"] = real / results[kind]["seconds"]
-    print("| layout | rows × length | real slots | ms / pass | real tokens/s | temp memory | "
-          "temp + args + out |")
+    print(f"| layout | rows × length | real slots | ms / pass ({args.clock}) | real tokens/s | "
+          "temp memory | temp + args + out |")
     print("|---|---|---|---|---|---|---|")
     for kind, r in results.items():
-        print(f"| {kind} | {r['rows']} × {args.max_len} | {r['fill']:.0%} | "
+        print(f"| {kind} | {r['rows']} × {args.max_len} | {r['fill']:.1%} | "
               f"{r['seconds'] * 1e3:,.1f} | {r['tokens_per_s']:,.0f} | {mib(r['temp'])} | "
               f"{mib(r['total'])} |")
     a, b = results["packed"], results["padded"]
