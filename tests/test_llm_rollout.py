@@ -9,7 +9,7 @@ import pytest
 
 from purerl.attention.lm import TinyLM
 from purerl.llm.models import ScalarLM, init_lm, make_lm_config, next_token_log_probs, scalar_from_policy
-from purerl.llm.rollout import assemble, from_targets, sample, to_targets
+from purerl.llm.rollout import assemble, from_targets, sample, sequence_mask, to_targets
 from purerl.llm.tasks import EOS, PAD, VOCAB_SIZE, Addition, completion_mask
 
 TASK = Addition(2)
@@ -92,3 +92,23 @@ def test_scalar_model_starts_from_the_policy_body(setup, highest_precision):
     hidden = np.linalg.lstsq(embed, logits.reshape(-1, VOCAB_SIZE).T, rcond=None)[0].T
     expected = (hidden @ np.asarray(w, np.float64)).reshape(problems.prompt.shape)
     np.testing.assert_allclose(scalar.apply(copied, problems.prompt), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_masked_left_padding_keeps_the_first_ratio_at_one(setup, highest_precision):
+    """With `prompt_mask` the sampler ignores the tasks' left padding; a training forward given
+    the same mask (`sequence_mask`) reproduces the behaviour log-probs."""
+    params, problems, _ = setup
+    prompt_mask = problems.prompt != PAD
+    assert not np.all(np.asarray(prompt_mask))  # some prompts are padded
+    completions = jax.jit(lambda key: sample(CONFIG, params, problems.prompt, key, 0.7, TASK.completion_len,
+                                             prompt_mask=prompt_mask))(jax.random.PRNGKey(2))
+    sequences = assemble(problems.prompt, completions.tokens, completions.mask)
+    mask = sequence_mask(prompt_mask, completions.mask)
+    logits = MODEL.apply(params, sequences.tokens, padding_mask=mask)
+    full, _ = next_token_log_probs(logits, sequences.tokens, 0.7)
+    np.testing.assert_allclose(from_targets(full, TASK.prompt_len) * completions.mask, completions.log_probs,
+                               rtol=1e-4, atol=1e-5)
+    # Unmasked, the padding is attended and positions shift: other numbers.
+    unmasked, _ = next_token_log_probs(MODEL.apply(params, sequences.tokens), sequences.tokens, 0.7)
+    assert not np.allclose(from_targets(unmasked, TASK.prompt_len) * completions.mask, completions.log_probs,
+                           rtol=1e-4, atol=1e-5)

@@ -235,8 +235,10 @@ class LinearState:
 
     kv: jax.Array  # [B, H_kv, f, d]: Σ φ(k) vᵀ
     normalizer: jax.Array  # [B, H_kv, f]: Σ φ(k)
-    lengths: jax.Array  # [B] int32: tokens absorbed per sequence
+    lengths: jax.Array  # [B] int32: tokens absorbed per sequence, left padding included
     overflow: jax.Array  # [B] bool: a token arrived past the owning model's max_len
+    # [B] int32: left-padding tokens skipped at prefill (position = lengths - start); None: none.
+    start: jax.Array | None = None
 
 
 def init_linear_state(
@@ -344,13 +346,19 @@ class LinearAttention(nn.Module):
         return self.o_proj(out.astype(self.dtype))
 
     def prefill(
-        self, x: jax.Array, state: LinearState, lengths: jax.Array | None = None
+        self, x: jax.Array, state: LinearState, lengths: jax.Array | None = None,
+        start: jax.Array | None = None,
     ) -> tuple[jax.Array, LinearState]:
-        """Start fresh sequences from right-padded prompts; the state absorbs the real tokens."""
+        """Start fresh sequences from padded prompts; the state absorbs the real tokens
+        [start, lengths) (`start` [B]: left padding, default 0; `lengths` [B]: default T)."""
         batch, steps = x.shape[:2]
         if lengths is None:
             lengths = jnp.full((batch,), steps, jnp.int32)
-        valid = jnp.arange(steps)[None, :] < lengths[:, None]
+        index = jnp.arange(steps)[None, :]
+        valid = index < lengths[:, None]
+        if start is not None:
+            start = start.astype(jnp.int32)
+            valid = valid & (index >= start[:, None])
         phi_q, phi_k, v = self._features(x, valid)
         form = "chunked" if self.form == "parallel" else self.form
         out, (kv, normalizer) = self._run(phi_q, phi_k, v, form)
@@ -359,6 +367,7 @@ class LinearAttention(nn.Module):
             normalizer=normalizer.astype(state.normalizer.dtype),
             lengths=lengths.astype(jnp.int32),
             overflow=jnp.zeros((batch,), bool),
+            start=start,
         )
         return self.o_proj(out.astype(self.dtype)), new_state
 

@@ -1,7 +1,10 @@
 """A tiny decoder-only language model whose attention kind and H_kv are configuration.
 
-Token + learned position embeddings, N pre-norm blocks (attention + MLP), final norm, tied or
-untied output. `train_mqar` is a pure function of a PRNG key, so seeds vmap.
+Token embedding + position information (a learned position embedding, or RoPE on q and k:
+`LMConfig.position`), N pre-norm blocks (attention + MLP), final norm, tied or untied output.
+Variable-length rows: `padding_mask` (left or right padding) and `segment_ids` (packed rows)
+with positions counted per sequence (`purerl.attention.masks`). `train_mqar` is a pure
+function of a PRNG key, so seeds vmap.
 """
 
 from __future__ import annotations
@@ -23,11 +26,19 @@ from purerl.attention.linear import (
     feature_dim,
     init_linear_state,
 )
+from purerl.attention.masks import positions_from
 from purerl.attention.mqar import MQARBatch, MQARConfig, generate_mqar
-from purerl.attention.softmax import KVCache, SoftmaxAttention, check_room, init_kv_cache
+from purerl.attention.softmax import (
+    KVCache,
+    SoftmaxAttention,
+    cache_positions,
+    check_room,
+    init_kv_cache,
+)
 from purerl.config import check_choice, check_positive_int
 
 ATTENTION_KINDS = ("softmax", "linear")
+POSITION_KINDS = ("learned", "rope")
 LayerCache = KVCache | LinearState
 
 
@@ -45,9 +56,12 @@ class LMConfig:
     feature_map: str = "elu"  # linear attention only
     linear_form: str = "chunked"
     chunk_size: int = 64
-    use_rope: bool = False  # positions already come from the learned embedding
+    use_rope: bool = False  # RoPE on top of the learned embedding (position="learned")
     qk_norm: bool = False
     tie_embeddings: bool = True
+    # "learned": a position embedding added to the tokens; "rope": no position parameters,
+    # q and k rotated by position (softmax attention only; cached keys are stored rotated).
+    position: Literal["learned", "rope"] = "learned"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "num_layers", "num_heads",
@@ -57,6 +71,12 @@ class LMConfig:
         check_choice("LMConfig", "attention", self.attention, ATTENTION_KINDS)
         check_choice("LMConfig", "feature_map", self.feature_map, FEATURE_MAPS)
         check_choice("LMConfig", "linear_form", self.linear_form, FORMS)
+        check_choice("LMConfig", "position", self.position, POSITION_KINDS)
+        if self.position == "rope" and self.attention != "softmax":
+            raise ValueError(
+                f"LMConfig.position: got 'rope' with attention={self.attention!r}; allowed: "
+                "'learned' (linear attention has no rotary positions)"
+            )
         if self.head_dim is not None:
             check_positive_int("LMConfig", "head_dim", self.head_dim)
         elif self.d_model % self.num_heads:
@@ -74,7 +94,8 @@ def make_attention(config: LMConfig, name: str | None = None) -> nn.Module:
     common = dict(model_dim=config.d_model, num_heads=config.num_heads,
                   num_kv_heads=config.num_kv_heads, head_dim=config.resolved_head_dim, name=name)
     if config.attention == "softmax":
-        return SoftmaxAttention(use_rope=config.use_rope, qk_norm=config.qk_norm, **common)
+        use_rope = config.use_rope or config.position == "rope"
+        return SoftmaxAttention(use_rope=use_rope, qk_norm=config.qk_norm, **common)
     return LinearAttention(feature_map=config.feature_map, form=config.linear_form,
                            chunk_size=config.chunk_size, **common)
 
@@ -92,17 +113,22 @@ class Block(nn.Module):
     def _mlp(self, x: jax.Array) -> jax.Array:
         return x + self.mlp_out(nn.gelu(self.mlp_in(self.mlp_norm(x))))
 
-    def __call__(self, x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, lengths: jax.Array | None = None,
+                 positions: jax.Array | None = None, padding_mask: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
         h = self.attn_norm(x)
         if self.config.attention == "softmax":
-            h = self.attn(h, lengths=lengths)
+            h = self.attn(h, lengths=lengths, padding_mask=padding_mask, positions=positions,
+                          segment_ids=segment_ids)
         else:
-            mask = None if lengths is None else jnp.arange(x.shape[1])[None] < lengths[:, None]
-            h = self.attn(h, padding_mask=mask)
+            if lengths is not None:
+                right = jnp.arange(x.shape[1])[None] < lengths[:, None]
+                padding_mask = right if padding_mask is None else padding_mask & right
+            h = self.attn(h, padding_mask=padding_mask)
         return self._mlp(x + h)
 
-    def prefill(self, x, cache, lengths=None):
-        h, cache = self.attn.prefill(self.attn_norm(x), cache, lengths)
+    def prefill(self, x, cache, lengths=None, start=None):
+        h, cache = self.attn.prefill(self.attn_norm(x), cache, lengths, start)
         return self._mlp(x + h), cache
 
     def decode(self, x, cache):
@@ -119,8 +145,9 @@ class TinyLM(nn.Module):
         cfg = self.config
         self.token_embed = nn.Embed(cfg.vocab_size, cfg.d_model,
                                     embedding_init=nn.initializers.normal(0.02))
-        self.position_embed = nn.Embed(cfg.max_len, cfg.d_model,
-                                       embedding_init=nn.initializers.normal(0.02))
+        if cfg.position == "learned":
+            self.position_embed = nn.Embed(cfg.max_len, cfg.d_model,
+                                           embedding_init=nn.initializers.normal(0.02))
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
         self.final_norm = nn.RMSNorm()
         if not cfg.tie_embeddings:
@@ -141,11 +168,45 @@ class TinyLM(nn.Module):
                 f"{self.config.max_len}"
             )
 
-    def __call__(self, tokens: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        """tokens [B, T] or [B], positions of the same shape -> [..., d_model]."""
+        h = self.token_embed(tokens)
+        if self.config.position == "learned":
+            h = h + self.position_embed(positions)
+        return h
+
+    def __call__(self, tokens: jax.Array, lengths: jax.Array | None = None, *,
+                 positions: jax.Array | None = None, padding_mask: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """tokens [B, T] -> logits [B, T, vocab].
+
+        `lengths` [B]: right padding. `padding_mask` [B, T] (True = real token; any padding,
+        left included): PAD tokens are never attended. `segment_ids` [B, T]: packed rows, a
+        token attends within its own sequence only; 0 = padding (softmax attention only).
+        `positions` [B, T] default: 0, 1, ... counted over real tokens and restarting per
+        segment (`masks.positions_from`), so a padded or packed sequence gets the logits it
+        gets alone. Logits at padding positions are unspecified.
+        """
         self._check_tokens(tokens, 2)
-        h = self.token_embed(tokens) + self.position_embed(jnp.arange(tokens.shape[1]))[None]
+        shape = tokens.shape
+        for name, value in (("padding_mask", padding_mask), ("segment_ids", segment_ids),
+                            ("positions", positions)):
+            if value is not None and value.shape != shape:
+                raise ValueError(f"TinyLM.{name}: got shape {value.shape}; allowed: the tokens' "
+                                 f"shape {shape}")
+        if segment_ids is not None and self.config.attention != "softmax":
+            raise ValueError(
+                f"TinyLM.segment_ids: given with LMConfig.attention={self.config.attention!r}; "
+                "allowed: packed rows with attention='softmax' only"
+            )
+        if positions is None:
+            if padding_mask is None and segment_ids is None:
+                positions = jnp.broadcast_to(jnp.arange(shape[1]), shape)
+            else:
+                positions = positions_from(shape, padding_mask, segment_ids)
+        h = self._embed(tokens, positions)
         for block in self.blocks:
-            h = block(h, lengths)
+            h = block(h, lengths, positions, padding_mask, segment_ids)
         return self._logits(h)
 
     def init_cache(self, batch: int, max_len: int | None = None) -> tuple[LayerCache, ...]:
@@ -169,18 +230,26 @@ class TinyLM(nn.Module):
                      for _ in range(cfg.num_layers))
 
     def prefill(self, tokens: jax.Array, caches: tuple[LayerCache, ...],
-                lengths: jax.Array | None = None) -> tuple[jax.Array, tuple[LayerCache, ...]]:
+                lengths: jax.Array | None = None, start: jax.Array | None = None,
+                ) -> tuple[jax.Array, tuple[LayerCache, ...]]:
+        """Prompts tokens [B, T]: real tokens [start, lengths) (left padding: `start` [B]
+        padding tokens in front, never attended; their first real token is position 0)."""
         self._check_tokens(tokens, 2)
-        h = self.token_embed(tokens) + self.position_embed(jnp.arange(tokens.shape[1]))[None]
+        if start is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        else:
+            real = jnp.arange(tokens.shape[1])[None, :] >= start[:, None]
+            positions = positions_from(tokens.shape, real)
+        h = self._embed(tokens, positions)
         new_caches = []
         for block, cache in zip(self.blocks, caches, strict=True):
-            h, cache = block.prefill(h, cache, lengths)
+            h, cache = block.prefill(h, cache, lengths, start)
             new_caches.append(cache)
         return self._logits(h), tuple(new_caches)
 
     def decode(self, token: jax.Array, caches: tuple[LayerCache, ...]
                ) -> tuple[jax.Array, tuple[LayerCache, ...]]:
-        """token [B] at position caches[0].lengths -> logits [B, vocab].
+        """token [B] at position caches[0].lengths - start -> logits [B, vocab].
 
         Positions must be < LMConfig.max_len (and < the KV cache's max_len): checked when the
         lengths are concrete; under jit a token past the end is read at the last position,
@@ -188,10 +257,10 @@ class TinyLM(nn.Module):
         """
         self._check_tokens(token, 1)
         max_len = self.config.max_len
-        position = caches[0].lengths
+        position = cache_positions(caches[0])
         check_room("TinyLM.decode", position, max_len)
         past_end = position >= max_len
-        h = self.token_embed(token) + self.position_embed(jnp.minimum(position, max_len - 1))
+        h = self._embed(token, jnp.minimum(position, max_len - 1))
         new_caches = []
         for block, cache in zip(self.blocks, caches, strict=True):
             h, cache = block.decode(h, cache)

@@ -16,6 +16,7 @@ from flax import struct
 
 from purerl.attention._checks import check_kv_heads
 from purerl.attention.blockwise import MASKED_LOGIT, blockwise_attention
+from purerl.attention.masks import attention_mask, positions_from
 from purerl.attention.projections import head_projections
 from purerl.attention.rope import apply_rope
 from purerl.config import check_choice, check_positive_int
@@ -68,6 +69,10 @@ class KVCache:
     because XLA on CPU copied a donated 4-D cache on every step when its shape had a size-1
     axis (batch 1, MQA), turning a memory-bound 30 ms step into a 700 ms one.
 
+    Left-padded prompts: `start` [B] (set by a prefill given one; None otherwise) counts each
+    sequence's padding slots at the front; only slots [start, lengths) are attended, and a new
+    token's position is lengths - start.
+
     A full cache never grows: writing a token past max_len is an error when the lengths are
     concrete (eager code), and under jit the token is not stored, `lengths` stays at max_len
     and `overflow` turns (and stays) True for that sequence, so a clamped result is flagged,
@@ -81,6 +86,8 @@ class KVCache:
     num_kv_heads: int = struct.field(pytree_node=False)
     head_dim: int = struct.field(pytree_node=False)
     layout: str = struct.field(pytree_node=False, default="dn_nd")
+    # [B] int32: slots [0, start) hold left padding, never attended; None (no leaf): no padding.
+    start: jax.Array | None = None
 
     @property
     def batch(self) -> int:
@@ -166,8 +173,9 @@ def _store_token(store: jax.Array, kind: str, x: jax.Array, position: jax.Array,
                               unique_indices=True)
 
 
-def write_prefix(cache: KVCache, k: jax.Array, v: jax.Array, lengths: jax.Array) -> KVCache:
-    """Store k, v [B, T, H_kv, d] at positions [0, T) and set the stored lengths."""
+def write_prefix(cache: KVCache, k: jax.Array, v: jax.Array, lengths: jax.Array,
+                 start: jax.Array | None = None) -> KVCache:
+    """Store k, v [B, T, H_kv, d] at positions [0, T); set the stored lengths and padding starts."""
     steps = k.shape[1]
     if steps > cache.max_len:
         raise ValueError(
@@ -179,6 +187,7 @@ def write_prefix(cache: KVCache, k: jax.Array, v: jax.Array, lengths: jax.Array)
         values=_store_prefix(cache.values, cache.layout[3:], v, cache.max_len),
         lengths=lengths.astype(jnp.int32),
         overflow=jnp.zeros((k.shape[0],), bool),
+        start=None if start is None else start.astype(jnp.int32),
     )
 
 
@@ -210,6 +219,11 @@ def write_token(cache: KVCache, k: jax.Array, v: jax.Array) -> KVCache:
     )
 
 
+def cache_positions(cache: Any) -> jax.Array:
+    """[B] position of the next token of a KVCache or LinearState: lengths - start."""
+    return cache.lengths if cache.start is None else cache.lengths - cache.start
+
+
 def attend_cache(q: jax.Array, cache: KVCache, scale: float) -> jax.Array:
     """One query per sequence, q [B, H_q, d], against the first `lengths` cached tokens."""
     batch, num_heads, head_dim = q.shape
@@ -224,9 +238,13 @@ def attend_cache(q: jax.Array, cache: KVCache, scale: float) -> jax.Array:
     else:
         keys = cache.keys.reshape(rows, max_len, head_dim)
         logits = jnp.einsum("rgd,rnd->rgn", q_rows, keys, preferred_element_type=jnp.float32)
-    # Mask by cache index: a lone query must see keys [0, length), not is_causal's top-left band.
+    # Mask by cache index: a lone query must see keys [start, length), not is_causal's
+    # top-left band; slots before `start` hold left padding.
     row_lengths = jnp.repeat(cache.lengths, cache.num_kv_heads)
-    valid = jnp.arange(max_len)[None, :] < row_lengths[:, None]
+    slots = jnp.arange(max_len)[None, :]
+    valid = slots < row_lengths[:, None]
+    if cache.start is not None:
+        valid = valid & (slots >= jnp.repeat(cache.start, cache.num_kv_heads)[:, None])
     logits = jnp.where(valid[:, None, :], logits, MASKED_LOGIT)
     # Unnormalised weights; the division by their sum is applied to the [G, d] output instead
     # of the [G, n] weights (another pass over the logits saved).
@@ -339,24 +357,33 @@ class SoftmaxAttention(nn.Module):
             k = apply_rope(k, positions, self.rope_base)
         return q, k, v
 
-    def _forward(self, x, lengths, padding_mask, causal):
+    def _forward(self, x, lengths, padding_mask, causal, positions=None, segment_ids=None):
         self._check_input(x, 3)
         batch, steps, _ = x.shape
-        positions = jnp.broadcast_to(jnp.arange(steps), (batch, steps))
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(steps), (batch, steps))
+        else:
+            chex.assert_shape(positions, (batch, steps))
         q, k, v = self._project(x, positions)
         if lengths is not None:
             chex.assert_shape(lengths, (batch,))
             lengths = lengths.astype(jnp.int32)
-        if padding_mask is not None:
+        if padding_mask is not None or segment_ids is not None:
             if self.implementation in ("cudnn", "blockwise"):
                 raise ValueError(
                     f"SoftmaxAttention.implementation: got {self.implementation!r} with a "
-                    "padding_mask; allowed: 'xla' or None (use lengths= for right padding)"
+                    "padding_mask or segment_ids; allowed: 'xla' or None (use lengths= for "
+                    "right padding)"
                 )
-            chex.assert_shape(padding_mask, (batch, steps))
-            mask = padding_mask.astype(bool)[:, None, None, :]
-            if causal:
-                mask = mask & jnp.tril(jnp.ones((steps, steps), bool))[None, None]
+            for name, value in (("padding_mask", padding_mask), ("segment_ids", segment_ids)):
+                if value is not None and value.shape != (batch, steps):
+                    raise ValueError(f"SoftmaxAttention.{name}: got shape {value.shape}; "
+                                     f"allowed: [B, T] = {(batch, steps)}")
+            if lengths is not None:
+                right = jnp.arange(steps)[None, :] < lengths[:, None]
+                padding_mask = right if padding_mask is None else padding_mask & right
+            mask = attention_mask((batch, steps), causal=causal, padding_mask=padding_mask,
+                                  segment_ids=segment_ids)
             out = jax.nn.dot_product_attention(
                 q, k, v, mask=mask, scale=self.scale, implementation="xla"
             )
@@ -377,31 +404,45 @@ class SoftmaxAttention(nn.Module):
         lengths: jax.Array | None = None,
         padding_mask: jax.Array | None = None,
         causal: bool = True,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> jax.Array:
         """x [B, T, model_dim] -> [B, T, model_dim].
 
         Padding: `lengths` [B] (right-padded sequences; portable to cuDNN) or an arbitrary
-        `padding_mask` [B, T] (True = real token; an explicit mask, XLA only).
+        `padding_mask` [B, T] (True = real token; an explicit mask, XLA only). Packed rows:
+        `segment_ids` [B, T] (a token attends within its segment only; 0 = padding; XLA only;
+        `purerl.attention.masks`). `positions` [B, T]: the RoPE position of every token
+        (default 0..T-1; `masks.positions_from` restarts them per sequence).
         """
-        return self._forward(x, lengths, padding_mask, causal)[0]
+        return self._forward(x, lengths, padding_mask, causal, positions, segment_ids)[0]
 
     def prefill(
-        self, x: jax.Array, cache: KVCache, lengths: jax.Array | None = None
+        self, x: jax.Array, cache: KVCache, lengths: jax.Array | None = None,
+        start: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache]:
-        """Start fresh sequences from right-padded prompts x [B, T, D]; returns outputs and cache.
+        """Start fresh sequences from padded prompts x [B, T, D]; returns outputs and cache.
 
-        Whatever the cache held is discarded; `lengths` [B] defaults to T for every sequence.
+        Whatever the cache held is discarded; `lengths` [B] (right padding) defaults to T for
+        every sequence; `start` [B] (left padding) to 0: tokens [start, lengths) are real,
+        counted from position 0 (the cache keeps the padding slots, masked, see KVCache).
         """
         self._check_input(x, 3)
         batch, steps, _ = x.shape
         self._check_batch(cache, batch)
-        out, k, v = self._forward(x, lengths, None, causal=True)
+        if start is None:
+            out, k, v = self._forward(x, lengths, None, causal=True)
+        else:
+            chex.assert_shape(start, (batch,))
+            start = start.astype(jnp.int32)
+            real = jnp.arange(steps)[None, :] >= start[:, None]
+            out, k, v = self._forward(x, lengths, real, True, positions_from((batch, steps), real))
         if lengths is None:
             lengths = jnp.full((batch,), steps, jnp.int32)
-        return out, write_prefix(cache, k, v, lengths)
+        return out, write_prefix(cache, k, v, lengths, start)
 
     def decode(self, x: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """One token per sequence, x [B, D], at position cache.lengths.
+        """One token per sequence, x [B, D], in slot cache.lengths, at position lengths - start.
 
         The cache must have room (lengths < max_len): checked when concrete, flagged in
         `cache.overflow` under jit (the token is then not stored; see KVCache).
@@ -409,7 +450,7 @@ class SoftmaxAttention(nn.Module):
         self._check_input(x, 2)
         self._check_batch(cache, x.shape[0])
         check_room("SoftmaxAttention.decode", cache.lengths, cache.max_len)
-        q, k, v = self._project(x[:, None, :], cache.lengths[:, None])
+        q, k, v = self._project(x[:, None, :], cache_positions(cache)[:, None])
         cache = write_token(cache, k[:, 0], v[:, 0])
         # Read after the write: XLA updates the donated cache in place only in this order.
         out = attend_cache(q[:, 0], cache, self.scale).astype(self.dtype)

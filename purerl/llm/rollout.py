@@ -3,10 +3,13 @@ sequence with next-token-aligned masks.
 
 `sample` wraps `purerl.attention.generate`: a prefill of the prompts, then every decode step in
 one `lax.scan` with the KV cache carried. All prompts of a batch have the same length (the tasks
-left-pad them), so every completion starts at position P. Token t of every completion is drawn
-from softmax(logits / temperature) (rows marked `greedy`: the argmax); after a completion's EOS
-its tokens are PAD, its log-probs 0 and its mask 0. The behaviour log-probs are kept for PPO's
-ratio.
+left-pad them), so every completion starts at slot P. By default the left padding is read as
+ordinary tokens (attended, counted in positions), as the training forward passes read it; with
+`prompt_mask` it is masked and positions start at each prompt's first real token, which the
+training forward must then match (`TinyLM.apply(..., padding_mask=sequence_mask(...))`).
+Token t of every completion is drawn from softmax(logits / temperature) (rows marked `greedy`:
+the argmax); after a completion's EOS its tokens are PAD, its log-probs 0 and its mask 0. The
+behaviour log-probs are kept for PPO's ratio.
 
 Per-token training quantities are [B, L-1] arrays over next-token positions: entry j belongs to
 token j+1 of the [B, L] sequence, so completion token t sits at entry P − 1 + t.
@@ -37,11 +40,13 @@ class Completions:
 
 
 def sample(config: LMConfig, params: Any, prompts: jax.Array, key: jax.Array, temperature: float | jax.Array,
-           num_tokens: int, greedy: bool | jax.Array = False) -> Completions:
-    """`num_tokens` completion tokens for prompts [B, P]; `greedy` (bool or [B]) picks argmax rows."""
+           num_tokens: int, greedy: bool | jax.Array = False, prompt_mask: jax.Array | None = None) -> Completions:
+    """`num_tokens` completion tokens for prompts [B, P]; `greedy` (bool or [B]) picks argmax rows;
+    `prompt_mask` [B, P] (True = real token; left padding) masks the padding (module doc)."""
     batch, prompt_len = prompts.shape
     temperatures = jnp.where(greedy, 0.0, jnp.broadcast_to(temperature, (batch,)))
-    out = generate(params, config, prompts, key, steps=num_tokens, temperature=temperatures, eos_token=EOS)
+    out = generate(params, config, prompts, key, steps=num_tokens, temperature=temperatures, eos_token=EOS,
+                   prompt_mask=prompt_mask)
     mask = out.completion_mask[:, prompt_len:]
     return Completions(tokens=jnp.where(mask, out.tokens[:, prompt_len:], PAD),
                        log_probs=out.log_probs[:, prompt_len:], mask=mask.astype(jnp.float32))
@@ -72,6 +77,12 @@ def assemble(prompts: jax.Array, completions: jax.Array, mask: jax.Array) -> Seq
     """Prompt then completion tokens (where mask is 1), PAD elsewhere: [B, P + C]."""
     tokens = jnp.concatenate([prompts, jnp.where(mask > 0, completions, PAD).astype(prompts.dtype)], axis=1)
     return Sequences(tokens=tokens, target_mask=to_targets(mask.astype(jnp.float32), prompts.shape[1]))
+
+
+def sequence_mask(prompt_mask: jax.Array, completion_mask: jax.Array) -> jax.Array:
+    """[B, P + C] bool: the real tokens of an assembled sequence (real prompt tokens, then the
+    completion up to and including EOS), the `padding_mask` of its training forward pass."""
+    return jnp.concatenate([prompt_mask.astype(bool), completion_mask > 0], axis=1)
 
 
 def to_targets(values: jax.Array, prompt_len: int) -> jax.Array:
