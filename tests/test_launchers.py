@@ -370,6 +370,16 @@ def slurm(request, tmp_path_factory):
         assert state.strip() == "idle", f"node state {state!r}; {(root / 'slurmctld.log').read_text()[-2000:]}"
         yield slurm_env, root
     finally:
+        # submitit returns once a job's result file exists, while SLURM may still be finishing
+        # its steps; stopping slurmd under them would orphan their slurmstepd processes.
+        if (root / "slurmctld.pid").exists():
+            subprocess.run(["scancel", "--user", "root"], env=slurm_env, capture_output=True, timeout=60)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True, env=slurm_env)
+                if queue.returncode != 0 or not queue.stdout.strip():
+                    break
+                time.sleep(0.5)
         for daemon in ("slurmd", "slurmctld", "munged"):
             stop(root / f"{daemon}.pid")
 
