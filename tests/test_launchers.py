@@ -206,6 +206,8 @@ def check_ran_skipped_and_analysed(absolute: Path, second: subprocess.CompletedP
     log = second.stdout + second.stderr + "".join(p.read_text(errors="replace") for p in files)
     for job in JOBS:
         assert f"skipping {absolute / job}: results exist" in log, log[-3000:]
+    # Every job complete: purerl-train does not start the launcher (a cluster, SLURM jobs) at all.
+    assert "all 2 job(s) complete; nothing launched" in second.stdout, log[-3000:]
     assert mtimes(absolute) == before  # the rerun rewrote nothing
 
     from purerl.cli.analyze import main

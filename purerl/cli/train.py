@@ -554,6 +554,13 @@ def validate_command_line(argv: list[str]) -> list[str]:
     a plain run/multirun of the bundled configs, e.g. --help or --cfg: Hydra handles those).
     Checks composition, `build_plan` and, for jobs whose folder holds complete results,
     that a rerun would not mix results of other code or configuration."""
+    return check_command_line(argv)[0]
+
+
+def check_command_line(argv: list[str]) -> tuple[list[str], list[Path], int]:
+    """`validate_command_line`'s errors, plus the folders of the jobs a run would skip
+    (complete, same fingerprint, intact) and the number of jobs (0: not a plain run)."""
+    skipped: list[Path] = []
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -563,22 +570,22 @@ def validate_command_line(argv: list[str]) -> list[str]:
     try:
         args = _hydra_flags().parse_args(argv)
     except SystemExit:
-        return []  # argparse's own message; Hydra will repeat it
+        return [], [], 0  # argparse's own message; Hydra will repeat it
     if any([args.help, args.hydra_help, args.version, args.cfg, args.info, args.shell_completion,
             args.config_path, args.config_dir, args.experimental_rerun, args.package]):
-        return []
+        return [], [], 0
     config_name = args.config_name or "config"
     try:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as e:
-        return [_one_line(e)]
+        return [_one_line(e)], [], 0
     hydra_overrides = [o.input_line for o in parsed if o.is_hydra_override()]
     task = [o for o in parsed if not o.is_hydra_override()]
     swept = {o.key_or_group for o in task if o.is_sweep_override()}
     if args.multirun:
         jobs = multirun_jobs(task)
     elif any(o.is_sweep_override() for o in task):
-        return []  # Hydra explains that a sweep needs -m
+        return [], [], 0  # Hydra explains that a sweep needs -m
     else:
         jobs = [[o.input_line for o in task]]
 
@@ -595,12 +602,13 @@ def validate_command_line(argv: list[str]) -> list[str]:
             try:
                 sweep = cfg.hydra.sweep
                 job_dir = Path(sweep.dir) / sweep.subdir if args.multirun else Path(cfg.hydra.run.dir)
-                check_existing(job_dir, build_plan(cfg), cfg.force)
+                if check_existing(job_dir, build_plan(cfg), cfg.force) == "skip":
+                    skipped.append(job_dir)
             except ConfigError as e:
                 errors.append(label + str(e))
     if errors and len(jobs) > 1:
         errors.append(f"nothing was started: {len(errors)} of {len(jobs)} jobs are invalid")
-    return errors
+    return errors, skipped, len(jobs)
 
 
 @hydra.main(version_base="1.3", config_path=str(schema.CONF_DIR), config_name="config")
@@ -624,11 +632,17 @@ def _app(cfg: DictConfig) -> str:
 
 def main() -> None:
     """`purerl-train`: validate every job of the command line, then let Hydra run them."""
-    errors = validate_command_line(sys.argv[1:])
+    errors, skipped, num_jobs = check_command_line(sys.argv[1:])
     if errors:
         for line in errors:
             print(f"purerl-train: error: {line}", file=sys.stderr)
         sys.exit(2)
+    if num_jobs and len(skipped) == num_jobs:
+        # Nothing to train: don't start a launcher (a Ray cluster, SLURM jobs) to skip every job.
+        for job_dir in skipped:
+            print(f"skipping {job_dir.resolve()}: results exist (force=true redoes it)", flush=True)
+        print(f"purerl-train: all {num_jobs} job(s) complete; nothing launched", flush=True)
+        return
     if not _writes_results():
         # The other processes of a jax.distributed job: process 0 writes the job folder
         # (config, log, results); these log to the console.
