@@ -297,6 +297,7 @@ def run(
     return_state: bool = False,
     export_cache: str | os.PathLike | None = None,
     program_key: str | None = None,
+    checkpoint: Any | None = None,
 ) -> SweepResult:
     """Train every setting × seed in one compiled `jit(vmap(train))`.
 
@@ -323,6 +324,10 @@ def run(
     gymnax, flax, optax and distrax (purerl.provenance), the devices and the batch shapes.
     With JAX's persistent compilation cache also on, a warm job then only deserialises and
     fetches the executable.
+
+    `checkpoint` (a `purerl.checkpoint.Checkpointing`) trains each chunk in segments,
+    saving checkpoints and resuming from the latest one of the same job; the numbers are
+    those of the run without it (purerl.checkpoint). The program caches are not used then.
     """
     if not isinstance(sweep, Sweep):
         sweep = from_settings(sweep, [{}])
@@ -361,6 +366,12 @@ def run(
         state, metrics = jax.vmap(train)(keys, jax.tree.unflatten(hyper_tree, hypers))
         return (state if return_state else None), metrics
 
+    if checkpoint is not None:
+        outputs, compile_seconds, run_seconds = _run_checkpointed(
+            _on_hyper_leaves(train, hyper_tree), chunk_inputs, num_chunks, return_state, checkpoint, seed_values,
+            sweep, chunk, total)
+        return _result(outputs, sweep, seed_values, total, return_state, compile_seconds, run_seconds)
+
     start = time.perf_counter()
     example = chunk_inputs(0)
     signature = (
@@ -388,6 +399,14 @@ def run(
     pending = [compiled(*chunk_inputs(c)) for c in chunks]
     outputs = [_to_host(o) for o in pending]
     run_seconds = time.perf_counter() - start
+
+    return _result(outputs, sweep, seed_values, total, return_state, compile_seconds, run_seconds)
+
+
+def _result(outputs: list, sweep: Sweep, seed_values: np.ndarray, total: int, return_state: bool,
+            compile_seconds: float, run_seconds: float) -> SweepResult:
+    """The chunks' host outputs (state or None, metrics) as one SweepResult [setting, seed, ...]."""
+    num_settings, num_seeds = len(sweep), len(seed_values)
 
     def gather(*parts):
         flat = np.concatenate(parts, axis=0)[:total]
@@ -435,6 +454,27 @@ def _to_host(tree: Any) -> Any:
     if all(x.is_fully_addressable for x in leaves if isinstance(x, jax.Array)):
         return jax.device_get(tree)
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _on_hyper_leaves(train: Callable, hyper_tree: Any) -> Callable:
+    """`train(key, hyper)` as `train(key, hyper leaves)`, the form `run`'s chunks carry; one
+    function per (train, tree), so compiled programs keyed by it are reused."""
+    return lambda key, leaves: train(key, jax.tree.unflatten(hyper_tree, leaves))
+
+
+def _run_checkpointed(train, chunk_inputs, num_chunks: int, return_state: bool, checkpoint: Any,
+                      seed_values: np.ndarray, sweep: Sweep, chunk: int, total: int):
+    """`run` in segments with checkpoints (purerl.checkpoint); a checkpoint is resumed
+    only by a job with the same runs in the same chunks."""
+    from purerl import checkpoint as checkpoints
+
+    hypers = jax.tree.leaves(jax.tree.map(np.asarray, sweep.hypers))
+    layout = {
+        "runs": total, "chunk": chunk, "chunks": num_chunks, "seeds": [int(s) for s in seed_values],
+        "hypers": hashlib.sha256(b"".join(np.ascontiguousarray(h).tobytes() for h in hypers)).hexdigest()[:16],
+    }
+    return checkpoints.run_chunks(train, chunk_inputs, num_chunks, return_state, checkpoint, layout)
 
 
 # Compiled executables of this process, keyed by program (program_key, or the train

@@ -44,6 +44,15 @@ class CompileCacheConf:
     dir: str = "~/.cache/purerl/jax"
 
 
+@dataclasses.dataclass
+class CheckpointConf:
+    # null: on for jobs of at least purerl.cli.train.AUTO_CHECKPOINT_UPDATES updates
+    enabled: Optional[bool] = None  # noqa: UP045
+    every_minutes: Optional[float] = 10.0  # noqa: UP045
+    every_updates: Optional[int] = None  # noqa: UP045
+    segment_updates: Optional[int] = None  # noqa: UP045  (null: num_updates / 100)
+
+
 _SCALARS = (int, float, bool, str)
 
 
@@ -142,6 +151,7 @@ def train_schema(names: list[str]) -> type:
             ("tensorboard", bool, dataclasses.field(default=False)),
             ("save_policies", bool, dataclasses.field(default=True)),
             ("compile_cache", CompileCacheConf, dataclasses.field(default_factory=CompileCacheConf)),
+            ("checkpoint", CheckpointConf, dataclasses.field(default_factory=CheckpointConf)),
         ],
     )
 

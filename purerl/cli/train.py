@@ -213,6 +213,14 @@ def build_plan(cfg: DictConfig) -> Plan:
             "seeds twice; allowed: distinct settings"
         )
     seeds = list(range(cfg.first_seed, cfg.first_seed + seeds_count))
+    try:  # the checkpoint settings, checked before anything runs
+        from purerl.checkpoint import Checkpointing
+
+        conf = cfg.checkpoint
+        Checkpointing(Path("."), "", segment_updates=conf.segment_updates, every_updates=conf.every_updates,
+                      every_minutes=conf.every_minutes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
     identity = {
         "name": cfg.name,
@@ -339,6 +347,52 @@ def _progress_bar(plan: Plan) -> Any:
     return UpdateProgress(total, desc=f"{plan.algo} ({len(plan.sweep) * len(plan.seeds)} runs, {chunks} chunk(s))")
 
 
+# Jobs of at least this many updates train in segments with checkpoints unless
+# checkpoint.enabled=false: below it, a rerun from scratch costs little.
+AUTO_CHECKPOINT_UPDATES = 100
+CHECKPOINTS = "checkpoints"  # <job>/checkpoints
+
+
+def _checkpointing(cfg: DictConfig, plan: Plan, job_dir: Path) -> Any:
+    """The job's `purerl.checkpoint.Checkpointing`, or None when it trains in one piece."""
+    from purerl import checkpoint as checkpoints
+
+    conf = cfg.checkpoint
+    num_updates = getattr(plan.config, "num_updates", None)
+    enabled = conf.enabled if conf.enabled is not None else (num_updates or 0) >= AUTO_CHECKPOINT_UPDATES
+    if not enabled:
+        return None
+    try:
+        return checkpoints.Checkpointing(
+            job_dir / CHECKPOINTS, plan.fingerprint, segment_updates=conf.segment_updates,
+            every_updates=conf.every_updates, every_minutes=conf.every_minutes,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _stop_signals() -> list[int]:
+    """SIGINT, SIGTERM and, under submitit (SLURM), its preemption/timeout signal."""
+    import signal
+
+    signums = [signal.SIGINT, signal.SIGTERM]
+    if os.environ.get("SUBMITIT_FOLDER") or os.environ.get("SUBMITIT_EXECUTOR"):
+        name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+        signums.append(getattr(signal, "SIG" + name.removeprefix("SIG"), signal.SIGUSR2))
+    return signums
+
+
+def _after_stop(signum: int, previous: Any) -> None:
+    """After the checkpoint of a stopped job: hand the signal to the handler it replaced
+    when that is a function (submitit's requeues the job and exits), else exit with
+    128 + signum as the signal would have."""
+    if callable(previous):
+        previous(signum, None)
+    print(f"purerl-train: stopped by signal {signum} after saving a checkpoint; rerun the same command to "
+          "resume", file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+
+
 def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     """Train one job into `job_dir` unless it is already complete. Returns
     "skipped" or "complete"; raises (after recording the failure) on error.
@@ -346,6 +400,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     Everything is validated before the job's status is touched, and a complete job is never
     marked failed by a rerun that does not validate."""
     from purerl import artifacts, results
+    from purerl import checkpoint as checkpoints
 
     job_dir = Path(job_dir)
     progress = None
@@ -398,12 +453,17 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
             # progress callback cannot be exported, and must not pick up one without it.
             export_cache = None if progress is not None else cache_dir / "exported"
         start = time.perf_counter()
-        result = sweeps.run(
-            train, plan.sweep, plan.seeds, max_batch=plan.max_batch,
-            export_cache=export_cache, return_state=save,
-            # The key names the whole program: a progress callback makes it a different one.
-            program_key=f"{plan.algo}:{plan.config!r}:progress={progress is not None}",
-        )
+        checkpointing = _checkpointing(cfg, plan, job_dir)
+        with checkpoints.stop_signals(_stop_signals()) as stop:
+            if checkpointing is not None:
+                checkpointing.should_stop = stop
+            result = sweeps.run(
+                train, plan.sweep, plan.seeds, max_batch=plan.max_batch,
+                export_cache=export_cache, return_state=save,
+                # The key names the whole program: a progress callback makes it a different one.
+                program_key=f"{plan.algo}:{plan.config!r}:progress={progress is not None}",
+                checkpoint=checkpointing,
+            )
         wall = time.perf_counter() - start
         ids = dict(experiment=plan.experiment, algo=plan.algo, config=plan.config, base_hyper=plan.hyper)
         tidy = results.tidy(result, **ids)
@@ -432,6 +492,14 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
             run_seconds=result.run_seconds,
             wall_seconds=wall,
         )
+        if checkpointing is not None:
+            checkpointing.remove()  # the results are the record now
+    except checkpoints.Interrupted as e:
+        results.mark_failed(job_dir, e, **meta)
+        log.warning("%s: %s", job_dir, e)
+        if progress is not None:
+            progress.close()
+        _after_stop(e.signum, stop.previous.get(e.signum))
     except BaseException as e:
         if writer:
             results.mark_failed(job_dir, e, **meta)

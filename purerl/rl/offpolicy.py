@@ -4,8 +4,9 @@ One iteration = `train_frequency` steps of the `num_envs` vectorised envs with t
 agent's behaviour policy (all transitions go into the replay buffer), then
 `gradient_steps` gradient steps on minibatches sampled uniformly from the buffer. An
 update (one row of metrics) = `num_steps // train_frequency` iterations. The first
-`ceil(learning_starts / steps per update)` updates only collect: they are a separate
-scan without any gradient computation, so nothing is computed and thrown away.
+`ceil(learning_starts / steps per update)` updates only collect: a branch on the update
+index (`lax.cond`, a real branch even under vmap) skips the gradient computation, so
+nothing is computed and thrown away, and one `run_updates` loop drives the whole run.
 
 Observations are stored raw. With `normalize_obs`, the agent's running statistics
 (`purerl.rl.normalization`, held in the state as `obs_stats`) are applied when acting
@@ -133,16 +134,6 @@ LearnFn = Callable[[Any, replay.Transition, jax.Array], tuple[Any, dict[str, jax
 ReportFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
 
 
-class OffsetCallback:
-    """`on_update` of a later phase: update indices shifted by `offset`, the watched metrics
-    (`purerl.rl.loop.host_report`) passed on."""
-
-    def __init__(self, on_update: Callable[..., None], offset: int):
-        self.on_update, self.offset = on_update, offset
-        self.watch = getattr(on_update, "watch", ())
-
-    def __call__(self, update_index: Any, *values: Any) -> None:
-        self.on_update(update_index + self.offset, *values)
 
 
 def make_loop(
@@ -203,16 +194,26 @@ def make_loop(
         agent, stats = lax.scan(gradient_step, state.agent, jax.random.split(learn_key, config.gradient_steps))
         return state.replace(agent=agent), (totals, jax.tree.map(jnp.mean, stats))
 
-    def make_update_step(learning: bool, stats_zeros: Any):
-        def update_step(state: OffPolicyState, key: jax.Array, update_index: jax.Array):
+    def make_update_step(stats_zeros: Any):
+        def phase(state: OffPolicyState, key: jax.Array, learning: bool):
             state, out = lax.scan(lambda s, k: iteration(s, k, learning), state, jax.random.split(key, iterations))
             totals, stats = out if learning else (out, stats_zeros)
+            return state, (totals, jax.tree.map(jnp.mean, stats))
+
+        def update_step(state: OffPolicyState, key: jax.Array, update_index: jax.Array):
+            # The update index is the loop counter, never batched, so under vmap this stays
+            # a real branch: collect-only updates run no gradient computation at all.
+            learning = update_index >= config.collect_only_updates
+            state, (totals, stats) = lax.cond(
+                learning, lambda: phase(state, key, True), lambda: phase(state, key, False)
+            )
             episodes = EpisodeTotals(jnp.sum(totals.return_sum), jnp.sum(totals.length_sum), jnp.sum(totals.count))
+            gradient_steps = jnp.where(learning, iterations * config.gradient_steps, 0).astype(jnp.int32)
             metrics = {
                 "env_steps_in_update": jnp.int32(config.steps_per_update),
-                "gradient_steps_in_update": jnp.int32(iterations * config.gradient_steps if learning else 0),
+                "gradient_steps_in_update": gradient_steps,
                 **episodes.metrics(),
-                **jax.tree.map(jnp.mean, stats),
+                **stats,
                 **report(state.agent, state.env_steps),
                 "buffer_fill": state.buffer.fill_fraction(),
             }
@@ -228,20 +229,6 @@ def make_loop(
         # One gradient step's statistics have these shapes; collect-only updates report zeros.
         stats_shape = jax.eval_shape(lambda: learn(agent, sample(state, key), key)[1])
         stats_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape)
-        # Two scans, so collect-only updates contain no gradient computation at all.
-        parts = []
-        first_learning = config.collect_only_updates
-        for learning, count, offset in ((False, first_learning, 0),
-                                        (True, config.num_updates - first_learning, first_learning)):
-            if count == 0:
-                continue
-            key, phase_key = jax.random.split(key)
-            callback = None if on_update is None else OffsetCallback(on_update, offset)
-            state, metrics = run_updates(
-                make_update_step(learning, stats_zeros), state, phase_key, count, hyper, callback
-            )
-            parts.append(metrics)
-        metrics = jax.tree.map(lambda *m: jnp.concatenate(m), *parts) if len(parts) > 1 else parts[0]
-        return state, metrics
+        return run_updates(make_update_step(stats_zeros), state, key, config.num_updates, hyper, on_update)
 
     return run
