@@ -181,7 +181,7 @@ def test_policies_are_supported_for_the_on_policy_actor_critics():
     from purerl.algos import ALGORITHMS, get_algorithm
 
     supported = {name for name in ALGORITHMS if artifacts.supports(get_algorithm(name).Config())}
-    assert supported == {"ppo", "a2c", "trpo", "reinforce"}
+    assert supported == {"ppo", "stale_ppo", "a2c", "trpo", "reinforce"}
 
 
 def test_load_errors_name_what_is_allowed(cartpole_job, tmp_path):
