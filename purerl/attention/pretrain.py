@@ -48,6 +48,7 @@ from purerl.config import (
     validate_hyper,
 )
 from purerl.rl.loop import COUNT_SUFFIX, run_updates
+from purerl.rl.training import fit
 
 EVAL_METRICS = ("mqar_accuracy", "mqar_loss", "language_loss", "language_bayes_loss", "language_excess")
 
@@ -203,13 +204,7 @@ def _fit(config: Config, lm: LMConfig, params: Any, peak_lr: jax.Array, num_upda
 
     def loss_fn(params, batch):
         out = _losses(model, params, batch)
-        return 0.5 * (out["mqar_loss"] + out["language_loss"])
-
-    def sgd_step(carry, batch):
-        params, opt_state = carry
-        grads = jax.grad(loss_fn)(params, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
+        return 0.5 * (out["mqar_loss"] + out["language_loss"]), ()
 
     def update_step(state, key, update_index):
         data = _batch(key, config, train_size + config.eval_batch)
@@ -219,7 +214,8 @@ def _fit(config: Config, lm: LMConfig, params: Any, peak_lr: jax.Array, num_upda
         # update_index is the scan counter (never batched), so this is a real branch under vmap.
         before = jax.lax.cond(update_index == 0, lambda: _evaluate(model, state[0], config, held_out),
                               lambda: {name: jnp.float32(0.0) for name in EVAL_METRICS})
-        state, _ = jax.lax.scan(sgd_step, state, steps)
+        params, opt_state, _ = fit(optimizer, loss_fn, *state, steps)
+        state = (params, opt_state)
         metrics = _evaluate(model, state[0], config, held_out)
         metrics["env_steps" + COUNT_SUFFIX] = jnp.int32(config.sequences_per_update)
         return state, {**metrics, **{f"before_{name}": value for name, value in before.items()}}

@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
-from jax import lax
 
-from purerl.config import check_choice, hyper_field, validate_hyper
+from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
-from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_minibatches
+from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, TrainState, check_minibatches
 from purerl.llm.rollout import to_targets
 from purerl.rl.group import group_relative_advantages
-from purerl.rl.training import adam_clipped, shuffled_minibatch_epochs
+from purerl.rl.loop import run_updates
+from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
 RATIOS = ("token", "sequence")
 
@@ -72,13 +70,6 @@ class Config(LMRLConfig):
 class Hyper(LMHyper):
     clip_eps: float = hyper_field(0.2, "(0, inf)", "ratio clip ε (GSPO uses ~3e-4 with ratio='sequence')")
     kl_coef: float = hyper_field(0.04, "[0, inf)", "β: weight of the KL-to-reference loss")
-
-
-@struct.dataclass
-class TrainState:
-    params: Any
-    opt_state: Any
-    reference: Any
 
 
 @struct.dataclass
@@ -120,20 +111,15 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                        "entropy": losses.masked_mean(entropy, batch.mask), **stats}
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
         start = setup.begin(key, hyper)
-        params = reference = start.params
         optimizer = adam_clipped(hyper.lr, hyper.max_grad_norm)
 
         def sgd_step(carry, batch: Batch):
-            params, opt_state = carry
-            grads, stats = jax.grad(loss_fn, has_aux=True)(params, batch, hyper)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), {**stats, "grad_norm": optax.global_norm(grads)}
+            params, opt_state, step = gradient_step(optimizer, loss_fn, *carry, batch, hyper)
+            return (params, opt_state), {**step.aux, "grad_norm": step.grad_norm}
 
-        def update(carry, update_index):
-            state, key = carry
-            key, prompt_key, sample_key, epoch_key, eval_key = jax.random.split(key, 5)
+        def update_step(state: TrainState, key: jax.Array, update_index: jax.Array):
+            prompt_key, sample_key, epoch_key, eval_key = jax.random.split(key, 4)
             problems = task.sample(prompt_key, config.num_prompts)
             problems = jax.tree.map(lambda x: jnp.repeat(x, config.group_size, axis=0), problems)
             completions = setup.sample(state.params, problems, sample_key, hyper.temperature)
@@ -151,7 +137,6 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
             grouped = reward.reshape(-1, config.group_size)
             scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
             metrics = {
-                "env_steps": (update_index + 1) * config.batch_size,
                 "episode_return": scores["accuracy"],
                 "greedy_accuracy": scores["greedy_accuracy"],
                 "sample_reward": jnp.mean(score),
@@ -160,12 +145,9 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 "zero_std_groups": jnp.mean(jnp.all(grouped == grouped[:, :1], axis=1).astype(jnp.float32)),
                 **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
             }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
-            return (TrainState(params, opt_state, state.reference), key), metrics
+            return state.replace(params=params, opt_state=opt_state), setup.update_metrics(metrics, start)
 
-        state = TrainState(params, optimizer.init(params), reference)
-        (state, _), metrics = lax.scan(update, (state, start.key), jnp.arange(config.num_updates))
-        return state, setup.finish(metrics, start)
+        state = TrainState(start.params, optimizer.init(start.params), start.params)
+        return run_updates(update_step, state, start.key, config.num_updates, hyper, on_update)
 
     return train

@@ -14,7 +14,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
 from purerl.config import OnPolicyConfig, ValidatedHyper, check_divides, hyper_field
@@ -146,9 +145,3 @@ def policy_kl(
     kl = old.kl_divergence(new)
     return jnp.mean(kl) if mask is None else losses.masked_mean(kl, mask)
 
-
-def apply_gradients(
-    optimizer: optax.GradientTransformation, params: Any, opt_state: Any, grads: Any
-) -> tuple[Any, Any]:
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
