@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.aggregate import iqm
 from experiments import lab
 
 NAME = "softmax_vs_linear"
@@ -585,10 +586,6 @@ def plot_speed(timings: pd.DataFrame, plan: DictConfig):
 
 
 # ---------------------------------------------------------------- report
-def iqm(values) -> float:
-    return lab.bootstrap_ci(np.asarray(values), "iqm")[0]
-
-
 def answer(runs, standard, timings, machine, model, plan) -> str:
     from purerl.attention.memory import format_bytes
 

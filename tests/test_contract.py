@@ -7,7 +7,8 @@ and one update:
   for every float metric and `hyper_ok = 0`, while its neighbour in the batch trains normally;
 - per-update counters are integers named `<name>_in_update` (cumulative totals are made on the
   host: `purerl.rl.loop.host_metrics`);
-- run i of a vmapped batch equals the same run alone (float tolerance of batched kernels).
+- run i of a vmapped batch equals the same run alone (float tolerance of batched kernels);
+- the headline metric the algorithm declares (`purerl.algos.return_metric`) is among its metrics.
 """
 
 import dataclasses
@@ -20,7 +21,7 @@ import pytest
 from conftest import ON_CPU, tol
 
 import purerl  # noqa: F401
-from purerl.algos import ALGORITHMS, get_algorithm
+from purerl.algos import ALGORITHMS, get_algorithm, return_metric
 from purerl.config import _bounds
 from purerl.rl.loop import COUNT_SUFFIX
 
@@ -106,7 +107,8 @@ def runs(request):
     hyperparameters, seed 2 with the probe field out of range, both traced) and run 0 alone."""
     name = request.param
     module = get_algorithm(name)
-    train = module.make_train(module.Config(**TINY[name]))
+    config = module.Config(**TINY[name])
+    train = module.make_train(config)
     field, interval = probe_field(module)
     good = getattr(module.Hyper(), field)
 
@@ -117,11 +119,11 @@ def runs(request):
     values = jnp.asarray([good, bad_value(interval)], jnp.float32)
     batched = jax.jit(jax.vmap(one)).lower(keys, values).compile(compiler_options=FAST_COMPILE)(keys, values)
     alone = jax.jit(one).lower(keys[0], values[0]).compile(compiler_options=FAST_COMPILE)(keys[0], values[0])
-    return name, jax.device_get(batched), jax.device_get(alone)
+    return name, jax.device_get(batched), jax.device_get(alone), return_metric(name, config)
 
 
 def test_traced_bad_hyper_gives_nan_float_metrics_and_hyper_ok_0(runs):
-    name, batched, _ = runs
+    name, batched, _, _ = runs
     np.testing.assert_array_equal(batched["hyper_ok"][0], 1)
     np.testing.assert_array_equal(batched["hyper_ok"][1], 0)
     floats = [m for m, v in batched.items() if np.issubdtype(v.dtype, np.floating)]
@@ -132,7 +134,7 @@ def test_traced_bad_hyper_gives_nan_float_metrics_and_hyper_ok_0(runs):
 
 
 def test_counters_are_integers_named_in_update(runs):
-    name, batched, _ = runs
+    name, batched, _, _ = runs
     counters = [m for m in batched if m.endswith(COUNT_SUFFIX)]
     assert counters, f"{name} reports no per-update counter"
     for metric, values in batched.items():
@@ -144,8 +146,16 @@ def test_counters_are_integers_named_in_update(runs):
             assert metric[: -len(COUNT_SUFFIX)] not in batched, metric
 
 
+def test_the_declared_headline_metric_is_reported_under_its_own_name(runs):
+    name, batched, _, headline = runs
+    assert headline in batched, (name, headline)
+    assert np.issubdtype(batched[headline].dtype, np.floating)
+    # episode_return means an episode's return: only trainers on environments report one.
+    assert ("episode_return" in batched) == (name not in LLM | {"lm_pretrain"}), name
+
+
 def test_vmapped_run_equals_the_run_alone(runs):
-    name, batched, alone = runs
+    name, batched, alone, _ = runs
     assert set(batched) == set(alone)
     for metric, values in alone.items():
         if name in LLM and not ON_CPU and np.issubdtype(values.dtype, np.floating):

@@ -26,6 +26,8 @@ from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import flatten_time
 from purerl.rl.training import adam_clipped, gradient_step
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(OnPolicyConfig):

@@ -41,6 +41,8 @@ from purerl.rl import offpolicy, replay
 from purerl.rl.loop import OnUpdate, TrainFn
 from purerl.rl.training import adam_clipped, gradient_step
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(offpolicy.OffPolicyConfig):

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from purerl.config import OnPolicyConfig, check_choice, check_positive_int, hyper_field
+from purerl.config import OnPolicyConfig, check_choice, check_minibatches, check_positive_int, hyper_field
 from purerl.nets import ActorCritic
 from purerl.rl import group, losses, on_policy
 from purerl.rl.agent import build_env_and_network
@@ -40,6 +40,8 @@ from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import flatten_time
 from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(OnPolicyConfig):
@@ -63,7 +65,7 @@ class Config(OnPolicyConfig):
             group.check_group_size("Config", self.group_size, self.num_envs)
         check_positive_int("Config", "update_epochs", self.update_epochs)
         check_positive_int("Config", "num_minibatches", self.num_minibatches)
-        on_policy.check_minibatches("Config", "num_minibatches", self.num_minibatches, self.batch_size)
+        check_minibatches("Config", "num_minibatches", self.num_minibatches, self.batch_size)
 
 
 @struct.dataclass

@@ -38,6 +38,8 @@ from purerl.rl import offpolicy, replay
 from purerl.rl.loop import OnUpdate, TrainFn
 from purerl.rl.training import gradient_step
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(NetworkConfig, offpolicy.OffPolicyConfig):

@@ -29,7 +29,7 @@ from flax import struct
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from purerl.config import OnPolicyConfig, ValidatedHyper, check_positive_int, hyper_field
+from purerl.config import OnPolicyConfig, ValidatedHyper, check_minibatches, check_positive_int, hyper_field
 from purerl.nets import ActorCritic
 from purerl.rl import losses, on_policy
 from purerl.rl import trust_region as tr
@@ -38,6 +38,8 @@ from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import flatten_time
 from purerl.rl.training import gradient_step, shuffled_minibatch_epochs
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(OnPolicyConfig):
@@ -59,7 +61,7 @@ class Config(OnPolicyConfig):
         super().__post_init__()
         for name in ("cg_iters", "line_search_steps", "critic_epochs", "critic_minibatches"):
             check_positive_int("Config", name, getattr(self, name))
-        on_policy.check_minibatches("Config", "critic_minibatches", self.critic_minibatches, self.batch_size)
+        check_minibatches("Config", "critic_minibatches", self.critic_minibatches, self.batch_size)
 
 
 @struct.dataclass

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from purerl.attention.lm import LMConfig, TinyLM
-from purerl.config import ValidatedHyper, _freeze, check_choice, check_divides, check_positive_int, hyper_field
+from purerl.config import ValidatedHyper, _freeze, check_choice, check_minibatches, check_positive_int, hyper_field
 from purerl.llm import losses
 from purerl.llm.models import ScalarLM, init_lm, make_lm_config, next_token_log_probs, scalar_from_policy
 from purerl.llm.rollout import Completions, Sequences, assemble, from_targets, sample
@@ -317,9 +317,8 @@ def true_order_accuracy(margin: jax.Array, pairs: PreferencePairs) -> jax.Array:
     return jnp.sum(correct * informative) / jnp.maximum(jnp.sum(informative), 1.0)
 
 
-def check_minibatches(config: Any, batch_size: int) -> None:
-    """update_epochs and num_minibatches: positive, and the minibatches split the batch evenly."""
+def check_epochs_and_minibatches(config: Any, batch_size: int) -> None:
+    """update_epochs positive; num_minibatches positive and splitting the batch evenly."""
     owner = type(config).__name__
-    for name in ("update_epochs", "num_minibatches"):
-        check_positive_int(owner, name, getattr(config, name))
-    check_divides(owner, "num_minibatches", config.num_minibatches, batch_size, "the completions per update")
+    check_positive_int(owner, "update_epochs", config.update_epochs)
+    check_minibatches(owner, "num_minibatches", config.num_minibatches, batch_size, "the completions per update")

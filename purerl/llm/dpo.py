@@ -10,10 +10,11 @@ of the loss unless `drop_ties=False`. Then `update_epochs` × `num_minibatches` 
 
 with sequence log-probs of π_T (sums over completion tokens).
 
-Metrics per update: env_steps (completions sampled so far: 2 per pair), episode_return
-(sampled accuracy on held-out prompts after the update), greedy_accuracy, kl_to_ref, dpo_loss,
-reward_accuracy and reward_margin (of the implicit reward β log π/π_ref on the training pairs),
-informative_pairs (share of pairs whose hidden scores differ), grad_norm.
+Metrics per update: env_steps_in_update (completions sampled: 2 per pair; the host adds the
+cumulative env_steps), accuracy (the headline: sampled accuracy on held-out prompts after the
+update), greedy_accuracy, kl_to_ref, dpo_loss, reward_accuracy and reward_margin (of the implicit
+reward β log π/π_ref on the training pairs), informative_pairs (share of pairs whose hidden scores
+differ), grad_norm.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from flax import struct
 
 from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
-from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, TrainState, check_minibatches
+from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, TrainState, check_epochs_and_minibatches
 from purerl.rl.loop import run_updates
 from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
 PAIR_SOURCES = ("reference", "policy")
 
+
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "accuracy"
 
 @dataclasses.dataclass(frozen=True)
 class Config(LMRLConfig):
@@ -47,7 +51,7 @@ class Config(LMRLConfig):
         if self.reward != "verifiable":
             raise ValueError(f"Config.reward: got {self.reward!r}; allowed for DPO: 'verifiable' (DPO "
                              "learns from the preference labels directly, it has no reward model)")
-        check_minibatches(self, self.num_prompts)
+        check_epochs_and_minibatches(self, self.num_prompts)
 
     @property
     def batch_size(self) -> int:
@@ -110,7 +114,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 config.num_minibatches, sgd_step)
             scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
             metrics = {
-                "episode_return": scores["accuracy"],
+                "accuracy": scores["accuracy"],
                 "greedy_accuracy": scores["greedy_accuracy"],
                 "kl_to_ref": scores["kl_to_ref"],
                 "informative_pairs": jnp.mean((pairs.chosen_score != pairs.rejected_score).astype(jnp.float32)),

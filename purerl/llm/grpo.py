@@ -12,7 +12,8 @@ with per-token ratios (`ratio="token"`) or GSPO's length-normalised sequence rat
 (`ratio="sequence"`: s_i = exp(mean_t log π/π_old), clipped per completion). π_ref is the SFT
 policy. With `reward="model"` the reward is a Bradley-Terry reward model trained first.
 
-Metrics per update: env_steps (completions sampled so far), episode_return (mean task reward —
+Metrics per update: env_steps_in_update (completions sampled; the host adds the cumulative
+env_steps), accuracy (the headline: mean task reward —
 accuracy on addition — of one completion sampled at T per held-out prompt, after the update),
 greedy_accuracy, kl_to_ref (mean over those completions of Σ_t k3), sample_reward (mean task
 reward of this update's training samples), policy_loss, kl_loss, entropy, approx_kl, clip_frac,
@@ -31,7 +32,7 @@ from flax import struct
 
 from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
-from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, TrainState, check_minibatches
+from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, TrainState, check_epochs_and_minibatches
 from purerl.llm.rollout import to_targets
 from purerl.rl.group import group_relative_advantages
 from purerl.rl.loop import run_updates
@@ -39,6 +40,9 @@ from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_e
 
 RATIOS = ("token", "sequence")
 
+
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "accuracy"
 
 @dataclasses.dataclass(frozen=True)
 class Config(LMRLConfig):
@@ -58,7 +62,7 @@ class Config(LMRLConfig):
         check_choice("Config", "ratio", self.ratio, RATIOS)
         check_choice("Config", "loss_aggregation", self.loss_aggregation, losses.AGGREGATIONS)
         check_choice("Config", "kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
-        check_minibatches(self, self.batch_size)
+        check_epochs_and_minibatches(self, self.batch_size)
 
     @property
     def batch_size(self) -> int:
@@ -137,7 +141,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
             grouped = reward.reshape(-1, config.group_size)
             scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
             metrics = {
-                "episode_return": scores["accuracy"],
+                "accuracy": scores["accuracy"],
                 "greedy_accuracy": scores["greedy_accuracy"],
                 "sample_reward": jnp.mean(score),
                 "kl_to_ref": scores["kl_to_ref"],

@@ -15,7 +15,7 @@ critic — the decoder with a scalar head, initialised from the SFT policy (or f
 model when `reward="model"`). The clipped surrogate and the (clipped) value loss are
 averaged over completion tokens only; policy and critic have their own Adam.
 
-Metrics per update: as GRPO's (env_steps = completions sampled so far, episode_return =
+Metrics per update: as GRPO's (env_steps_in_update = completions sampled, accuracy =
 sampled accuracy on held-out prompts after the update, greedy_accuracy, kl_to_ref,
 sample_reward, ...) plus value_loss and explained_variance.
 """
@@ -32,7 +32,7 @@ from flax import struct
 
 from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
-from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_minibatches
+from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_epochs_and_minibatches
 from purerl.llm.rollout import Sequences, to_targets
 from purerl.rl import advantages as adv
 from purerl.rl import losses as rl_losses
@@ -41,6 +41,9 @@ from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_e
 
 KL_MODES = ("reward", "loss")
 
+
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "accuracy"
 
 @dataclasses.dataclass(frozen=True)
 class Config(LMRLConfig):
@@ -58,7 +61,7 @@ class Config(LMRLConfig):
         if self.kl_estimator is None:
             object.__setattr__(self, "kl_estimator", "k1" if self.kl_mode == "reward" else "k3")
         check_choice("Config", "kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
-        check_minibatches(self, self.batch_size)
+        check_epochs_and_minibatches(self, self.batch_size)
 
     @property
     def batch_size(self) -> int:
@@ -190,7 +193,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
 
             scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
             metrics = {
-                "episode_return": scores["accuracy"],
+                "accuracy": scores["accuracy"],
                 "greedy_accuracy": scores["greedy_accuracy"],
                 "kl_to_ref": scores["kl_to_ref"],
                 "sample_reward": jnp.mean(score),

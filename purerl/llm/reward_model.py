@@ -6,8 +6,8 @@ takes one Adam step on −log σ(r(x, y_w) − r(x, y_l)); r is the decoder with
 (initialised from the SFT policy) read at the completion's last token. `llm_ppo` and `grpo`
 with `reward="model"` train the same model for `rm_steps` steps before RL.
 
-Metrics per update: env_steps (completions sampled so far), episode_return = rm_true_accuracy
-(the share of pairs with different hidden scores that r orders correctly, measured on each
+Metrics per update: env_steps_in_update (completions sampled), rm_true_accuracy (the headline:
+the share of pairs with different hidden scores that r orders correctly, measured on each
 fresh batch before the step on it: held-out by construction), rm_accuracy (agreement with the
 noisy labels), rm_loss, sft_accuracy.
 """
@@ -25,6 +25,8 @@ from purerl.llm.common import LMHyper, LMRLConfig, LMSetup
 from purerl.rl.loop import run_updates
 from purerl.rl.training import gradient_step
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "rm_true_accuracy"
 
 @dataclasses.dataclass(frozen=True)
 class Config(LMRLConfig):
@@ -69,8 +71,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
             batch = setup.preference_batch(state.reference, key, hyper)
             reward_model, opt_state, step = gradient_step(optimizer, setup.reward_model_loss, state.reward_model,
                                                           state.opt_state, batch)
-            metrics = {"episode_return": step.aux["rm_true_accuracy"], **step.aux}
-            return state.replace(reward_model=reward_model, opt_state=opt_state), setup.update_metrics(metrics, start)
+            return state.replace(reward_model=reward_model, opt_state=opt_state), setup.update_metrics(step.aux, start)
 
         reward_model = setup.init_reward_model(init_key, start.params)
         state = TrainState(reward_model, optimizer.init(reward_model), start.params)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from purerl.config import OnPolicyConfig, ValidatedHyper, check_divides, hyper_field
+from purerl.config import OnPolicyConfig, ValidatedHyper, hyper_field
 from purerl.nets import ActorCritic
 from purerl.rl import advantages as adv
 from purerl.rl import losses, normalization
@@ -70,10 +70,6 @@ def init_state(
     params = init_params(network, env, env_params, params_key)
     runner = init_runner(env, env_params, env_key) if continuing else None
     return TrainState(params, init_opt_state(params), init_obs_stats(config, env, env_params), runner)
-
-
-def check_minibatches(owner: str, name: str, num_minibatches: int, batch_size: int) -> None:
-    check_divides(owner, name, num_minibatches, batch_size, "num_envs * num_steps")
 
 
 def learning_rate(
