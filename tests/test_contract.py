@@ -137,13 +137,13 @@ def test_counters_are_integers_named_in_update(runs):
     name, batched, _, _ = runs
     counters = [m for m in batched if m.endswith(COUNT_SUFFIX)]
     assert counters, f"{name} reports no per-update counter"
-    for metric, values in batched.items():
-        integer = np.issubdtype(values.dtype, np.integer)
-        assert integer == (metric.endswith(COUNT_SUFFIX) or metric == "hyper_ok"), metric
-        if metric.endswith(COUNT_SUFFIX):
-            assert np.all(values[0] >= 0), metric
-            # A cumulative count is the host's (host_metrics), never an in-graph metric.
-            assert metric[: -len(COUNT_SUFFIX)] not in batched, metric
+    assert "env_steps" + COUNT_SUFFIX in counters, name
+    for metric in counters:
+        assert np.issubdtype(batched[metric].dtype, np.integer), metric
+        assert np.all(batched[metric][0] >= 0), metric
+        # A cumulative count is the host's (host_metrics), never an in-graph metric.
+        assert metric[: -len(COUNT_SUFFIX)] not in batched, metric
+    assert np.issubdtype(batched["hyper_ok"].dtype, np.integer)
 
 
 def test_the_declared_headline_metric_is_reported_under_its_own_name(runs):
@@ -157,8 +157,14 @@ def test_the_declared_headline_metric_is_reported_under_its_own_name(runs):
 def test_vmapped_run_equals_the_run_alone(runs):
     name, batched, alone, _ = runs
     assert set(batched) == set(alone)
+    close = tol(vmapped=True)
+    if name in LLM:
+        # Some LM metrics are differences of log-probs of order 1-10 (approx_kl, kl_to_ref: the
+        # generation's cached log-probs against a full forward), so they carry the log-probs'
+        # absolute rounding, not a relative error of their own small value.
+        close = {**close, "atol": 1e-4}
     for metric, values in alone.items():
         if name in LLM and not ON_CPU and np.issubdtype(values.dtype, np.floating):
             # On GPU a last-bit difference may flip a sampled token, and every metric after it.
             continue
-        np.testing.assert_allclose(batched[metric][0], values, **tol(vmapped=True), err_msg=metric)
+        np.testing.assert_allclose(batched[metric][0], values, **close, err_msg=metric)
