@@ -1,4 +1,5 @@
-"""Optimisers, schedules and the shuffled-minibatch epoch loop, shared by all algorithms."""
+"""Optimisers, schedules, the shuffled-minibatch epoch loop, the one optimiser step every gradient
+trainer takes (`gradient_step`) and the one supervised fitting loop (`fit`), shared by all algorithms."""
 
 from __future__ import annotations
 
