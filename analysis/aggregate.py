@@ -41,14 +41,15 @@ RETURN_METRICS = ("final_return", "auc")
 RUN_COLUMNS = ("job", "experiment", "setting", "seed")
 
 
-def _iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean: the mean of the middle 50% (25% trimmed from each end)."""
     return sps.trim_mean(x, 0.25, axis=axis)
 
 
 STATISTICS: dict[str, Callable[..., np.ndarray]] = {
     "mean": lambda x, axis=-1: np.mean(x, axis=axis),
     "median": lambda x, axis=-1: np.median(x, axis=axis),
-    "iqm": _iqm,
+    "iqm": iqm,
 }
 
 
@@ -315,15 +316,9 @@ def _display(table: pd.DataFrame, digits: int) -> tuple[list[str], list[list[str
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured Markdown table (no `tabulate` needed), with the `explain` note."""
     headers, rows, lead = _display(table, digits)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     numeric = [lead <= i < lead + 4 for i in range(len(headers))]
-
-    def line(cells):
-        return "| " + " | ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric)) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, numeric)) + "|"
     note = explain(table)
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)]) + "\n" + (f"\n{note}\n" if note else "")
+    return res.markdown_table(headers, rows, numeric) + "\n" + (f"\n{note}\n" if note else "")
 
 
 _LATEX_ESCAPES = {

@@ -24,6 +24,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from experiments import lab
+from purerl.attention.memory import format_bytes
 
 NAME = "kv_cache_4x"
 METHOD_LABELS = {"mean": "mean-pool", "first": "first head", "random": "random K/V"}
@@ -204,8 +205,6 @@ def paired_delta(scratch: pd.DataFrame, name: str, metric: str, base: str) -> tu
 
 # ---------------------------------------------------------------- tables
 def memory_table_md(tiny: pd.DataFrame, plan: DictConfig, config) -> str:
-    from purerl.attention.memory import format_bytes
-
     table = pd.DataFrame({
         "variant": tiny.variant,
         "H_kv": [str(h) for h in tiny.kv_heads],
@@ -220,8 +219,6 @@ def memory_table_md(tiny: pd.DataFrame, plan: DictConfig, config) -> str:
 
 
 def reference_table_md(reference: pd.DataFrame, plan: DictConfig) -> str:
-    from purerl.attention.memory import format_bytes
-
     ref = plan.memory.reference
     mha = reference.per_sequence.iloc[0]
     table = pd.DataFrame({
@@ -351,12 +348,6 @@ def growth(timing: pd.DataFrame) -> str:
 def ratio(base: float, other: float) -> str:
     """How many times faster `other` is than `base` (times), or n/a when a time rounds to 0."""
     return f"{base / other:.2g}×" if base > 0 and other > 0 else "n/a"
-
-
-def format_bytes(value: float) -> str:
-    from purerl.attention.memory import format_bytes as fmt_bytes
-
-    return fmt_bytes(float(value))
 
 
 # ---------------------------------------------------------------- plots

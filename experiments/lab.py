@@ -324,14 +324,10 @@ def markdown_table(df: pd.DataFrame, right: Sequence[str] = ()) -> str:
     """A GitHub Markdown table of `df`'s cells as they are (strings, or formatted numbers)."""
     headers = [str(c) for c in df.columns]
     rows = [[c if isinstance(c, str) else fmt(c) for c in row] for row in df.itertuples(index=False)]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    aligned = [h in right or (rows and all(_numeric(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    from purerl.results import markdown_table as cells_table
 
-    def line(cells):
-        return "| " + " | ".join(c.rjust(w) if a else c.ljust(w) for c, w, a in zip(cells, widths, aligned)) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if a else ("-" * (w + 2)) for w, a in zip(widths, aligned)) + "|"
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)]) + "\n"
+    aligned = [h in right or bool(rows and all(_numeric(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    return cells_table(headers, rows, aligned) + "\n"
 
 
 def _numeric(cell: str) -> bool:

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from analysis.aggregate import iqm
+
 REPORTS = Path(__file__).resolve().parent / "reports"
 DATA = REPORTS / "llm_rl.json"
 
@@ -53,7 +55,7 @@ SCALES = {
                   rollout_batch=512, memory_widths=(32, 256)),
 }
 
-REPORTED_METRICS = ("episode_return", "greedy_accuracy", "sft_accuracy", "kl_to_ref", "env_steps", "clip_frac",
+REPORTED_METRICS = ("accuracy", "greedy_accuracy", "sft_accuracy", "kl_to_ref", "env_steps", "clip_frac",
                     "approx_kl", "rm_true_accuracy", "sft_loss")
 MODEL = dict(d_model=32, num_layers=2, num_heads=4, num_kv_heads=4, task="addition", task_kwargs={"num_digits": 1})
 
@@ -261,12 +263,6 @@ def memory(scale: Scale) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------ report
-def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    from scipy.stats import trim_mean
-
-    return trim_mean(x, 0.25, axis=axis)
-
-
 def iqm_ci(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IQM over the first (seed) axis, with its 95% bootstrap CI; x [seeds, ...]."""
     from analysis.aggregate import stratified_bootstrap_ci
@@ -281,7 +277,7 @@ def fmt_ci(x: np.ndarray, digits: int = 3) -> str:
     return f"{float(point):.{digits}f} [{float(low):.{digits}f}, {float(high):.{digits}f}]"
 
 
-def final(run: dict[str, Any], metric: str = "episode_return", last: int = 5) -> np.ndarray:
+def final(run: dict[str, Any], metric: str = "accuracy", last: int = 5) -> np.ndarray:
     return np.asarray(run["metrics"][metric])[:, -last:].mean(axis=1)
 
 
@@ -294,7 +290,7 @@ def plot_curves(runs: dict[str, Any], names: list[str], seeds: int, path: Path) 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name in names:
         run = runs[name]
-        accuracy = np.asarray(run["metrics"]["episode_return"])  # [seeds, updates]
+        accuracy = np.asarray(run["metrics"]["accuracy"])  # [seeds, updates]
         start = np.asarray(run["metrics"]["sft_accuracy"])[:, :1]
         curve = np.concatenate([start, accuracy], axis=1)
         point, low, high = iqm_ci(curve)
@@ -324,7 +320,7 @@ def plot_curves(runs: dict[str, Any], names: list[str], seeds: int, path: Path) 
 def findings(data: dict[str, Any]) -> list[str]:
     """Headline sentences, every number computed from `data`."""
     runs, variance = data["runs"], data["gradient_variance"]
-    point = lambda name, metric="episode_return": float(iqm(final(runs[name], metric)))  # noqa: E731
+    point = lambda name, metric="accuracy": float(iqm(final(runs[name], metric)))  # noqa: E731
     start = float(iqm(np.asarray(runs["GRPO"]["metrics"]["sft_accuracy"])[:, 0]))
     dpo = max((n for n in runs if n.startswith("DPO")), key=point)
     rm = float(iqm(np.asarray(runs["PPO + reward model"]["metrics"]["rm_true_accuracy"])[:, 0]))

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.aggregate import iqm
 from experiments import lab
 from purerl.attention.cost import KERNELS, cost, crossover, roofline_seconds
 
@@ -109,10 +110,10 @@ def train_recall(key, num_pairs, plan: DictConfig, kind: str, width: int, max_pa
     """Train one TinyLM on bound-pair recall with `num_pairs` pairs; returns (accuracy on fresh
     sequences, per-step training accuracy). Pure in `key` and `num_pairs`: vmap both."""
     import jax
-    import optax
 
     from purerl.attention.lm import TinyLM, TrainConfig, make_optimizer, masked_loss_and_accuracy
     from purerl.attention.mqar import bound_recall_batch
+    from purerl.rl.training import fit
 
     r = plan.recall
     model = TinyLM(lm_config(plan, kind, width, max_pairs))
@@ -127,14 +128,9 @@ def train_recall(key, num_pairs, plan: DictConfig, kind: str, width: int, max_pa
     def loss_fn(params, batch):
         return masked_loss_and_accuracy(model.apply(params, batch.tokens), batch)
 
-    def step(carry, step_key):
-        params, opt_state = carry
-        (_, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_of(step_key, batch=r.batch_size))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), accuracy
-
-    (params, _), curve = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(data_key, r.steps))
-    return loss_fn(params, batch_of(eval_key, batch=r.eval_batch))[1], curve
+    params, _, stats = fit(optimizer, loss_fn, params, optimizer.init(params), jax.random.split(data_key, r.steps),
+                           lambda step_key: batch_of(step_key, batch=r.batch_size))
+    return loss_fn(params, batch_of(eval_key, batch=r.eval_batch))[1], stats.aux
 
 
 def train_setting(plan: DictConfig, kind: str, width: int, pairs: list[int]) -> pd.DataFrame:
@@ -515,10 +511,6 @@ def plot_speed(timings: pd.DataFrame, plan: DictConfig):
 
 
 # ---------------------------------------------------------------- report
-def iqm(values) -> float:
-    return lab.bootstrap_ci(np.asarray(values), "iqm")[0]
-
-
 def answer(runs, standard, timings, machine, model, plan) -> str:
     from purerl.attention.memory import format_bytes
 

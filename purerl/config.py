@@ -65,6 +65,14 @@ def check_divides(owner: str, name: str, value: int, total: int, total_name: str
         )
 
 
+def check_minibatches(
+    owner: str, name: str, num_minibatches: Any, batch_size: int, batch_name: str = "num_envs * num_steps"
+) -> None:
+    """A positive number of minibatches that splits the batch (`batch_name` = `batch_size`) evenly."""
+    check_positive_int(owner, name, num_minibatches)
+    check_divides(owner, name, num_minibatches, batch_size, batch_name)
+
+
 # ---------------------------------------------------------------- traced hyperparameters
 def hyper_field(default: float, interval: str, doc: str = "") -> Any:
     """A traced hyperparameter with its allowed interval, e.g. "[0, 1]" or "(0, inf)"."""

@@ -238,6 +238,19 @@ def write_job(
 
 
 # ---------------------------------------------------------------- tables
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
+    """A GitHub-flavoured Markdown table of string cells, columns padded to one width; `right[i]`
+    right-aligns column i (numbers). Every Markdown table the project writes goes through here."""
+    right = list(right) if right is not None else [False] * len(headers)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if a else c.ljust(w) for c, w, a in zip(cells, widths, right)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if a else ("-" * (w + 2)) for w, a in zip(widths, right)) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
 def divergence(metrics: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(diverged [..., ], first_update [...] or -1) over the trailing update axis.
 

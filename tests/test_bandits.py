@@ -38,15 +38,6 @@ def test_bad_config_fails_with_a_clear_error(kwargs, match):
         bandits.Config(**kwargs)
 
 
-def test_bad_hyper_fails_before_compiling(monkeypatch):
-    train = bandits.make_train(bandits.Config(total_timesteps=100))
-    monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled"))
-    with pytest.raises(ValueError, match=r"Hyper.epsilon: got 1.5; allowed: \[0, 1\]"):
-        train(jax.random.PRNGKey(0), bandits.Hyper(epsilon=1.5))
-    with pytest.raises(ValueError, match=r"Hyper.ucb_c: got -1; allowed: \[0, inf\)"):
-        sweep.grid(bandits.Hyper(), ucb_c=[1.0, -1.0])
-
-
 def test_sherman_morrison_and_linucb_scores_match_numpy_ridge(highest_precision):
     rng = np.random.default_rng(0)
     num_arms, dim, ridge, alpha = 3, 4, 0.5, 0.7

@@ -33,13 +33,6 @@ def test_bad_config_fails_with_a_clear_error(kwargs, match):
         dqn.Config(**kwargs)
 
 
-def test_bad_hyper_fails_before_compiling(monkeypatch):
-    train = dqn.make_train(dqn.Config(**TINY))
-    monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled"))
-    with pytest.raises(ValueError, match=r"Hyper.tau: got 0; allowed: \(0, 1\]"):
-        train(jax.random.PRNGKey(0), dqn.Hyper(tau=0.0))
-
-
 def numpy_targets(reward, terminated, truncated, next_q_target, next_q_online, gamma, double):
     """Reference: one transition at a time, bootstrapping unless the episode TERMINATED."""
     targets = np.zeros(len(reward))

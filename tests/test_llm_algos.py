@@ -1,12 +1,13 @@
-"""Every LM algorithm trains end to end on a tiny model (finite per-update metrics, counts), and a
-vmapped run equals the same run alone. Learning itself: test_llm_learning.py."""
+"""Every LM algorithm trains end to end on a tiny model (finite per-update metrics, counts). The
+contract (validation, traced hypers, counters, vmapped ≡ alone): test_contract.py. Learning itself:
+test_llm_learning.py."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import ON_CPU, tol
 
 from purerl.llm import dpo, ppo, reward_model
+from purerl.rl.loop import host_metrics
 
 TINY = dict(d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, sft_steps=4, num_updates=3,
             eval_prompts=8, rm_steps=3, rm_batch=8, task_kwargs={"num_digits": 1})
@@ -20,15 +21,17 @@ def run(module, config, seeds, hyper=None):
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
     hypers = jax.tree.map(lambda x: jnp.full((len(seeds),), x, jnp.float32), hyper)
     compiled = jax.jit(jax.vmap(train)).lower(keys, hypers).compile(compiler_options=FAST_COMPILE)
-    return jax.device_get(compiled(keys, hypers))
+    state, metrics = jax.device_get(compiled(keys, hypers))
+    return state, host_metrics(metrics)
 
 
 def check_metrics(metrics, config, seeds):
     for name, values in metrics.items():
         assert values.shape == (seeds, config.num_updates), name
         assert np.all(np.isfinite(values)), name
+    assert np.all(metrics["hyper_ok"] == 1)
     np.testing.assert_array_equal(metrics["env_steps"][0], config.batch_size * np.arange(1, config.num_updates + 1))
-    for name in ("episode_return", "greedy_accuracy"):
+    for name in ("accuracy", "greedy_accuracy"):
         if name in metrics:
             assert np.all((metrics[name] >= 0) & (metrics[name] <= 1))
     assert np.all(metrics["sft_accuracy"] == metrics["sft_accuracy"][:, :1])  # once per run
@@ -45,30 +48,17 @@ def test_ppo_with_a_reward_model_and_the_kl_as_a_loss_term():
     assert not np.array_equal(metrics["sft_loss"][0], metrics["sft_loss"][1])  # seeds differ
 
 
-def test_dpo_vmapped_run_equals_the_same_run_alone():
+def test_dpo_learns_from_informative_pairs_only():
     # The preference task: graded scores, so pairs from a barely trained policy are rarely ties.
     config = dpo.Config(**{**TINY, "task_kwargs": {}}, task="preference", num_prompts=8, pair_source="policy")
-    hyper = dpo.Hyper(beta=0.2)
-    _, batched = run(dpo, config, [3, 4], hyper)
+    _, batched = run(dpo, config, [3, 4], dpo.Hyper(beta=0.2))
     check_metrics(batched, config, 2)
     # −log σ(·) > 0 on every update that had a non-tied pair (tied pairs are dropped: loss 0);
     # graded scores make ties the exception, so most updates must have informative pairs.
     informative = batched["informative_pairs"] > 0
     assert informative.mean() >= 0.5, batched["informative_pairs"]
     assert np.all(batched["dpo_loss"][informative] > 0)
-    _, alone = run(dpo, config, [4], hyper)
-    assert not np.array_equal(batched["sft_loss"][0], batched["sft_loss"][1])
-    # The supervised phase has no sampling: equal to kernel tolerance everywhere.
-    np.testing.assert_allclose(batched["sft_loss"][1], alone["sft_loss"][0], **tol(vmapped=True))
-    if not ON_CPU:
-        return  # on GPU a last-bit difference may flip a sampled token, and everything after it
-    # On CPU sampled tokens, hence accuracies, agree exactly. Losses and norms agree to float
-    # rounding, not bitwise: XLA:CPU reduces the transformer's matmuls in another order when they
-    # carry an extra batch dimension (measured: ≤ 1 ulp, e.g. 6e-8 on a gradient norm of 0.58).
-    for name in ("episode_return", "greedy_accuracy", "sft_accuracy", "informative_pairs", "reward_accuracy"):
-        np.testing.assert_array_equal(batched[name][1], alone[name][0], err_msg=name)
-    for name in batched:
-        np.testing.assert_allclose(batched[name][1], alone[name][0], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert not np.array_equal(batched["sft_loss"][0], batched["sft_loss"][1])  # seeds differ
 
 
 def test_reward_model_algorithm_reports_held_out_order_accuracy():
@@ -76,5 +66,5 @@ def test_reward_model_algorithm_reports_held_out_order_accuracy():
     assert config.task == "preference"
     state, metrics = run(reward_model, config, [0])
     check_metrics(metrics, config, 1)
-    np.testing.assert_array_equal(metrics["episode_return"], metrics["rm_true_accuracy"])
+    assert np.all((metrics["rm_true_accuracy"] >= 0) & (metrics["rm_true_accuracy"] <= 1))
     assert "scalar_head" in state.reward_model["params"]

@@ -28,6 +28,9 @@ def test_purerl_train_runs_grpo_and_writes_results(tmp_path):
     assert set(summary["ratio"]) == {"sequence"}
     assert np.all(np.isfinite(summary["final_return"])) and not summary["diverged"].any()
     tidy = pd.read_parquet(job / res.RESULTS)
-    assert {"kl_to_ref", "greedy_accuracy", "sft_accuracy", "zero_std_groups"} <= set(tidy.columns)
+    assert {"accuracy", "kl_to_ref", "greedy_accuracy", "sft_accuracy", "zero_std_groups"} <= set(tidy.columns)
+    assert "episode_return" not in tidy.columns  # the headline keeps its name (grpo.RETURN_METRIC)
+    last = tidy[tidy["update"] == tidy["update"].max()].sort_values(["lr", "seed"])["accuracy"].to_numpy()
+    np.testing.assert_allclose(summary.sort_values(["lr", "seed"])["final_return"], last, rtol=1e-6)
     assert tidy["env_steps"].max() == 3 * 4 * 2  # updates × prompts × group size
 

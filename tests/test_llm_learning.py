@@ -22,7 +22,7 @@ CONFIG = grpo.Config(task_kwargs={"num_digits": 1}, sft_steps=100, num_updates=3
 def test_grpo_raises_addition_accuracy_above_the_sft_start():
     result = sweep.run(grpo.make_train(CONFIG), grpo.Hyper(lr=1e-3), seeds=8)
     start = result.metrics["sft_accuracy"][0, :, 0]
-    final = result.final("episode_return", last=5)[0]
+    final = result.final(grpo.RETURN_METRIC, last=5)[0]
     iqm = lambda x: trim_mean(x, 0.25)  # noqa: E731
     assert 0.15 < iqm(start) < 0.45  # RL starts from a policy that sometimes succeeds
     assert iqm(final) > 0.38, (start, final)

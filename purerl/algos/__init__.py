@@ -1,9 +1,13 @@
-"""One module per algorithm, each exposing `Config`, `Hyper` and `make_train(config)`."""
+"""One module per algorithm, each exposing `Config`, `Hyper`, `make_train(config)` and
+`RETURN_METRIC`: the name of its headline per-update metric (`episode_return` for RL on
+environments, `accuracy` for the LM trainers, ...), which results tables and analysis read instead
+of each algorithm renaming its metric to fit them."""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 # name -> module path; modules are imported lazily so `import purerl.algos` stays cheap.
 ALGORITHMS: dict[str, str] = {
@@ -30,3 +34,12 @@ def get_algorithm(name: str) -> ModuleType:
     if name not in ALGORITHMS:
         raise ValueError(f"algo: unknown algorithm {name!r}; allowed: {', '.join(sorted(ALGORITHMS))}")
     return importlib.import_module(ALGORITHMS[name])
+
+
+def return_metric(name: str, config: Any = None) -> str:
+    """The headline per-update metric of algorithm `name`: its module's `return_metric(config)`
+    where the name depends on the config, else its `RETURN_METRIC`."""
+    module = get_algorithm(name)
+    if config is not None and hasattr(module, "return_metric"):
+        return module.return_metric(config)
+    return module.RETURN_METRIC

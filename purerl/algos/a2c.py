@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
 from purerl.config import OnPolicyConfig, check_choice, check_positive_int
@@ -25,8 +24,10 @@ from purerl.rl import evaluation, losses, on_policy
 from purerl.rl.agent import build_env_and_network
 from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import flatten_time
-from purerl.rl.training import adam_clipped
+from purerl.rl.training import adam_clipped, gradient_step
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(OnPolicyConfig):
@@ -96,13 +97,12 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             advantages, targets = estimate_advantages(rollout, hyper)
             # One gradient step on the whole rollout: that is what makes it A2C, not PPO.
             batch = flatten_time(Batch(rollout.batch.obs, rollout.batch.action, advantages, targets))
-            grads, loss_stats = jax.grad(loss_fn, has_aux=True)(state.params, batch, hyper)
-            params, opt_state = on_policy.apply_gradients(optimizer, state.params, state.opt_state, grads)
+            params, opt_state, step = gradient_step(optimizer, loss_fn, state.params, state.opt_state, batch, hyper)
             metrics = {
                 "env_steps_in_update": jnp.int32(config.batch_size),
                 **rollout.episodes.metrics(),
-                **loss_stats,
-                "grad_norm": optax.global_norm(grads),
+                **step.aux,
+                "grad_norm": step.grad_norm,
                 "update_kl": on_policy.policy_kl(network, state.params, params, batch.obs),
                 "explained_variance": losses.explained_variance(rollout.values, targets),
                 "lr": lr_schedule(update_index),

@@ -47,6 +47,9 @@ STRATEGIES = ("epsilon_greedy", "ucb1", "thompson_beta", "thompson_gaussian", "l
 CONTEXT_FREE = ("ucb1", "thompson_beta", "thompson_gaussian")
 
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Static settings: changing one recompiles."""

@@ -39,7 +39,10 @@ from purerl.config import (
 from purerl.nets import QHead
 from purerl.rl import offpolicy, replay
 from purerl.rl.loop import OnUpdate, TrainFn
+from purerl.rl.training import adam_clipped, gradient_step
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(offpolicy.OffPolicyConfig):
@@ -131,9 +134,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
     def train(key: jax.Array, hyper: Hyper) -> tuple[offpolicy.OffPolicyState, dict[str, jax.Array]]:
         init_key, key = jax.random.split(key)
         lr = optax.linear_schedule(hyper.lr, 0.0, max(config.total_gradient_steps, 1)) if config.anneal_lr else hyper.lr
-        optimizer = optax.chain(
-            optax.clip_by_global_norm(hyper.max_grad_norm), optax.adam(lr, eps=hyper.adam_eps)
-        )
+        optimizer = adam_clipped(lr, hyper.max_grad_norm, eps=hyper.adam_eps)
         params = network.init(init_key, jnp.zeros((1,) + tuple(obs_shape)))
         agent = Agent(params, params, optimizer.init(params), jnp.int32(0))
 
@@ -157,9 +158,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             next_q_online = network.apply(agent.params, batch.next_obs) if config.double_dqn else next_q_target
             targets = q_targets(batch.reward, batch.terminated, next_q_target, next_q_online,
                                 hyper.gamma, config.double_dqn)
-            (loss, q_taken), grads = jax.value_and_grad(loss_fn, has_aux=True)(agent.params, batch, targets)
-            updates, opt_state = optimizer.update(grads, agent.opt_state, agent.params)
-            params = optax.apply_updates(agent.params, updates)
+            params, opt_state, step = gradient_step(optimizer, loss_fn, agent.params, agent.opt_state, batch, targets)
             count = agent.updates + 1
             refresh = (count % config.target_update_period) == 0
             target_params = jax.tree.map(
@@ -167,7 +166,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
                 params,
                 agent.target_params,
             )
-            stats = {"loss": loss, "q_mean": jnp.mean(q_taken), "grad_norm": optax.global_norm(grads)}
+            stats = {"loss": step.loss, "q_mean": jnp.mean(step.aux), "grad_norm": step.grad_norm}
             return Agent(params, target_params, opt_state, count), stats
 
         def report(agent: Agent, env_steps: jax.Array) -> dict[str, jax.Array]:

@@ -30,17 +30,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
-from purerl.config import OnPolicyConfig, check_choice, check_positive_int, hyper_field
+from purerl.config import OnPolicyConfig, check_choice, check_minibatches, check_positive_int, hyper_field
 from purerl.nets import ActorCritic
 from purerl.rl import evaluation, group, losses, on_policy
 from purerl.rl.agent import build_env_and_network
 from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import flatten_time
-from purerl.rl.training import adam_clipped, shuffled_minibatch_epochs
+from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(OnPolicyConfig):
@@ -64,7 +65,7 @@ class Config(OnPolicyConfig):
             group.check_group_size("Config", self.group_size, self.num_envs)
         check_positive_int("Config", "update_epochs", self.update_epochs)
         check_positive_int("Config", "num_minibatches", self.num_minibatches)
-        on_policy.check_minibatches("Config", "num_minibatches", self.num_minibatches, self.batch_size)
+        check_minibatches("Config", "num_minibatches", self.num_minibatches, self.batch_size)
 
 
 @struct.dataclass
@@ -148,10 +149,8 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
         state = on_policy.init_state(config, env, env_params, network, optimizer.init, init_key, continuing=uses_critic)
 
         def sgd_step(carry, mb: Samples):
-            params, opt_state = carry
-            grads, stats = jax.grad(loss_fn, has_aux=True)(params, mb, hyper)
-            params, opt_state = on_policy.apply_gradients(optimizer, params, opt_state, grads)
-            return (params, opt_state), {**stats, "grad_norm": optax.global_norm(grads)}
+            params, opt_state, step = gradient_step(optimizer, loss_fn, *carry, mb, hyper)
+            return (params, opt_state), {**step.aux, "grad_norm": step.grad_norm}
 
         def update_step(state: on_policy.TrainState, key: jax.Array, update_index: jax.Array):
             rollout_key, epoch_key = jax.random.split(key)

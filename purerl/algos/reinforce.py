@@ -26,7 +26,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
 from purerl.config import OnPolicyConfig, ValidatedHyper, check_choice, hyper_field
@@ -36,8 +35,10 @@ from purerl.rl import evaluation, group, losses, on_policy
 from purerl.rl.agent import build_env_and_network
 from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import Transition, flatten_time
-from purerl.rl.training import adam_clipped
+from purerl.rl.training import adam_clipped, gradient_step
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(OnPolicyConfig):
@@ -121,16 +122,16 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             # Monte-Carlo return-to-go inside each episode; no bootstrapping anywhere.
             returns = adv.discounted_returns(batch.reward, batch.terminated, batch.truncated, hyper.gamma)
             weights = policy_weights(state.params, batch, returns, mask)
-            grads, loss_stats = jax.grad(loss_fn, has_aux=True)(
-                state.params, flatten_time(Batch(batch.obs, batch.action, weights, returns, mask)), hyper
+            params, opt_state, step = gradient_step(
+                optimizer, loss_fn, state.params, state.opt_state,
+                flatten_time(Batch(batch.obs, batch.action, weights, returns, mask)), hyper,
             )
-            params, opt_state = on_policy.apply_gradients(optimizer, state.params, state.opt_state, grads)
             metrics = {
                 "env_steps_in_update": jnp.int32(config.batch_size),
                 "episode_steps_in_update": jnp.sum(mask, dtype=jnp.int32),
                 **episodes.metrics(),
-                **loss_stats,
-                "grad_norm": optax.global_norm(grads),
+                **step.aux,
+                "grad_norm": step.grad_norm,
             }
             return state.replace(params=params, opt_state=opt_state), metrics
 

@@ -36,7 +36,10 @@ from purerl.config import NetworkConfig, ValidatedHyper, hyper_field
 from purerl.nets import PolicyHead, SquashedGaussianActor, TwinQ, squashed_gaussian_sample
 from purerl.rl import offpolicy, replay
 from purerl.rl.loop import OnUpdate, TrainFn
+from purerl.rl.training import gradient_step
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(NetworkConfig, offpolicy.OffPolicyConfig):
@@ -181,34 +184,38 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             else:
                 next_value = next_q - alpha * next_log_prob
             targets = batch.reward + hyper.gamma * (1.0 - batch.terminated.astype(jnp.float32)) * next_value
-            (critic_loss, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
-                agent.critic_params, batch, jax.lax.stop_gradient(targets)
+            critic_params, critic_opt_state, critic_step = gradient_step(
+                critic_optimizer, critic_loss_fn, agent.critic_params, agent.critic_opt_state,
+                batch, jax.lax.stop_gradient(targets),
             )
-            updates, critic_opt_state = critic_optimizer.update(critic_grads, agent.critic_opt_state)
-            critic_params = optax.apply_updates(agent.critic_params, updates)
 
             # 2. Actor against the updated critics.
-            (actor_loss, entropy), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
-                agent.actor_params, critic_params, batch.obs, alpha, actor_key
+            actor_params, actor_opt_state, actor_step = gradient_step(
+                actor_optimizer, actor_loss_fn, agent.actor_params, agent.actor_opt_state,
+                critic_params, batch.obs, alpha, actor_key,
             )
-            updates, actor_opt_state = actor_optimizer.update(actor_grads, agent.actor_opt_state)
-            actor_params = optax.apply_updates(agent.actor_params, updates)
+            entropy = actor_step.aux
 
             # 3. Temperature toward the target entropy.
-            alpha_loss_fn = lambda log_alpha: log_alpha * (jax.lax.stop_gradient(entropy) - entropy_target)  # noqa: E731
-            alpha_loss, alpha_grad = jax.value_and_grad(alpha_loss_fn)(agent.log_alpha)
+            def alpha_loss_fn(log_alpha):
+                return log_alpha * (jax.lax.stop_gradient(entropy) - entropy_target), ()
+
             log_alpha, alpha_opt_state = agent.log_alpha, agent.alpha_opt_state
             if config.autotune_alpha:
-                updates, alpha_opt_state = alpha_optimizer.update(alpha_grad, agent.alpha_opt_state)
-                log_alpha = optax.apply_updates(agent.log_alpha, updates)
+                log_alpha, alpha_opt_state, alpha_step = gradient_step(
+                    alpha_optimizer, alpha_loss_fn, agent.log_alpha, agent.alpha_opt_state
+                )
+                alpha_loss = alpha_step.loss
+            else:
+                alpha_loss = alpha_loss_fn(agent.log_alpha)[0]
 
             # 4. Polyak-averaged target critics.
             target_critic_params = optax.incremental_update(critic_params, agent.target_critic_params, hyper.tau)
             stats = {
-                "critic_loss": critic_loss,
-                "actor_loss": actor_loss,
+                "critic_loss": critic_step.loss,
+                "actor_loss": actor_step.loss,
                 "alpha_loss": alpha_loss,
-                "q_mean": jnp.mean(q),
+                "q_mean": jnp.mean(critic_step.aux),
                 "entropy": entropy,
             }
             agent = Agent(

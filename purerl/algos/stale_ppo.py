@@ -33,7 +33,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
 from purerl.algos import ppo
@@ -43,7 +42,7 @@ from purerl.rl import losses, on_policy
 from purerl.rl.agent import build_env_and_network
 from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import flatten_time
-from purerl.rl.training import adam_clipped, shuffled_minibatch_epochs
+from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,11 +107,9 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
         )
 
         def sgd_step(carry, minibatch):
-            params, opt_state = carry
             mb, reference = minibatch
-            grads, stats = jax.grad(loss_fn, has_aux=True)(params, mb, reference, hyper)
-            params, opt_state = on_policy.apply_gradients(optimizer, params, opt_state, grads)
-            return (params, opt_state), {**stats, "grad_norm": optax.global_norm(grads)}
+            params, opt_state, step = gradient_step(optimizer, loss_fn, *carry, mb, reference, hyper)
+            return (params, opt_state), {**step.aux, "grad_norm": step.grad_norm}
 
         def update_step(state: StaleState, key: jax.Array, update_index: jax.Array):
             rollout_key, epoch_key = jax.random.split(key)

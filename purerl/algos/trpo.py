@@ -29,15 +29,17 @@ from flax import struct
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from purerl.config import OnPolicyConfig, ValidatedHyper, check_positive_int, hyper_field
+from purerl.config import OnPolicyConfig, ValidatedHyper, check_minibatches, check_positive_int, hyper_field
 from purerl.nets import ActorCritic
 from purerl.rl import evaluation, losses, on_policy
 from purerl.rl import trust_region as tr
 from purerl.rl.agent import build_env_and_network
 from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import flatten_time
-from purerl.rl.training import shuffled_minibatch_epochs
+from purerl.rl.training import gradient_step, shuffled_minibatch_epochs
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "episode_return"
 
 @dataclasses.dataclass(frozen=True)
 class Config(OnPolicyConfig):
@@ -59,7 +61,7 @@ class Config(OnPolicyConfig):
         super().__post_init__()
         for name in ("cg_iters", "line_search_steps", "critic_epochs", "critic_minibatches"):
             check_positive_int("Config", name, getattr(self, name))
-        on_policy.check_minibatches("Config", "critic_minibatches", self.critic_minibatches, self.batch_size)
+        check_minibatches("Config", "critic_minibatches", self.critic_minibatches, self.batch_size)
 
 
 @struct.dataclass
@@ -151,7 +153,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
         values = network.apply(
             _with_subtree(params, "critic", critic), sample.obs, method=ActorCritic.value
         )
-        return losses.value_loss(values, sample.target)
+        return losses.value_loss(values, sample.target), ()
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[on_policy.TrainState, dict[str, jax.Array]]:
         init_key, key = jax.random.split(key)
@@ -164,9 +166,8 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
 
         def critic_step(carry, sample: CriticSample):
             critic, opt_state, params = carry
-            loss, grads = jax.value_and_grad(critic_loss)(critic, params, sample)
-            updates, opt_state = critic_optimizer.update(grads, opt_state, critic)
-            return (optax.apply_updates(critic, updates), opt_state, params), {"critic_loss": loss}
+            critic, opt_state, step = gradient_step(critic_optimizer, critic_loss, critic, opt_state, params, sample)
+            return (critic, opt_state, params), {"critic_loss": step.loss}
 
         def update_step(state: on_policy.TrainState, key: jax.Array, update_index: jax.Array):
             rollout_key, critic_key = jax.random.split(key)

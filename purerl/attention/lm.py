@@ -36,6 +36,7 @@ from purerl.attention.softmax import (
     init_kv_cache,
 )
 from purerl.config import check_choice, check_positive_int
+from purerl.rl.training import fit
 
 ATTENTION_KINDS = ("softmax", "linear")
 POSITION_KINDS = ("learned", "rope")
@@ -320,16 +321,9 @@ def train_mqar(key: jax.Array, lm: LMConfig, train: TrainConfig) -> tuple[Any, d
     def loss_fn(params, batch):
         return masked_loss_and_accuracy(model.apply(params, batch.tokens), batch)
 
-    def step(carry, step_key):
-        params, opt_state = carry
-        batch = generate_mqar(step_key, train.mqar, train.batch_size)
-        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), (loss, accuracy)
-
-    step_keys = jax.random.split(data_key, train.steps)
-    (params, _), (losses, accuracies) = jax.lax.scan(step, (params, opt_state), step_keys)
-    return params, {"loss": losses, "accuracy": accuracies}
+    params, _, stats = fit(optimizer, loss_fn, params, opt_state, jax.random.split(data_key, train.steps),
+                           lambda step_key: generate_mqar(step_key, train.mqar, train.batch_size))
+    return params, {"loss": stats.loss, "accuracy": stats.aux}
 
 
 def evaluate_mqar(params: Any, key: jax.Array, lm: LMConfig, mqar: MQARConfig,

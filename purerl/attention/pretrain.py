@@ -18,9 +18,10 @@ update's training data (from-scratch jobs of one seed see the same data and eval
 whatever their shape): row 0 before any training (the initial or the just-converted model), then
 after each update, so a job has `num_updates + 1` rows: mqar_accuracy (answer positions),
 mqar_loss, language_loss, language_bayes_loss (the true distribution's loss on the same batch),
-language_excess = language_loss − language_bayes_loss; episode_return = mqar_accuracy; env_steps
-= training sequences so far. Conversion jobs name them `<metric>_<method>` (episode_return: the
-first method's accuracy) and add `pretrained_<metric>`: the pretrained model before conversion.
+language_excess = language_loss − language_bayes_loss; env_steps_in_update = training sequences
+of the update. Conversion jobs name them `<metric>_<method>` and add `pretrained_<metric>`: the
+pretrained model before conversion. The headline (`return_metric`) is mqar_accuracy, for
+conversion jobs the first method's.
 """
 
 from __future__ import annotations
@@ -48,8 +49,18 @@ from purerl.config import (
     validate_hyper,
 )
 from purerl.rl.loop import COUNT_SUFFIX, run_updates
+from purerl.rl.training import fit
 
 EVAL_METRICS = ("mqar_accuracy", "mqar_loss", "language_loss", "language_bayes_loss", "language_excess")
+
+
+# The headline per-update metric of from-scratch jobs (purerl.algos.return_metric).
+RETURN_METRIC = "mqar_accuracy"
+
+
+def return_metric(config: Config) -> str:
+    """The headline metric of a job: MQAR accuracy, of the first conversion method for conversions."""
+    return f"mqar_accuracy_{config.convert_methods[0]}" if config.init_kv_heads else RETURN_METRIC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,13 +214,7 @@ def _fit(config: Config, lm: LMConfig, params: Any, peak_lr: jax.Array, num_upda
 
     def loss_fn(params, batch):
         out = _losses(model, params, batch)
-        return 0.5 * (out["mqar_loss"] + out["language_loss"])
-
-    def sgd_step(carry, batch):
-        params, opt_state = carry
-        grads = jax.grad(loss_fn)(params, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
+        return 0.5 * (out["mqar_loss"] + out["language_loss"]), ()
 
     def update_step(state, key, update_index):
         data = _batch(key, config, train_size + config.eval_batch)
@@ -219,7 +224,8 @@ def _fit(config: Config, lm: LMConfig, params: Any, peak_lr: jax.Array, num_upda
         # update_index is the scan counter (never batched), so this is a real branch under vmap.
         before = jax.lax.cond(update_index == 0, lambda: _evaluate(model, state[0], config, held_out),
                               lambda: {name: jnp.float32(0.0) for name in EVAL_METRICS})
-        state, _ = jax.lax.scan(sgd_step, state, steps)
+        params, opt_state, _ = fit(optimizer, loss_fn, *state, steps)
+        state = (params, opt_state)
         metrics = _evaluate(model, state[0], config, held_out)
         metrics["env_steps" + COUNT_SUFFIX] = jnp.int32(config.sequences_per_update)
         return state, {**metrics, **{f"before_{name}": value for name, value in before.items()}}
@@ -245,7 +251,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
         validate_hyper(hyper)
         if not config.init_kv_heads:
             params, metrics = _from_scratch(config, config.num_kv_heads, config.num_updates, key, hyper, on_update)
-            return TrainState(params), {**metrics, "episode_return": metrics["mqar_accuracy"]}
+            return TrainState(params), metrics
 
         pretrained, pre_metrics = _from_scratch(config, config.init_kv_heads, config.pretrain_updates, key, hyper)
         convert_key = jax.random.fold_in(key, 2)
@@ -265,7 +271,6 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
             metrics.update({f"{name}_{method}": per_method[name][i] for name in EVAL_METRICS})
         metrics.update({f"pretrained_{name}": jnp.broadcast_to(pre_metrics[name][-1], (rows,))
                         for name in EVAL_METRICS})
-        metrics["episode_return"] = metrics[f"mqar_accuracy_{config.convert_methods[0]}"]
         return TrainState(params), metrics
 
     return train

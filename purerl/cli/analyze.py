@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="error",
         help="runs held by several jobs: refuse (default) or keep each run's newest copy",
     )
-    p.add_argument("--curve-metric", default="episode_return", help="per-update column for curves.png")
+    p.add_argument("--curve-metric", default=None,
+                   help="per-update column for curves.png (default: the algorithm's headline metric)")
     p.add_argument("--heatmap", nargs=2, metavar=("X", "Y"), default=None, help="axes of heatmap.png")
     p.add_argument("--heatmap-ci", action="store_true", help="also print the CI width in each heatmap cell")
     p.add_argument("--out", default=None, help="output folder (default: the sweep dir)")
@@ -96,6 +97,17 @@ def curve_metrics(results: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     """Numeric per-update columns that `--curve-metric` accepts (not configuration)."""
     skip = {"job", "experiment", "seed", "setting", "update", "env_steps", *config_columns(summary)}
     return [c for c in results.columns if c not in skip and pd.api.types.is_numeric_dtype(results[c])]
+
+
+def headline_metric(summary: pd.DataFrame) -> str:
+    """The algorithms' headline per-update metric (`purerl.algos.return_metric`); one is needed."""
+    from purerl.algos import ALGORITHMS, return_metric
+
+    names = {return_metric(algo) if algo in ALGORITHMS else res.RETURN_METRIC for algo in summary["algo"].unique()}
+    if len(names) > 1:
+        raise UsageError(f"--curve-metric: the algorithms' headline metrics differ ({', '.join(sorted(names))}); "
+                         "name one")
+    return names.pop() if names else res.RETURN_METRIC
 
 
 def _heatmap_axes(summary: pd.DataFrame, by: list[str], explicit: list[str] | None):
@@ -174,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
             if heat_pooled and not args.pool:
                 raise UsageError(_pooling_message("--heatmap", summary, [*facets, y, x], heat_pooled))
         allowed_curves = curve_metrics(results, summary)
+        if args.curve_metric is None:
+            args.curve_metric = headline_metric(summary)
         if args.curve_metric not in allowed_curves:
             raise UsageError(f"--curve-metric: got {args.curve_metric!r}; allowed: {_allowed(allowed_curves)}")
     diverged = args.diverged or default_diverged_policy(args.metric)

@@ -57,14 +57,10 @@ def markdown(table: Any) -> str:
     columns = ["setting", *grid, "seed", "mode", "mean_return", "std_return", "episodes"]
     headers = ["setting", *grid, "seed", "mode", "mean return", "std", "episodes"]
     rows = [[_cell(row[c]) for c in columns] for _, row in table.iterrows()]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    from purerl.results import markdown_table
+
     numeric = [c not in ("mode",) for c in columns]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric)) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, numeric)) + "|"
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+    return markdown_table(headers, rows, numeric)
 
 
 def check_renderable(env_name: str) -> None:

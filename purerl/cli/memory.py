@@ -12,13 +12,7 @@ from typing import Any
 
 from purerl.attention.memory import DTYPE_ALIASES, format_bytes, kv_cache_bytes, memory_table, parse_bytes
 from purerl.llm.memory import OFFLOADABLE, PRECISIONS, SETUPS, format_gb, offload_label, rlhf_rows
-
-
-def _markdown(header: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([fmt(header), rule, *map(fmt, body)])
+from purerl.results import markdown_table
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -26,7 +20,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     body = [[r["attention"], str(r["kv_heads"]),
              format_bytes(r["per_token"]) if r["per_token"] else "0 (constant)",
              format_bytes(r["per_sequence"]), f"{r['max_batch']:,}"] for r in rows]
-    return _markdown(header, body)
+    return markdown_table(header, body)
 
 
 # ----------------------------------------------------------------------------- RLHF training memory
@@ -75,7 +69,7 @@ def render_rlhf_table(rows: list[dict[str, Any]], budget_bytes: int | None = Non
         if budget_bytes is not None:
             line.append("yes" if r["device_with_kv"] <= budget_bytes else "no")
         body.append(line)
-    return _markdown(header, body)
+    return markdown_table(header, body)
 
 
 def rlhf_main(argv: Sequence[str]) -> None:

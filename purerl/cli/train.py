@@ -401,6 +401,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
     marked failed by a rerun that does not validate."""
     from purerl import artifacts, results
     from purerl import checkpoint as checkpoints
+    from purerl.algos import return_metric
 
     job_dir = Path(job_dir)
     progress = None
@@ -467,7 +468,8 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         wall = time.perf_counter() - start
         ids = dict(experiment=plan.experiment, algo=plan.algo, config=plan.config, base_hyper=plan.hyper)
         tidy = results.tidy(result, **ids)
-        summary = results.summarize(result, **ids, wall_seconds=result.run_seconds)
+        summary = results.summarize(result, **ids, return_metric=return_metric(plan.algo, plan.config),
+                                    wall_seconds=result.run_seconds)
         config_text = resolved_config_text(cfg)
         if not writer:
             log.info("%s: the metrics of all %d runs are held here too; process 0 writes them", job_dir, len(summary))

@@ -15,12 +15,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
-from jax import lax
 
 from purerl.attention.lm import LMConfig, TinyLM
-from purerl.config import _freeze, check_choice, check_positive_int, hyper_field
+from purerl.config import ValidatedHyper, _freeze, check_choice, check_minibatches, check_positive_int, hyper_field
 from purerl.llm import losses
 from purerl.llm.models import ScalarLM, init_lm, make_lm_config, next_token_log_probs, scalar_from_policy
 from purerl.llm.rollout import Completions, Sequences, assemble, from_targets, sample
@@ -33,7 +31,8 @@ from purerl.llm.tasks import (
     completion_mask,
     preference_pairs,
 )
-from purerl.rl.training import adam_clipped
+from purerl.rl.loop import COUNT_SUFFIX
+from purerl.rl.training import adam_clipped, fit
 
 REWARDS = ("verifiable", "model")
 
@@ -105,8 +104,8 @@ class LMRLConfig:
 
 
 @struct.dataclass
-class LMHyper:
-    """Traced knobs shared by the LM algorithms."""
+class LMHyper(ValidatedHyper):
+    """Traced knobs shared by the LM algorithms (validated like every Hyper: `purerl.config`)."""
 
     lr: float = hyper_field(1e-3, "(0, inf)", "Adam learning rate of the RL/DPO phase")
     temperature: float = hyper_field(1.0, "(0, inf)", "sampling temperature (π_T = softmax(logits/T))")
@@ -115,6 +114,15 @@ class LMHyper:
     rm_lr: float = hyper_field(1e-3, "(0, inf)", "Adam learning rate of the reward model")
     preference_noise: float = hyper_field(
         0.1, "[0, inf)", "Bradley-Terry noise of preference labels: P(a≻b) = σ(Δscore / noise)")
+
+
+@struct.dataclass
+class TrainState:
+    """A policy trained by one optimiser, and the frozen reference it is anchored to."""
+
+    params: Any
+    opt_state: Any
+    reference: Any
 
 
 @struct.dataclass
@@ -183,19 +191,15 @@ class LMSetup:
 
         def loss_fn(params, sequences: Sequences):
             log_prob, _ = self.log_probs(params, sequences.tokens, 1.0)
-            return -losses.masked_mean(log_prob, sequences.target_mask)
+            return -losses.masked_mean(log_prob, sequences.target_mask), ()
 
-        def step(carry, step_key):
-            params, opt_state = carry
+        def demonstrations(step_key):
             problems = self.task.sample(step_key, self.config.sft_batch)
-            sequences = assemble(problems.prompt, problems.answer, completion_mask(problems.answer))
-            loss, grads = jax.value_and_grad(loss_fn)(params, sequences)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            return assemble(problems.prompt, problems.answer, completion_mask(problems.answer))
 
-        (params, _), sft_losses = lax.scan(step, (params, optimizer.init(params)),
-                                           jax.random.split(key, self.config.sft_steps))
-        final = sft_losses[-1] if self.config.sft_steps else jnp.float32(jnp.nan)
+        params, _, stats = fit(optimizer, loss_fn, params, optimizer.init(params),
+                               jax.random.split(key, self.config.sft_steps), demonstrations)
+        final = stats.loss[-1] if self.config.sft_steps else jnp.float32(jnp.nan)
         return params, {"sft_loss": final}
 
     def warm_start(self, key: jax.Array, hyper: LMHyper, eval_problems: Problems
@@ -228,11 +232,6 @@ class LMSetup:
         if start.reward_model is None:
             return score, score
         return score, self.reward_model_score(start.reward_model, sequences)
-
-    def finish(self, metrics: dict[str, jax.Array], start: Start) -> dict[str, jax.Array]:
-        """Per-update metrics plus the once-per-run start statistics, broadcast per update."""
-        num_updates = self.config.num_updates
-        return {**metrics, **{k: jnp.broadcast_to(v, (num_updates,)) for k, v in start.stats.items()}}
 
     # -------------------------------------------------------------- preferences
     def sample_pairs(self, params: Any, key: jax.Array, num_pairs: int, hyper: LMHyper
@@ -270,56 +269,56 @@ class LMSetup:
         values = self.scalar_values(params, sequences.tokens)[:, 1:]  # entry j: after token j+1
         return jnp.sum(values * sequences.last_target, axis=1)
 
+    def preference_batch(self, reference_params: Any, key: jax.Array, hyper: LMHyper) -> tuple:
+        """`rm_batch` fresh pairs sampled from the reference: (chosen, rejected, pairs, weights)."""
+        problems, pairs = self.sample_pairs(reference_params, key, self.config.rm_batch, hyper)
+        chosen, rejected = self.pair_sequences(problems, pairs)
+        return chosen, rejected, pairs, self.pair_weights(pairs)
+
+    def reward_model_loss(self, params: Any, batch: tuple) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Bradley-Terry loss of a `preference_batch`; metrics: the loss, accuracy on the (noisy)
+        labels, and accuracy against the noiseless hidden ordering (`true_order_accuracy`) of the
+        parameters before the step, on this fresh batch: held-out by construction."""
+        chosen, rejected, pairs, weights = batch
+        chosen_reward = self.reward_model_score(params, chosen)
+        rejected_reward = self.reward_model_score(params, rejected)
+        loss, stats = losses.bradley_terry_loss(chosen_reward, rejected_reward, weights)
+        true_accuracy = true_order_accuracy(chosen_reward - rejected_reward, pairs)
+        return loss, {"rm_loss": loss, "rm_accuracy": stats["pair_accuracy"], "rm_true_accuracy": true_accuracy}
+
+    def reward_model_optimizer(self, hyper: LMHyper):
+        return adam_clipped(hyper.rm_lr, hyper.max_grad_norm)
+
     def train_reward_model(self, key: jax.Array, reference_params: Any, hyper: LMHyper,
                            on_step: Callable[[jax.Array], None] | None = None
                            ) -> tuple[Any, dict[str, jax.Array]]:
         """Bradley-Terry on fresh pairs sampled from the reference each step (`rm_steps` steps of
-        `rm_batch` pairs). Metrics per step: loss, accuracy on the (noisy) labels, and accuracy
-        against the noiseless hidden ordering on pairs whose scores differ."""
+        `rm_batch` pairs); metrics per step as `reward_model_loss`'s."""
         init_key, key = jax.random.split(key)
         params = self.init_reward_model(init_key, reference_params)
-        optimizer = adam_clipped(hyper.rm_lr, hyper.max_grad_norm)
+        optimizer = self.reward_model_optimizer(hyper)
+        params, _, stats = fit(optimizer, self.reward_model_loss, params, optimizer.init(params),
+                               jax.random.split(key, self.config.rm_steps),
+                               lambda step_key: self.preference_batch(reference_params, step_key, hyper), on_step)
+        return params, stats.aux
 
-        def loss_fn(params, chosen: Sequences, rejected: Sequences, weights: jax.Array | None):
-            return losses.bradley_terry_loss(self.reward_model_score(params, chosen),
-                                             self.reward_model_score(params, rejected), weights)
-
-        def step(carry, inputs):
-            params, opt_state = carry
-            step_index, step_key = inputs
-            problems, pairs = self.sample_pairs(reference_params, step_key, self.config.rm_batch, hyper)
-            chosen, rejected = self.pair_sequences(problems, pairs)
-            weights = self.pair_weights(pairs)
-            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, chosen, rejected, weights)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            if on_step is not None:
-                jax.debug.callback(on_step, step_index)
-            return (optax.apply_updates(params, updates), opt_state), {
-                "rm_loss": loss, "rm_accuracy": stats["pair_accuracy"],
-                "rm_true_accuracy": self.true_order_accuracy(params, pairs, chosen, rejected)}
-
-        steps = self.config.rm_steps
-        (params, _), metrics = lax.scan(step, (params, optimizer.init(params)),
-                                        (jnp.arange(steps), jax.random.split(key, steps)))
-        return params, metrics
-
-    def true_order_accuracy(self, params: Any, pairs: PreferencePairs, chosen: Sequences, rejected: Sequences
-                            ) -> jax.Array:
-        """Fraction of pairs with different hidden scores that the reward model orders correctly."""
-        margin = self.reward_model_score(params, chosen) - self.reward_model_score(params, rejected)
-        truth = pairs.chosen_score - pairs.rejected_score
-        informative = (truth != 0).astype(jnp.float32)
-        correct = (jnp.sign(margin) == jnp.sign(truth)).astype(jnp.float32)
-        return jnp.sum(correct * informative) / jnp.maximum(jnp.sum(informative), 1.0)
+    def update_metrics(self, metrics: dict[str, jax.Array], start: Start) -> dict[str, jax.Array]:
+        """One update's metrics plus its sample count (`<name>_in_update`: purerl.rl.loop) and the
+        once-per-run start statistics (the same every update), all under the traced-hyper contract."""
+        return {**metrics, "env_steps" + COUNT_SUFFIX: jnp.int32(self.config.batch_size), **start.stats}
 
 
-def check_minibatches(config: Any, batch_size: int) -> None:
-    """update_epochs and num_minibatches: positive, and the minibatches split the batch evenly."""
+def true_order_accuracy(margin: jax.Array, pairs: PreferencePairs) -> jax.Array:
+    """Fraction of pairs with different hidden scores whose reward `margin` (chosen − rejected)
+    orders them correctly."""
+    truth = pairs.chosen_score - pairs.rejected_score
+    informative = (truth != 0).astype(jnp.float32)
+    correct = (jnp.sign(margin) == jnp.sign(truth)).astype(jnp.float32)
+    return jnp.sum(correct * informative) / jnp.maximum(jnp.sum(informative), 1.0)
+
+
+def check_epochs_and_minibatches(config: Any, batch_size: int) -> None:
+    """update_epochs positive; num_minibatches positive and splitting the batch evenly."""
     owner = type(config).__name__
-    for name in ("update_epochs", "num_minibatches"):
-        check_positive_int(owner, name, getattr(config, name))
-    if batch_size % config.num_minibatches:
-        divisors = [d for d in range(1, batch_size + 1) if batch_size % d == 0]
-        raise ValueError(f"{owner}.num_minibatches: {config.num_minibatches} does not divide the "
-                         f"{batch_size} completions per update; allowed: a divisor, e.g. {divisors[:12]}")
-
+    check_positive_int(owner, "update_epochs", config.update_epochs)
+    check_minibatches(owner, "num_minibatches", config.num_minibatches, batch_size, "the completions per update")

@@ -10,31 +10,33 @@ of the loss unless `drop_ties=False`. Then `update_epochs` × `num_minibatches` 
 
 with sequence log-probs of π_T (sums over completion tokens).
 
-Metrics per update: env_steps (completions sampled so far: 2 per pair), episode_return
-(sampled accuracy on held-out prompts after the update), greedy_accuracy, kl_to_ref, dpo_loss,
-reward_accuracy and reward_margin (of the implicit reward β log π/π_ref on the training pairs),
-informative_pairs (share of pairs whose hidden scores differ), grad_norm.
+Metrics per update: env_steps_in_update (completions sampled: 2 per pair; the host adds the
+cumulative env_steps), accuracy (the headline: sampled accuracy on held-out prompts after the
+update), greedy_accuracy, kl_to_ref, dpo_loss, reward_accuracy and reward_margin (of the implicit
+reward β log π/π_ref on the training pairs), informative_pairs (share of pairs whose hidden scores
+differ), grad_norm.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
-from jax import lax
 
-from purerl.config import check_choice, hyper_field, validate_hyper
+from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
-from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_minibatches
-from purerl.rl.training import adam_clipped, shuffled_minibatch_epochs
+from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, TrainState, check_epochs_and_minibatches
+from purerl.rl.loop import run_updates
+from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
 PAIR_SOURCES = ("reference", "policy")
 
+
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "accuracy"
 
 @dataclasses.dataclass(frozen=True)
 class Config(LMRLConfig):
@@ -49,7 +51,7 @@ class Config(LMRLConfig):
         if self.reward != "verifiable":
             raise ValueError(f"Config.reward: got {self.reward!r}; allowed for DPO: 'verifiable' (DPO "
                              "learns from the preference labels directly, it has no reward model)")
-        check_minibatches(self, self.num_prompts)
+        check_epochs_and_minibatches(self, self.num_prompts)
 
     @property
     def batch_size(self) -> int:
@@ -60,13 +62,6 @@ class Config(LMRLConfig):
 @struct.dataclass
 class Hyper(LMHyper):
     beta: float = hyper_field(0.1, "(0, inf)", "β of the DPO loss (inverse strength of the KL anchor)")
-
-
-@struct.dataclass
-class TrainState:
-    params: Any
-    opt_state: Any
-    reference: Any
 
 
 @struct.dataclass
@@ -95,20 +90,15 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
         return loss, {"dpo_loss": loss, **stats}
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
         start = setup.begin(key, hyper)
-        params = reference = start.params
         optimizer = adam_clipped(hyper.lr, hyper.max_grad_norm)
 
         def sgd_step(carry, batch: PairBatch):
-            params, opt_state = carry
-            grads, stats = jax.grad(loss_fn, has_aux=True)(params, batch, hyper)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), {**stats, "grad_norm": optax.global_norm(grads)}
+            params, opt_state, step = gradient_step(optimizer, loss_fn, *carry, batch, hyper)
+            return (params, opt_state), {**step.aux, "grad_norm": step.grad_norm}
 
-        def update(carry, update_index):
-            state, key = carry
-            key, pair_key, epoch_key, eval_key = jax.random.split(key, 4)
+        def update_step(state: TrainState, key: jax.Array, update_index: jax.Array):
+            pair_key, epoch_key, eval_key = jax.random.split(key, 3)
             source = state.reference if config.pair_source == "reference" else state.params
             problems, pairs = setup.sample_pairs(source, pair_key, config.num_prompts, hyper)
             chosen, rejected = setup.pair_sequences(problems, pairs)
@@ -124,19 +114,15 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 config.num_minibatches, sgd_step)
             scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
             metrics = {
-                "env_steps": (update_index + 1) * config.batch_size,
-                "episode_return": scores["accuracy"],
+                "accuracy": scores["accuracy"],
                 "greedy_accuracy": scores["greedy_accuracy"],
                 "kl_to_ref": scores["kl_to_ref"],
                 "informative_pairs": jnp.mean((pairs.chosen_score != pairs.rejected_score).astype(jnp.float32)),
                 **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
             }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
-            return (TrainState(params, opt_state, state.reference), key), metrics
+            return state.replace(params=params, opt_state=opt_state), setup.update_metrics(metrics, start)
 
-        state = TrainState(params, optimizer.init(params), reference)
-        (state, _), metrics = lax.scan(update, (state, start.key), jnp.arange(config.num_updates))
-        return state, setup.finish(metrics, start)
+        state = TrainState(start.params, optimizer.init(start.params), start.params)
+        return run_updates(update_step, state, start.key, config.num_updates, hyper, on_update)
 
     return train

@@ -12,7 +12,8 @@ with per-token ratios (`ratio="token"`) or GSPO's length-normalised sequence rat
 (`ratio="sequence"`: s_i = exp(mean_t log π/π_old), clipped per completion). π_ref is the SFT
 policy. With `reward="model"` the reward is a Bradley-Terry reward model trained first.
 
-Metrics per update: env_steps (completions sampled so far), episode_return (mean task reward —
+Metrics per update: env_steps_in_update (completions sampled; the host adds the cumulative
+env_steps), accuracy (the headline: mean task reward —
 accuracy on addition — of one completion sampled at T per held-out prompt, after the update),
 greedy_accuracy, kl_to_ref (mean over those completions of Σ_t k3), sample_reward (mean task
 reward of this update's training samples), policy_loss, kl_loss, entropy, approx_kl, clip_frac,
@@ -24,23 +25,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
-from jax import lax
 
-from purerl.config import check_choice, hyper_field, validate_hyper
+from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
-from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_minibatches
+from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, TrainState, check_epochs_and_minibatches
 from purerl.llm.rollout import to_targets
 from purerl.rl.group import group_relative_advantages
-from purerl.rl.training import adam_clipped, shuffled_minibatch_epochs
+from purerl.rl.loop import run_updates
+from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
 RATIOS = ("token", "sequence")
 
+
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "accuracy"
 
 @dataclasses.dataclass(frozen=True)
 class Config(LMRLConfig):
@@ -60,7 +62,7 @@ class Config(LMRLConfig):
         check_choice("Config", "ratio", self.ratio, RATIOS)
         check_choice("Config", "loss_aggregation", self.loss_aggregation, losses.AGGREGATIONS)
         check_choice("Config", "kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
-        check_minibatches(self, self.batch_size)
+        check_epochs_and_minibatches(self, self.batch_size)
 
     @property
     def batch_size(self) -> int:
@@ -72,13 +74,6 @@ class Config(LMRLConfig):
 class Hyper(LMHyper):
     clip_eps: float = hyper_field(0.2, "(0, inf)", "ratio clip ε (GSPO uses ~3e-4 with ratio='sequence')")
     kl_coef: float = hyper_field(0.04, "[0, inf)", "β: weight of the KL-to-reference loss")
-
-
-@struct.dataclass
-class TrainState:
-    params: Any
-    opt_state: Any
-    reference: Any
 
 
 @struct.dataclass
@@ -120,20 +115,15 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                        "entropy": losses.masked_mean(entropy, batch.mask), **stats}
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
         start = setup.begin(key, hyper)
-        params = reference = start.params
         optimizer = adam_clipped(hyper.lr, hyper.max_grad_norm)
 
         def sgd_step(carry, batch: Batch):
-            params, opt_state = carry
-            grads, stats = jax.grad(loss_fn, has_aux=True)(params, batch, hyper)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), {**stats, "grad_norm": optax.global_norm(grads)}
+            params, opt_state, step = gradient_step(optimizer, loss_fn, *carry, batch, hyper)
+            return (params, opt_state), {**step.aux, "grad_norm": step.grad_norm}
 
-        def update(carry, update_index):
-            state, key = carry
-            key, prompt_key, sample_key, epoch_key, eval_key = jax.random.split(key, 5)
+        def update_step(state: TrainState, key: jax.Array, update_index: jax.Array):
+            prompt_key, sample_key, epoch_key, eval_key = jax.random.split(key, 4)
             problems = task.sample(prompt_key, config.num_prompts)
             problems = jax.tree.map(lambda x: jnp.repeat(x, config.group_size, axis=0), problems)
             completions = setup.sample(state.params, problems, sample_key, hyper.temperature)
@@ -151,8 +141,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
             grouped = reward.reshape(-1, config.group_size)
             scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
             metrics = {
-                "env_steps": (update_index + 1) * config.batch_size,
-                "episode_return": scores["accuracy"],
+                "accuracy": scores["accuracy"],
                 "greedy_accuracy": scores["greedy_accuracy"],
                 "sample_reward": jnp.mean(score),
                 "kl_to_ref": scores["kl_to_ref"],
@@ -160,12 +149,9 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 "zero_std_groups": jnp.mean(jnp.all(grouped == grouped[:, :1], axis=1).astype(jnp.float32)),
                 **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
             }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
-            return (TrainState(params, opt_state, state.reference), key), metrics
+            return state.replace(params=params, opt_state=opt_state), setup.update_metrics(metrics, start)
 
-        state = TrainState(params, optimizer.init(params), reference)
-        (state, _), metrics = lax.scan(update, (state, start.key), jnp.arange(config.num_updates))
-        return state, setup.finish(metrics, start)
+        state = TrainState(start.params, optimizer.init(start.params), start.params)
+        return run_updates(update_step, state, start.key, config.num_updates, hyper, on_update)
 
     return train

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from purerl.config import check_choice
 from purerl.rl import losses as rl_losses
+from purerl.rl.losses import masked_mean  # noqa: F401 - the one masked mean, used as losses.masked_mean
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("token", "sequence")
@@ -108,10 +109,6 @@ def masked_value_loss(values: jax.Array, targets: jax.Array, old_values: jax.Arr
     loss = rl_losses.value_loss(values.ravel(), targets.ravel(),
                                 None if old_values is None else old_values.ravel(), clip_eps)
     return loss * mask.size / jnp.maximum(jnp.sum(valid), 1.0)
-
-
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    return weighted_sum(x, token_weights(mask, "token"))
 
 
 def sequence_log_prob(log_prob: jax.Array, mask: jax.Array) -> jax.Array:

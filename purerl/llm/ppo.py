@@ -15,7 +15,7 @@ critic — the decoder with a scalar head, initialised from the SFT policy (or f
 model when `reward="model"`). The clipped surrogate and the (clipped) value loss are
 averaged over completion tokens only; policy and critic have their own Adam.
 
-Metrics per update: as GRPO's (env_steps = completions sampled so far, episode_return =
+Metrics per update: as GRPO's (env_steps_in_update = completions sampled, accuracy =
 sampled accuracy on held-out prompts after the update, greedy_accuracy, kl_to_ref,
 sample_reward, ...) plus value_loss and explained_variance.
 """
@@ -28,20 +28,22 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
-from jax import lax
 
-from purerl.config import check_choice, hyper_field, validate_hyper
+from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
-from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_minibatches
+from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_epochs_and_minibatches
 from purerl.llm.rollout import Sequences, to_targets
 from purerl.rl import advantages as adv
 from purerl.rl import losses as rl_losses
-from purerl.rl.training import adam_clipped, shuffled_minibatch_epochs
+from purerl.rl.loop import run_updates
+from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
 KL_MODES = ("reward", "loss")
 
+
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "accuracy"
 
 @dataclasses.dataclass(frozen=True)
 class Config(LMRLConfig):
@@ -59,7 +61,7 @@ class Config(LMRLConfig):
         if self.kl_estimator is None:
             object.__setattr__(self, "kl_estimator", "k1" if self.kl_mode == "reward" else "k3")
         check_choice("Config", "kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
-        check_minibatches(self, self.batch_size)
+        check_epochs_and_minibatches(self, self.batch_size)
 
     @property
     def batch_size(self) -> int:
@@ -139,18 +141,19 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
     def values_of(critic, tokens):
         return setup.scalar_values(critic, tokens)[:, :-1]
 
-    def loss_fn(params, critic, batch: Batch, hyper: Hyper):
+    def policy_loss_fn(params, batch: Batch, hyper: Hyper):
         log_prob, entropy = setup.log_probs(params, batch.tokens, hyper.temperature)
-        total, stats = policy_token_loss(log_prob, entropy, batch, config, hyper)
+        return policy_token_loss(log_prob, entropy, batch, config, hyper)
+
+    def critic_loss_fn(critic, batch: Batch, hyper: Hyper):
         old_values = batch.value if config.clip_value_loss else None
         value_loss = losses.masked_value_loss(values_of(critic, batch.tokens), batch.target, old_values,
                                               hyper.vf_clip_eps, batch.mask)
-        return total + value_loss, {**stats, "value_loss": value_loss}
+        return value_loss, {"value_loss": value_loss}
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
         start = setup.begin(key, hyper)
-        params = reference = start.params
+        reference = start.params
         critic_key, key = jax.random.split(start.key)
         # InstructGPT starts the value model from the reward model; without one, from the policy.
         critic = start.reward_model if config.reward == "model" else setup.init_reward_model(critic_key, reference)
@@ -158,18 +161,16 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
         critic_optimizer = adam_clipped(hyper.critic_lr, hyper.max_grad_norm)
 
         def sgd_step(carry, batch: Batch):
+            # Policy and critic are separate networks with their own Adam: two steps on one minibatch.
             params, critic, opt_state, critic_opt_state = carry
-            (grads, critic_grads), stats = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
-                params, critic, batch, hyper)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            critic_updates, critic_opt_state = critic_optimizer.update(critic_grads, critic_opt_state, critic)
-            carry = (optax.apply_updates(params, updates), optax.apply_updates(critic, critic_updates),
-                     opt_state, critic_opt_state)
-            return carry, {**stats, "grad_norm": optax.global_norm(grads)}
+            params, opt_state, policy = gradient_step(optimizer, policy_loss_fn, params, opt_state, batch, hyper)
+            critic, critic_opt_state, value = gradient_step(critic_optimizer, critic_loss_fn, critic,
+                                                            critic_opt_state, batch, hyper)
+            carry = (params, critic, opt_state, critic_opt_state)
+            return carry, {**policy.aux, **value.aux, "grad_norm": policy.grad_norm}
 
-        def update(carry, update_index):
-            state, key = carry
-            key, prompt_key, sample_key, epoch_key, eval_key = jax.random.split(key, 5)
+        def update_step(state: TrainState, key: jax.Array, update_index: jax.Array):
+            prompt_key, sample_key, epoch_key, eval_key = jax.random.split(key, 4)
             problems = task.sample(prompt_key, config.num_prompts)
             completions = setup.sample(state.params, problems, sample_key, hyper.temperature)
             sequences = setup.assemble(problems, completions)
@@ -192,8 +193,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
 
             scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
             metrics = {
-                "env_steps": (update_index + 1) * config.batch_size,
-                "episode_return": scores["accuracy"],
+                "accuracy": scores["accuracy"],
                 "greedy_accuracy": scores["greedy_accuracy"],
                 "kl_to_ref": scores["kl_to_ref"],
                 "sample_reward": jnp.mean(score),
@@ -201,14 +201,11 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 "explained_variance": _masked_explained_variance(values, targets, mask),
                 **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
             }
-            if on_update is not None:
-                jax.debug.callback(on_update, update_index)
             state = TrainState(params, critic, opt_state, critic_opt_state, state.reference)
-            return (state, key), metrics
+            return state, setup.update_metrics(metrics, start)
 
-        state = TrainState(params, critic, optimizer.init(params), critic_optimizer.init(critic), reference)
-        (state, _), metrics = lax.scan(update, (state, key), jnp.arange(config.num_updates))
-        return state, setup.finish(metrics, start)
+        state = TrainState(reference, critic, optimizer.init(reference), critic_optimizer.init(critic), reference)
+        return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train
 

@@ -6,8 +6,8 @@ takes one Adam step on −log σ(r(x, y_w) − r(x, y_l)); r is the decoder with
 (initialised from the SFT policy) read at the completion's last token. `llm_ppo` and `grpo`
 with `reward="model"` train the same model for `rm_steps` steps before RL.
 
-Metrics per update: env_steps (completions sampled so far), episode_return = rm_true_accuracy
-(the share of pairs with different hidden scores that r orders correctly, measured on each
+Metrics per update: env_steps_in_update (completions sampled), rm_true_accuracy (the headline:
+the share of pairs with different hidden scores that r orders correctly, measured on each
 fresh batch before the step on it: held-out by construction), rm_accuracy (agreement with the
 noisy labels), rm_loss, sft_accuracy.
 """
@@ -21,9 +21,12 @@ from typing import Any
 import jax
 from flax import struct
 
-from purerl.config import validate_hyper
 from purerl.llm.common import LMHyper, LMRLConfig, LMSetup
+from purerl.rl.loop import run_updates
+from purerl.rl.training import gradient_step
 
+# The headline per-update metric (purerl.algos.return_metric).
+RETURN_METRIC = "rm_true_accuracy"
 
 @dataclasses.dataclass(frozen=True)
 class Config(LMRLConfig):
@@ -51,22 +54,27 @@ class Hyper(LMHyper):
 @struct.dataclass
 class TrainState:
     reward_model: Any
-    reference: Any
+    opt_state: Any
+    reference: Any  # the SFT policy the pairs are sampled from
 
 
 def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = None
                ) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
-    setup = LMSetup(dataclasses.replace(config, rm_steps=config.num_updates))
+    setup = LMSetup(config)
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
-        validate_hyper(hyper)
         start = setup.begin(key, hyper)
-        reward_model, metrics = setup.train_reward_model(start.key, start.params, hyper, on_update)
-        metrics = {
-            "env_steps": (jax.numpy.arange(config.num_updates) + 1) * config.batch_size,
-            "episode_return": metrics["rm_true_accuracy"],
-            **metrics,
-        }
-        return TrainState(reward_model, start.params), setup.finish(metrics, start)
+        init_key, key = jax.random.split(start.key)
+        optimizer = setup.reward_model_optimizer(hyper)
+
+        def update_step(state: TrainState, key: jax.Array, update_index: jax.Array):
+            batch = setup.preference_batch(state.reference, key, hyper)
+            reward_model, opt_state, step = gradient_step(optimizer, setup.reward_model_loss, state.reward_model,
+                                                          state.opt_state, batch)
+            return state.replace(reward_model=reward_model, opt_state=opt_state), setup.update_metrics(step.aux, start)
+
+        reward_model = setup.init_reward_model(init_key, start.params)
+        state = TrainState(reward_model, optimizer.init(reward_model), start.params)
+        return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

@@ -77,8 +77,11 @@ def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of `x` over the entries where `mask` is 1 (0 when the mask is empty)."""
-    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    """Mean of `x` over the entries where `mask` is 1 (0 when the mask is empty). Entries outside
+    the mask are replaced before any arithmetic, so inf/NaN there (e.g. log-probs of padding)
+    reach neither the value nor the gradient."""
+    mask = jnp.asarray(mask, jnp.float32)
+    return jnp.sum(jnp.where(mask > 0, x, 0.0) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def masked_normalize(x: jax.Array, mask: jax.Array, eps: float = 1e-8) -> jax.Array:

@@ -14,10 +14,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
-from purerl.config import OnPolicyConfig, ValidatedHyper, check_divides, hyper_field
+from purerl.config import OnPolicyConfig, ValidatedHyper, hyper_field
 from purerl.nets import ActorCritic
 from purerl.rl import advantages as adv
 from purerl.rl import losses, normalization
@@ -71,10 +70,6 @@ def init_state(
     params = init_params(network, env, env_params, params_key)
     runner = init_runner(env, env_params, env_key) if continuing else None
     return TrainState(params, init_opt_state(params), init_obs_stats(config, env, env_params), runner)
-
-
-def check_minibatches(owner: str, name: str, num_minibatches: int, batch_size: int) -> None:
-    check_divides(owner, name, num_minibatches, batch_size, "num_envs * num_steps")
 
 
 def learning_rate(
@@ -146,9 +141,3 @@ def policy_kl(
     kl = old.kl_divergence(new)
     return jnp.mean(kl) if mask is None else losses.masked_mean(kl, mask)
 
-
-def apply_gradients(
-    optimizer: optax.GradientTransformation, params: Any, opt_state: Any, grads: Any
-) -> tuple[Any, Any]:
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state

@@ -1,9 +1,10 @@
-"""Optimisers, schedules and the shuffled-minibatch epoch loop, shared by all algorithms."""
+"""Optimisers, schedules, the shuffled-minibatch epoch loop, the one optimiser step every gradient
+trainer takes (`gradient_step`) and the one supervised fitting loop (`fit`), shared by all algorithms."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -92,3 +93,57 @@ def shuffled_minibatch_epochs(
 
     carry, metrics = lax.scan(epoch, carry, jax.random.split(key, num_epochs))
     return carry, jax.tree.map(lambda m: jnp.mean(m, axis=1), metrics)
+
+
+class StepStats(NamedTuple):
+    """What one optimiser step reports: the loss, the loss function's auxiliary output and the
+    global norm of the gradients before clipping."""
+
+    loss: jax.Array
+    aux: Any
+    grad_norm: jax.Array
+
+
+def gradient_step(
+    optimizer: optax.GradientTransformation,
+    loss_fn: Callable[..., tuple[jax.Array, Any]],
+    params: Any,
+    opt_state: Any,
+    *args: Any,
+) -> tuple[Any, Any, StepStats]:
+    """One optimiser step: `loss_fn(params, *args) -> (loss, aux)`, its gradients with respect
+    to `params`, the optimiser's update (e.g. `adam_clipped`), the new parameters.
+
+    Returns (params, opt_state, StepStats(loss, aux, grad_norm)). Every trainer that learns by
+    gradient takes its steps through here, so what a step does and reports is defined once."""
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *args)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, StepStats(loss, aux, optax.global_norm(grads))
+
+
+def fit(
+    optimizer: optax.GradientTransformation,
+    loss_fn: Callable[..., tuple[jax.Array, Any]],
+    params: Any,
+    opt_state: Any,
+    inputs: Any,
+    make_batch: Callable[[Any], Any] = lambda x: x,
+    on_step: Callable[[jax.Array], None] | None = None,
+) -> tuple[Any, Any, StepStats]:
+    """The supervised fitting loop: one `gradient_step` per entry of `inputs` (leading axis =
+    steps), on the batch `make_batch(input)` (e.g. a data key -> a fresh batch, or the identity
+    over pre-drawn minibatches), in one `lax.scan`. `on_step(step_index)` runs on the host after
+    each step (progress bars). Returns the final params and optimiser state and the StepStats of
+    every step (leading axis = steps)."""
+
+    def step(carry, entry):
+        params, opt_state = carry
+        index, x = entry
+        params, opt_state, stats = gradient_step(optimizer, loss_fn, params, opt_state, make_batch(x))
+        if on_step is not None:
+            jax.debug.callback(on_step, index)
+        return (params, opt_state), stats
+
+    num_steps = jax.tree.leaves(inputs)[0].shape[0]
+    (params, opt_state), stats = lax.scan(step, (params, opt_state), (jnp.arange(num_steps), inputs))
+    return params, opt_state, stats
