@@ -44,6 +44,8 @@ from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 from purerl.rl.rollout import flatten_time
 from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
+RETURN_METRIC = ppo.RETURN_METRIC
+
 
 @dataclasses.dataclass(frozen=True)
 class Config(ppo.Config):
