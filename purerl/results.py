@@ -300,7 +300,7 @@ def _hyper_values(result: Any, base_hyper: Any) -> list[dict[str, float]]:
     ]
 
 
-def _identity(result: Any, experiment: str, algo: str, config: Any, base_hyper: Any, env: str | None):
+def _identity(result: Any, *, experiment: str, algo: str, config: Any, base_hyper: Any, env: str | None = None):
     """Per (setting, seed) run: the identifying columns, as a dict of [S*K] arrays."""
     num_settings, num_seeds = len(result.settings), len(result.seeds)
     env = env if env is not None else getattr(config, "env", "")
@@ -326,21 +326,15 @@ def _metric_column(name: str, taken: set[str]) -> str:
     return f"metric_{name}" if name in taken else name
 
 
-def tidy(
-    result: Any,
-    *,
-    experiment: str,
-    algo: str,
-    config: Any,
-    base_hyper: Any,
-    env: str | None = None,
-) -> pd.DataFrame:
-    """One row per run × update (see the module docstring for the columns)."""
+def tidy(result: Any, **identity: Any) -> pd.DataFrame:
+    """One row per run × update (see the module docstring for the columns). `identity`:
+    experiment, algo, config, base_hyper and optionally env (`_identity`)."""
     metrics = {k: np.asarray(v) for k, v in result.metrics.items()}
     num_settings, num_seeds = len(result.settings), len(result.seeds)
     num_updates = next(iter(metrics.values())).shape[2]
     runs = num_settings * num_seeds
-    identity = _identity(result, experiment, algo, config, base_hyper, env)
+    config = identity["config"]
+    identity = _identity(result, **identity)
     columns = {k: np.repeat(v, num_updates) for k, v in identity.items()}
     columns["update"] = np.tile(np.arange(num_updates, dtype=np.int64), runs)
     if "env_steps" in metrics:
@@ -365,18 +359,12 @@ def final_window(num_updates: int) -> int:
 
 
 def summarize(
-    result: Any,
-    *,
-    experiment: str,
-    algo: str,
-    config: Any,
-    base_hyper: Any,
-    env: str | None = None,
-    return_metric: str = RETURN_METRIC,
-    wall_seconds: float | None = None,
+    result: Any, *, return_metric: str = RETURN_METRIC, wall_seconds: float | None = None, **identity: Any
 ) -> pd.DataFrame:
-    """One row per run: identity columns, final_return, auc, final_episodes, divergence,
-    timings (see the module docstring; diverged runs get NaN final_return and auc)."""
+    """One row per run: identity columns (`identity` as for `tidy`), final_return, auc,
+    final_episodes, divergence, timings (see the module docstring; diverged runs get NaN
+    final_return and auc)."""
+    config = identity["config"]
     metrics = {k: np.asarray(v) for k, v in result.metrics.items()}
     returns = metrics[return_metric].astype(np.float64)
     num_updates = returns.shape[-1]
@@ -394,7 +382,7 @@ def summarize(
         final_episodes = pd.array(final_episodes.astype(np.int64), dtype="Int64")
     else:  # unknown: whether an episode finished is only known from the return being finite
         final_episodes = pd.array([None] * diverged.size, dtype="Int64")
-    columns = _identity(result, experiment, algo, config, base_hyper, env)
+    columns = _identity(result, **identity)
     columns["final_return"] = final.reshape(-1)
     columns["auc"] = auc.reshape(-1)
     columns["final_episodes"] = final_episodes
