@@ -267,7 +267,7 @@ def phase_memory(setup: str, policy_params: int, workload: Workload, scalar_para
     return {**memory, "resident": resident, "rollout_kv": kv, "step_logits": step_logits, "scoring_work": work,
             "device_gradients": device_gradients, "activations": activations, **phases,
             "peak": phases[peak_phase], "peak_phase": peak_phase,
-            "sum_of_phases": memory["device"] + kv + activations}
+            "sum_of_phases": phases["training"] + kv}  # what adding the KV cache to the training state gives
 
 
 def rlhf_rows(policy_params: int, setups: Sequence[str], precisions: Sequence[str],
