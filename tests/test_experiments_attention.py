@@ -254,3 +254,26 @@ def test_in_workers_returns_results_in_call_order():
     assert lab.in_workers(parallel_plan, _square_plus_seeds, calls,
                           on_result=lambda i, out: seen.append((i, out))) == expected
     assert sorted(seen) == list(enumerate(expected))
+
+
+def test_index_flags_a_report_whose_measuring_code_changed(tmp_path, monkeypatch):
+    """docs/experiments.md shows each kept report's source hash and flags one whose declared
+    measuring code no longer has the recorded hash."""
+    import purerl.llm.memory as llm_memory
+    from experiments import index, rlhf_memory
+
+    recorded = lab.source_digests([llm_memory, rlhf_memory.arithmetic])
+    assert set(recorded) == {"purerl.llm.memory", "experiments.rlhf_memory:arithmetic"}
+    record = {"scale": "full", "purerl_source": "0123456789abcdef", "wall_seconds": 2.0, "machine": {"cpus": 2},
+              "command": "python -m experiments.rlhf_memory scale=full", "measures": recorded}
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / lab.PROVENANCE).write_text(json.dumps(record))
+    (tmp_path / "stale").mkdir()
+    changed = {**recorded, "experiments.rlhf_memory:arithmetic": "0" * 16, "experiments.rlhf_memory:gone": "1" * 16}
+    (tmp_path / "stale" / lab.PROVENANCE).write_text(json.dumps({**record, "measures": changed}))
+    monkeypatch.setattr(index, "REPORTS", tmp_path)
+    fresh, stale = index.kept_line("fresh"), index.kept_line("stale")
+    assert "purerl source `0123456789ab`" in fresh and "unchanged" in fresh and "Stale" not in fresh
+    assert "Stale" in stale and "`experiments.rlhf_memory:arithmetic`" in stale
+    assert "`experiments.rlhf_memory:gone`" in stale and "purerl.llm.memory" not in stale
+    assert "Kept results: none" in index.kept_line("absent")
