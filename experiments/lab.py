@@ -14,6 +14,13 @@ An experiment is three things:
 Command line: `key=value` pairs; `scale` picks the file, every other key overrides a key
 of it (dotted paths, YAML values: `seeds=4`, `force=true`, `tabular.num_mdps=8`); `workers=N`
 trains N jobs at a time in their own processes (every plan has it; default 1).
+
+Kept results (every plan has `rebuild` and `kept_from`): a script that computes its tables with
+`kept = kept_results(plan, compute, measures)` and writes `Report(plan, title, kept=kept)` keeps
+those tables beside the report (`<report_dir>/<name>/results/<table>.csv`, at most 2 MB) with
+`provenance.json` (purerl source hash, hashes of the declared measuring code `measures`, scale,
+machine, wall time); `rebuild=true` [`kept_from=DIR`] remakes the report and its plots from them
+without computing anything.
 """
 
 from __future__ import annotations
@@ -519,29 +526,23 @@ class Report:
     def command(self) -> str:
         return _command(self.plan)
 
-    def _parts(self) -> list[tuple[str, str, float]]:
+    def _parts(self) -> list[tuple[str, str, float | None, float | None]]:
+        """(part, kind, wall seconds, finished) of each complete job and measurement in out_dir."""
         rows = []
         for status in sorted(Path(self.plan.out_dir).glob("*/*.json")):
             record = json.loads(status.read_text())
             if status.name == "job.json" and record.get("status") == "complete":
-                rows.append((status.parent.name, "training job (incl. compile)", record.get("wall_seconds")))
+                rows.append((status.parent.name, "training job (incl. compile)", record.get("wall_seconds"),
+                             record.get("finished")))
             elif status.name == MEASUREMENT_STATUS and record.get("status") == "complete":
-                rows.append((status.parent.name, "measurement", record.get("seconds")))
+                rows.append((status.parent.name, "measurement", record.get("seconds"), record.get("finished")))
         return rows
 
     def run_times(self) -> str:
         """Wall time of each job and measurement, as recorded when it ran."""
-        rows, spans = [], []
-        for status in sorted(Path(self.plan.out_dir).glob("*/*.json")):
-            record = json.loads(status.read_text())
-            if status.name == "job.json" and record.get("status") == "complete":
-                rows.append((status.parent.name, "training job (incl. compile)", record.get("wall_seconds")))
-                if record.get("finished") and record.get("wall_seconds"):
-                    spans.append((record["finished"] - record["wall_seconds"], record["finished"]))
-            elif status.name == MEASUREMENT_STATUS and record.get("status") == "complete":
-                rows.append((status.parent.name, "measurement", record.get("seconds")))
-                if record.get("finished") and record.get("seconds"):
-                    spans.append((record["finished"] - record["seconds"], record["finished"]))
+        parts = self._parts()
+        rows = [(part, kind, seconds) for part, kind, seconds, _ in parts]
+        spans = [(finished - seconds, finished) for _, _, seconds, finished in parts if finished and seconds]
         if not rows:
             return ""
         table = pd.DataFrame(rows, columns=["part", "kind", "wall seconds"])
@@ -558,7 +559,7 @@ class Report:
         from purerl import results
 
         if self.kept is not None:
-            self.kept.write(self._parts())
+            self.kept.write([(part, kind, seconds) for part, kind, seconds, _ in self._parts()])
             self.add("## Kept results",
                      f"Every table and plot above is computed from `{self.plan.experiment}/{KEPT_TABLES}/*.csv` beside "
                      f"this report ({', '.join(f'`{k}`' for k in self.kept.tables)}); `{self.plan.experiment}/"
