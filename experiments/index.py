@@ -4,6 +4,7 @@ command and headline table, taken from the reports themselves.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -31,8 +32,13 @@ by one command. This page is generated too, from the reports
   are not training, and writes the report;
 - `experiments/lab.py`: what the scripts share (scales, jobs, fingerprinted
   measurements, report writing);
-- `experiments/reports/<name>.md` and `<name>/*.png`: the committed `scale=ci` report;
-  `scale=paper` writes to `experiments/reports/paper/`.
+- `experiments/reports/<name>.md` and `<name>/*.png`: the committed report (`scale=ci`, or
+  `scale=full` where an experiment has one); `scale=paper` writes to `experiments/reports/paper/`;
+- `experiments/reports/<name>/results/*.csv` and `<name>/provenance.json` (reports that keep
+  their results): the per-setting numbers every table and plot is computed from, with the
+  purerl source hash, the hashes of the code that measures, the scale, the machine and the
+  wall time. `rebuild=true` remakes the report and its plots from them without computing, and
+  this page flags a report whose measuring code has changed since it was made.
 
 ```bash
 python -m experiments.<name>                 # scale=ci: trains what is missing, then writes the report
@@ -40,6 +46,7 @@ python -m experiments.<name> scale=paper     # >= 32 seeds, literature budgets (
 python -m experiments.<name> force=true      # redo finished jobs and measurements
 python -m experiments.<name> seeds=4 out_dir=/tmp/x report_dir=/tmp/x   # any key of the scale file
 python -m experiments.<name> workers=2       # train two jobs at a time, each in its own process
+python -m experiments.rlhf_memory scale=full rebuild=true   # a report with kept results, remade from them
 ```
 
 Results go to `outputs/experiments/<name>/<scale>/` (one `purerl-train` job folder per
@@ -56,6 +63,22 @@ PENDING = {
     "on_vs_off_policy": "part 4: needs DQN and SAC",
     "exploration_bandits": "part 6: needs the bandit agents",
 }
+
+
+def kept_line(name: str) -> str:
+    """Where the report's kept results are, what made them, and whether the code that measures has
+    changed since (the modules and functions its provenance.json names)."""
+    path = REPORTS / name / lab.PROVENANCE
+    if not path.exists():
+        return "Kept results: none (made before reports kept their numbers)."
+    record = json.loads(path.read_text())
+    changed = lab.changed_measures(record.get("measures", {}))
+    flag = (f"**Stale: the code that measures has changed since** ({', '.join(f'`{c}`' for c in changed)}); rerun "
+            f"`{record.get('command')}`." if changed else "Measuring code unchanged since.")
+    return (f"Kept results: [experiments/reports/{name}/results/](../experiments/reports/{name}/results/) — "
+            f"scale `{record.get('scale')}`, purerl source `{str(record.get('purerl_source'))[:12]}`, "
+            f"{record.get('wall_seconds', 0):.1f} s wall on {record.get('machine', {}).get('cpus', '?')} CPUs. "
+            f"{flag}")
 
 
 def section(name: str, text: str) -> str:
@@ -79,6 +102,7 @@ def section(name: str, text: str) -> str:
         parts += ["```bash", command.group(1), "```", ""]
     if table:
         parts += [table]
+    parts += [kept_line(name), ""]
     total = re.search(r"Wall time of each part when it ran \((?:total|sum) (\d+) s"
                       r"(?:; the (?:training jobs|parts) ran (?:up to )?(\d+) at a time, "
                       r"from the first start to the last finish in (\d+) s)?",

@@ -14,14 +14,23 @@ An experiment is three things:
 Command line: `key=value` pairs; `scale` picks the file, every other key overrides a key
 of it (dotted paths, YAML values: `seeds=4`, `force=true`, `tabular.num_mdps=8`); `workers=N`
 trains N jobs at a time in their own processes (every plan has it; default 1).
+
+Kept results (every plan has `rebuild` and `kept_from`): a script that computes its tables with
+`kept = kept_results(plan, compute, measures)` and writes `Report(plan, title, kept=kept)` keeps
+those tables beside the report (`<report_dir>/<name>/results/<table>.csv`, at most 2 MB) with
+`provenance.json` (purerl source hash, hashes of the declared measuring code `measures`, scale,
+machine, wall time); `rebuild=true` [`kept_from=DIR`] remakes the report and its plots from them
+without computing anything.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import json
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +68,10 @@ EXPERIMENT_CONF = schema.CONF_DIR / "experiment"
 MEASUREMENTS = "measurements.parquet"
 MEASUREMENT_STATUS = "measurement.json"
 HEADLINE_MARK = "<!-- headline table -->"
+KEPT_TABLES = "results"  # <report_dir>/<name>/results/<table>.csv: the numbers every table and plot is made of
+PROVENANCE = "provenance.json"
+KEPT_LIMIT_BYTES = 2 * 10**6
+_RUN_STARTED: list[float] = []  # when lab.main began this run (a list, so no `global` is needed)
 
 
 class ExperimentError(ValueError):
@@ -84,7 +97,8 @@ def load_plan(name: str, argv: Sequence[str]) -> DictConfig:
     if not path.exists():
         raise ExperimentError(f"scale: got {scale!r}; allowed: {', '.join(scales(name))}")
     plan = OmegaConf.merge(
-        OmegaConf.create({"force": False, "workers": 1, "out_dir": f"outputs/experiments/{name}/{scale}"}),
+        OmegaConf.create({"force": False, "workers": 1, "out_dir": f"outputs/experiments/{name}/{scale}",
+                          "rebuild": False, "kept_from": ""}),
         OmegaConf.load(path),
     )
     OmegaConf.set_struct(plan, True)
@@ -99,6 +113,8 @@ def load_plan(name: str, argv: Sequence[str]) -> DictConfig:
     plan.scale = scale
     plan.out_dir = str((REPO_ROOT / plan.out_dir).resolve())
     plan.report_dir = str((REPO_ROOT / plan.report_dir).resolve())
+    if plan.kept_from:
+        plan.kept_from = str((REPO_ROOT / plan.kept_from).resolve())
     return plan
 
 
@@ -277,6 +293,144 @@ def measured(
     return out
 
 
+# ---------------------------------------------------------------- kept results
+def qualified_name(obj: Any) -> str:
+    """'purerl.llm.memory' for a module, 'experiments.rlhf_memory:arithmetic' for a function."""
+    module = obj.__name__ if inspect.ismodule(obj) else obj.__module__
+    if module == "__main__":  # `python -m experiments.<name>`: the name it is imported by elsewhere
+        module = sys.modules["__main__"].__spec__.name
+    return module if inspect.ismodule(obj) else f"{module}:{obj.__qualname__}"
+
+
+def resolve(name: str) -> Any:
+    """The module or function a `qualified_name` names (ImportError/AttributeError if gone)."""
+    module, _, attribute = name.partition(":")
+    obj = importlib.import_module(module)
+    for part in filter(None, attribute.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+def source_digests(measures: Sequence[Any]) -> dict[str, str]:
+    """{qualified name: hash of its source} of the modules and functions an experiment declares
+    as what it measures."""
+    return {qualified_name(obj): _source_digest([obj]) for obj in measures}
+
+
+def changed_measures(recorded: dict[str, str]) -> list[str]:
+    """The declared measuring code whose source differs from (or no longer has) the recorded hash."""
+    changed = []
+    for name, digest in recorded.items():
+        try:
+            current = _source_digest([resolve(name)])
+        except (ImportError, AttributeError, OSError, TypeError):
+            current = None
+        if current != digest:
+            changed.append(name)
+    return changed
+
+
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "devices": devices.summary()}
+
+
+class Kept:
+    """The per-setting numbers a report is made of, kept beside it (`<report_dir>/<name>/results/
+    <table>.csv`, with `provenance.json`: purerl source hash, hashes of the declared measuring
+    code, scale, machine, wall time), so that `rebuild=true` remakes the report and its plots from
+    them without computing anything. Made by `kept_results`."""
+
+    def __init__(self, plan: DictConfig, tables: dict[str, pd.DataFrame], provenance: dict[str, Any],
+                 rebuilt: bool):
+        self.plan, self.tables, self.provenance, self.rebuilt = plan, tables, provenance, rebuilt
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.plan.report_dir) / self.plan.experiment
+
+    def write(self, parts: list[tuple[str, str, float]]) -> None:
+        """Write the tables and the provenance beside the report (a rebuild into the folder it read
+        from leaves them as they are)."""
+        from purerl import results
+
+        source = Path(self.plan.kept_from or self.folder)
+        if self.rebuilt and source.resolve() == self.folder.resolve():
+            return
+        if not self.rebuilt:
+            started = _RUN_STARTED[-1] if _RUN_STARTED else self.provenance.pop("_started")
+            self.provenance.pop("_started", None)
+            self.provenance.update(wall_seconds=round(time.perf_counter() - started, 3),
+                                   parts=[[p, k, None if s is None else round(float(s), 4)] for p, k, s in parts])
+        folder = self.folder / KEPT_TABLES
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.csv"):
+            if stale.stem not in self.tables:
+                stale.unlink()
+        for key, table in self.tables.items():
+            results.atomic_write_text(folder / f"{key}.csv", table.to_csv(index=False, na_rep="NaN"))
+        size = sum(path.stat().st_size for path in folder.glob("*.csv"))
+        if size > KEPT_LIMIT_BYTES:
+            raise ExperimentError(f"kept results {folder}: {size:,} bytes; allowed: at most {KEPT_LIMIT_BYTES:,} "
+                                  "(keep per-seed, per-setting summaries, not curves)")
+        results.atomic_write_text(self.folder / PROVENANCE, json.dumps(self.provenance, indent=2, default=str) + "\n")
+
+    def run_times(self) -> str:
+        record = self.provenance
+        if record.get("wall_seconds") is None:
+            return ""
+        parts = ""
+        if record.get("parts"):
+            table = pd.DataFrame(record["parts"], columns=["part", "kind", "wall seconds"])
+            parts = " Its measurements (when they ran):\n\n" + markdown_table(table)
+        machine = record.get("machine", {})
+        return (f"Wall time of the run that made the kept results (scale `{record.get('scale')}`): "
+                f"{record['wall_seconds']:.1f} s on {machine.get('platform', '?')} ({machine.get('cpus', '?')} CPUs; "
+                f"{machine.get('devices', '?')}).{parts}")
+
+
+def kept_results(plan: DictConfig, compute: Callable[[], dict[str, pd.DataFrame]], measures: Sequence[Any]) -> Kept:
+    """The tables a report is made of: computed by `compute` (then kept beside the report when it
+    is written), or, with `rebuild=true`, read back from the kept results (`kept_from=DIR`, default
+    the report's own folder) without computing.
+
+    `measures`: the modules and functions whose code decides the numbers; their source hashes go
+    into the provenance, and docs/experiments.md flags a report whose measuring code has changed
+    since (`python -m experiments.index`)."""
+    if plan.rebuild:
+        folder = Path(plan.kept_from or Path(plan.report_dir) / plan.experiment)
+        path = folder / PROVENANCE
+        if not path.exists():
+            raise ExperimentError(f"rebuild=true: no kept results in {folder} ({PROVENANCE} missing); run without "
+                                  "rebuild=true to make them, or give kept_from=DIR")
+        provenance = json.loads(path.read_text())
+        if (provenance.get("experiment"), provenance.get("scale")) != (plan.experiment, plan.scale):
+            raise ExperimentError(f"rebuild=true: {folder} keeps {provenance.get('experiment')} "
+                                  f"scale={provenance.get('scale')}; asked for {plan.experiment} scale={plan.scale}")
+        tables = {key: pd.read_csv(folder / KEPT_TABLES / f"{key}.csv", keep_default_na=False, na_values=["NaN"],
+                                   float_precision="round_trip")
+                  for key in provenance["tables"]}
+        print(f"[{plan.experiment}] rebuilding from the kept results in {folder}", flush=True)
+        return Kept(plan, tables, provenance, rebuilt=True)
+    from purerl import provenance as purerl_provenance
+
+    started = time.perf_counter()
+    tables = compute()
+    identity = OmegaConf.to_container(plan, resolve=True)
+    for key in ("out_dir", "report_dir", "kept_from", "rebuild", "force", "workers"):
+        identity.pop(key, None)
+    record = {"experiment": plan.experiment, "scale": plan.scale, "command": _command(plan),
+              "purerl_source": purerl_provenance.source_digest(), "versions": purerl_provenance.dependency_versions(),
+              "measures": source_digests(measures), "machine": _machine(), "tables": list(tables),
+              "rows": {key: len(table) for key, table in tables.items()}, "plan": identity, "_started": started}
+    return Kept(plan, tables, record, rebuilt=False)
+
+
+def _command(plan: DictConfig) -> str:
+    extra = "" if plan.scale == "ci" else f" scale={plan.scale}"
+    return f"python -m experiments.{plan.experiment}{extra}"
+
+
 # ---------------------------------------------------------------- reports
 def bootstrap_ci(
     values: np.ndarray, stat: str = "mean", ci: float = 0.95, seed: int = 0
@@ -342,8 +496,9 @@ def _numeric(cell: str) -> bool:
 class Report:
     """A Markdown report with PNG figures in `<report_dir>/<name>/`."""
 
-    def __init__(self, plan: DictConfig, title: str):
+    def __init__(self, plan: DictConfig, title: str, kept: Kept | None = None):
         self.plan = plan
+        self.kept = kept
         self.path = Path(plan.report_dir) / f"{plan.experiment}.md"
         self.figure_dir = Path(plan.report_dir) / plan.experiment
         self.lines = [f"# {title}", ""]
@@ -365,22 +520,25 @@ class Report:
         self.add(f"![{caption}]({self.plan.experiment}/{filename})", f"*{caption}*")
 
     def command(self) -> str:
-        extra = "" if self.plan.scale == "ci" else f" scale={self.plan.scale}"
-        return f"python -m experiments.{self.plan.experiment}{extra}"
+        return _command(self.plan)
 
-    def run_times(self) -> str:
-        """Wall time of each job and measurement, as recorded when it ran."""
-        rows, spans = [], []
+    def _parts(self) -> list[tuple[str, str, float | None, float | None]]:
+        """(part, kind, wall seconds, finished) of each complete job and measurement in out_dir."""
+        rows = []
         for status in sorted(Path(self.plan.out_dir).glob("*/*.json")):
             record = json.loads(status.read_text())
             if status.name == "job.json" and record.get("status") == "complete":
-                rows.append((status.parent.name, "training job (incl. compile)", record.get("wall_seconds")))
-                if record.get("finished") and record.get("wall_seconds"):
-                    spans.append((record["finished"] - record["wall_seconds"], record["finished"]))
+                rows.append((status.parent.name, "training job (incl. compile)", record.get("wall_seconds"),
+                             record.get("finished")))
             elif status.name == MEASUREMENT_STATUS and record.get("status") == "complete":
-                rows.append((status.parent.name, "measurement", record.get("seconds")))
-                if record.get("finished") and record.get("seconds"):
-                    spans.append((record["finished"] - record["seconds"], record["finished"]))
+                rows.append((status.parent.name, "measurement", record.get("seconds"), record.get("finished")))
+        return rows
+
+    def run_times(self) -> str:
+        """Wall time of each job and measurement, as recorded when it ran."""
+        parts = self._parts()
+        rows = [(part, kind, seconds) for part, kind, seconds, _ in parts]
+        spans = [(finished - seconds, finished) for _, _, seconds, finished in parts if finished and seconds]
         if not rows:
             return ""
         table = pd.DataFrame(rows, columns=["part", "kind", "wall seconds"])
@@ -396,7 +554,15 @@ class Report:
     def write(self) -> Path:
         from purerl import results
 
-        times = self.run_times()
+        if self.kept is not None:
+            self.kept.write([(part, kind, seconds) for part, kind, seconds, _ in self._parts()])
+            self.add("## Kept results",
+                     f"Every table and plot above is computed from `{self.plan.experiment}/{KEPT_TABLES}/*.csv` beside "
+                     f"this report ({', '.join(f'`{k}`' for k in self.kept.tables)}); `{self.plan.experiment}/"
+                     f"{PROVENANCE}` records the purerl source hash, the hashes of the measuring code, the scale, the "
+                     f"machine and the wall time. Rebuild this report and its plots from them, computing nothing:",
+                     f"```bash\n{self.command()} rebuild=true\n```")
+        times = self.kept.run_times() if self.kept is not None else self.run_times()
         if times:
             self.add("## Run time", times)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,6 +573,7 @@ class Report:
 
 def main(run: Callable[[DictConfig], Any], name: str, argv: Sequence[str]) -> int:
     """Command-line entry of an experiment: one-line errors, exit status 2."""
+    _RUN_STARTED.append(time.perf_counter())
     try:
         plan = load_plan(name, argv)
         print(f"[{name}] devices: {devices.summary()}", flush=True)

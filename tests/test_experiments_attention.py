@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from test_experiments import table_under
@@ -16,33 +18,71 @@ def _smoke(module, tmp_path, *extra: str) -> str:
     return (tmp_path / "report" / f"{module.NAME}.md").read_text()
 
 
-def test_rlhf_memory_smoke(tmp_path):
+def test_rlhf_memory_smoke_and_rebuild_from_kept_results(tmp_path):
+    """The smoke report's tables, then `rebuild=true` from its kept results into another folder:
+    the same report, byte for byte, with nothing computed."""
     from experiments import rlhf_memory
 
     report = _smoke(rlhf_memory, tmp_path)
     plan = lab.load_plan("rlhf_memory", ["scale=smoke"])
-    headline = table_under(report, "Headline: 7B RLHF training memory")
-    assert len(headline) == len(plan.setups) * len(plan.precisions) * len(plan.offloads)  # 3 × 2 × 3
-    grpo_bf16 = [row for row in headline if row[0] == "GRPO" and row[1].startswith("bf16")]
-    assert [row[7] for row in grpo_bf16] == ["84 GB", "56 GB", "28 GB"]  # training state on device
-    grpo_mixed = [row for row in headline if row[0] == "GRPO" and row[1].startswith("mixed")]
-    assert [row[7] for row in grpo_mixed] == ["140 GB", "112 GB", "28 GB"]
-    assert all(row[-1] in ("yes", "no") for row in headline)
-    hand = table_under(report, "Check against the hand arithmetic")
-    assert len(hand) == 6 and all(row[-1] == "yes" for row in hand)
+    headline = table_under(report, "Headline: 7B RLHF peak accelerator memory")
+    assert len(headline) == 15  # PPO and GRPO × (reward model, verifiable) × 3 offloads + DPO × 3
+    grpo = [row for row in headline if row[:2] == ["GRPO", "model"]]
+    assert [row[3] for row in grpo] == ["nothing", "reference + reward model", "reference + reward model + optimizer"]
+    assert [row[4] for row in grpo] == ["121.55 GB (generation)", "93.55 GB (generation)", "65.55 GB (generation)"]
+    assert [row[2] for row in headline if row[0] == "GRPO"] == ["3"] * 3 + ["2"] * 3  # verifiable: 2 models
+    hand = table_under(report, "The issue's figures for a 7B GRPO")
+    assert [row[-1] for row in hand] == ["yes"] * 5 + ["NO", "NO"]  # ZeRO-Offload's 14 GB; 66.7 %, not 64 %
+    assert "66.7 % (84 → 28 GB)" in hand[-1][2]
     conventions = table_under(report, "Bytes per parameter of one trained model")
     assert [row[0] for row in conventions] == ["fp32", "bf16", "mixed"]
     assert all(row[-1] == "yes" for row in conventions)
     kv = table_under(report, "KV cache of the policy while it generates")
     assert len(kv) == len(plan.kv_sweep.kv_heads) * len(plan.kv_sweep.lens)
     assert "python -m experiments.rlhf_memory scale=smoke" in report and "## Answer" in report
-    for png in ("breakdown.png", "kv_cache.png"):
-        assert (tmp_path / "report" / "rlhf_memory" / png).stat().st_size > 10_000
+    assert "## Discussion" in report
+    kept = tmp_path / "report" / "rlhf_memory"
+    for png in ("phases.png", "activations.png", "kv_cache.png"):
+        assert (kept / png).stat().st_size > 10_000
+    provenance = json.loads((kept / lab.PROVENANCE).read_text())
+    assert provenance["scale"] == "smoke" and provenance["wall_seconds"] > 0
+    assert "purerl.llm.memory" in provenance["measures"] and lab.changed_measures(provenance["measures"]) == []
+
+    argv = ["scale=smoke", "rebuild=true", f"kept_from={kept}", f"out_dir={tmp_path / 'nothing'}",
+            f"report_dir={tmp_path / 'rebuilt'}"]
+    assert rlhf_memory.main(argv) == 0
+    assert (tmp_path / "rebuilt" / "rlhf_memory.md").read_text() == report
+    assert not (tmp_path / "nothing").exists()  # nothing measured
+    for table in provenance["tables"]:
+        assert (tmp_path / "rebuilt" / "rlhf_memory" / "results" / f"{table}.csv").read_text() == (
+            kept / "results" / f"{table}.csv").read_text()
+
+
+def test_rlhf_memory_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    """scale=full is the committed report: rebuilt from the committed kept results, its tables
+    equal the committed report's."""
+    from test_experiments import tables
+
+    from experiments import rlhf_memory
+
+    committed = lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'rlhf_memory'}", f"out_dir={tmp_path / 'out'}",
+            f"report_dir={tmp_path}"]
+    assert rlhf_memory.main(argv) == 0
+    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "rlhf_memory.md", committed / "rlhf_memory.md"))
+    assert rebuilt == original and len(original) >= 8
+
+
+def test_rebuild_without_kept_results_is_refused(tmp_path, capsys):
+    from experiments import rlhf_memory
+
+    assert rlhf_memory.main(["scale=smoke", "rebuild=true", f"report_dir={tmp_path}"]) == 2
+    assert "rebuild=true: no kept results in" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["rlhf_memory", "softmax_vs_linear"])
 def test_every_scale_loads(name):
-    assert lab.scales(name) == ["ci", "paper", "smoke"]
+    assert set(lab.scales(name)) >= {"ci", "paper", "smoke"}
     for scale in lab.scales(name):
         plan = lab.load_plan(name, [f"scale={scale}"])
         if scale == "paper":
@@ -214,3 +254,26 @@ def test_in_workers_returns_results_in_call_order():
     assert lab.in_workers(parallel_plan, _square_plus_seeds, calls,
                           on_result=lambda i, out: seen.append((i, out))) == expected
     assert sorted(seen) == list(enumerate(expected))
+
+
+def test_index_flags_a_report_whose_measuring_code_changed(tmp_path, monkeypatch):
+    """docs/experiments.md shows each kept report's source hash and flags one whose declared
+    measuring code no longer has the recorded hash."""
+    import purerl.llm.memory as llm_memory
+    from experiments import index, rlhf_memory
+
+    recorded = lab.source_digests([llm_memory, rlhf_memory.arithmetic])
+    assert set(recorded) == {"purerl.llm.memory", "experiments.rlhf_memory:arithmetic"}
+    record = {"scale": "full", "purerl_source": "0123456789abcdef", "wall_seconds": 2.0, "machine": {"cpus": 2},
+              "command": "python -m experiments.rlhf_memory scale=full", "measures": recorded}
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / lab.PROVENANCE).write_text(json.dumps(record))
+    (tmp_path / "stale").mkdir()
+    changed = {**recorded, "experiments.rlhf_memory:arithmetic": "0" * 16, "experiments.rlhf_memory:gone": "1" * 16}
+    (tmp_path / "stale" / lab.PROVENANCE).write_text(json.dumps({**record, "measures": changed}))
+    monkeypatch.setattr(index, "REPORTS", tmp_path)
+    fresh, stale = index.kept_line("fresh"), index.kept_line("stale")
+    assert "purerl source `0123456789ab`" in fresh and "unchanged" in fresh and "Stale" not in fresh
+    assert "Stale" in stale and "`experiments.rlhf_memory:arithmetic`" in stale
+    assert "`experiments.rlhf_memory:gone`" in stale and "purerl.llm.memory" not in stale
+    assert "Kept results: none" in index.kept_line("absent")

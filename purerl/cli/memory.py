@@ -11,7 +11,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from purerl.attention.memory import DTYPE_ALIASES, format_bytes, kv_cache_bytes, memory_table, parse_bytes
-from purerl.llm.memory import OFFLOADABLE, PRECISIONS, SETUPS, format_gb, offload_label, rlhf_rows
+from purerl.llm.memory import (
+    OFFLOADABLE,
+    PRECISIONS,
+    RECOMPUTE,
+    SETUPS,
+    Workload,
+    format_gb,
+    offload_label,
+    rlhf_rows,
+)
 from purerl.results import markdown_table
 
 
@@ -55,19 +64,24 @@ def parse_offload(text: str) -> tuple[str, ...]:
 
 
 def render_rlhf_table(rows: list[dict[str, Any]], budget_bytes: int | None = None) -> str:
-    """The rows of `purerl.llm.memory.rlhf_rows` as a Markdown table (decimal GB)."""
-    header = ["set-up", "convention", "offloaded", "models on device", "weights on device", "gradients",
-              "optimizer on device", "training state on device", "rollout KV", "device total", "on host"]
+    """The rows of `purerl.llm.memory.rlhf_rows` as a Markdown table (decimal GB): the training
+    state, then the accelerator memory of each phase and the peak over the phases."""
+    header = ["set-up", "reward", "convention", "offloaded", "models on device", "weights on device",
+              "gradients on device", "optimizer on device", "training state on device", "generation", "scoring",
+              "training", "peak (phase)", "on host"]
     if budget_bytes is not None:
         header.append(f"fits {format_gb(budget_bytes)}")  # one unit system: decimal GB
     body = []
     for r in rows:
-        line = [r["setup"].upper(), r["precision"], offload_label(r["offload"]), str(r["device_models"]),
-                format_gb(r["weights"] - r["offloaded_weights"]), format_gb(r["gradients"]),
+        reward = "model" if r["reward_model"] else ("verifiable" if r["setup"] in ("grpo", "ppo") else "-")
+        line = [r["setup"].upper(), reward, r["precision"], offload_label(r["offload"]), str(r["device_models"]),
+                format_gb(r["weights"] - r["offloaded_weights"]), format_gb(r["device_gradients"]),
                 format_gb(r["optimizer"] - r["offloaded_optimizer"]), format_gb(r["device"]),
-                format_gb(r["rollout_kv"]), format_gb(r["device_with_kv"]), format_gb(r["offloaded"])]
+                format_gb(r["generation"]) if r["generation"] else "-",
+                format_gb(r["scoring"]) if r["scoring"] else "-", format_gb(r["training"]),
+                f"{format_gb(r['peak'])} ({r['peak_phase']})", format_gb(r["offloaded"])]
         if budget_bytes is not None:
-            line.append("yes" if r["device_with_kv"] <= budget_bytes else "no")
+            line.append("yes" if r["peak"] <= budget_bytes else "no")
         body.append(line)
     return markdown_table(header, body)
 
@@ -75,8 +89,9 @@ def render_rlhf_table(rows: list[dict[str, Any]], budget_bytes: int | None = Non
 def rlhf_main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="purerl-memory rlhf",
-        description="Training-time accelerator memory of RLHF set-ups (PPO, GRPO, DPO): weights, "
-                    "gradients, Adam states, offloading, rollout KV cache.",
+        description="Accelerator memory of RLHF set-ups (PPO, GRPO, DPO) phase by phase — generation "
+                    "(weights + rollout KV cache), scoring, training (weights + gradients + Adam states + "
+                    "activations) — and its peak, with offloading (ZeRO-Offload for the optimizer).",
     )
     parser.add_argument("--params", default="7B", help="policy parameters, e.g. 7B, 6.74e9")
     parser.add_argument("--scalar-params", default=None,
@@ -87,15 +102,25 @@ def rlhf_main(argv: Sequence[str]) -> None:
     parser.add_argument("--offload", nargs="+", default=["none", "reference,reward_model",
                                                          "reference,reward_model,optimizer"],
                         help="offload choices, one table row each: 'none' or a comma-separated subset "
-                             "of reference, reward_model, optimizer")
+                             "of reference, reward_model, optimizer (ZeRO-Offload: gradients, optimizer "
+                             "state and step on the host)")
     parser.add_argument("--no-reward-model", action="store_true",
-                        help="PPO/GRPO with a verifiable reward (no reward model)")
+                        help="PPO/GRPO with a verifiable reward only (no reward model)")
+    parser.add_argument("--both-rewards", action="store_true",
+                        help="PPO/GRPO rows with a reward model and with a verifiable reward")
     parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=4096, help="model width h")
+    parser.add_argument("--heads", type=int, default=32, help="query heads a")
     parser.add_argument("--kv-heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--rollout-batch", type=int, default=0,
-                        help="sequences sampled at once by PPO/GRPO (0: leave the KV cache out)")
-    parser.add_argument("--rollout-len", type=int, default=2048, help="prompt + completion tokens")
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--rollout-batch", type=int, default=64, help="sequences sampled at once by PPO/GRPO")
+    parser.add_argument("--rollout-len", type=int, default=1536, help="prompt + completion tokens")
+    parser.add_argument("--micro-batch", type=int, default=8,
+                        help="sequences per forward/backward pass when scoring and training")
+    parser.add_argument("--seq-len", type=int, default=None, help="tokens per trained sequence (default: "
+                                                                   "--rollout-len)")
+    parser.add_argument("--recompute", default="full", help=f"activation recomputation, one of {RECOMPUTE}")
     parser.add_argument("--kv-dtype", default="bf16", help=f"one of {sorted(DTYPE_ALIASES)}")
     parser.add_argument("--budget", default="80GiB",
                         help="accelerator memory, e.g. 80GiB or 80GB (the table is in decimal GB)")
@@ -111,24 +136,26 @@ def rlhf_main(argv: Sequence[str]) -> None:
                 raise ValueError(f"purerl-memory.precision: got {precision!r}; allowed: "
                                  f"{', '.join(PRECISIONS)}")
         offloads = [parse_offload(text) for text in args.offload]
-        if args.rollout_batch < 0:
-            raise ValueError(f"purerl-memory.rollout_batch: got {args.rollout_batch}; allowed: an integer "
-                             "≥ 0 (0: no KV cache)")
-        kv = None
-        if args.rollout_batch:
-            kv = dict(layers=args.layers, num_kv_heads=args.kv_heads, head_dim=args.head_dim,
-                      rollout_batch=args.rollout_batch, rollout_len=args.rollout_len, dtype=args.kv_dtype)
-            kv_cache_bytes(**{k: v for k, v in kv.items() if k not in ("rollout_batch", "rollout_len")},
-                           seq_len=args.rollout_len, batch=args.rollout_batch)  # validates the shape
+        for flag in ("rollout_batch", "rollout_len", "micro_batch"):
+            if getattr(args, flag) < 1:
+                raise ValueError(f"purerl-memory.{flag}: got {getattr(args, flag)}; allowed: an integer ≥ 1")
+        kv_cache_bytes(args.layers, args.kv_heads, args.head_dim, args.rollout_len, args.rollout_batch,
+                       args.kv_dtype)  # validates the cache's shape with its own field names
+        workload = Workload(layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
+                            head_dim=args.head_dim, vocab=args.vocab, rollout_batch=args.rollout_batch,
+                            rollout_len=args.rollout_len, micro_batch=args.micro_batch,
+                            seq_len=args.seq_len or args.rollout_len, recompute=args.recompute,
+                            kv_dtype=args.kv_dtype)
         budget = parse_bytes(args.budget)
-        rows = rlhf_rows(params, args.setups, args.precision, offloads, scalar_params=scalar,
-                         reward_model=not args.no_reward_model, kv=kv)
+        rewards = (True, False) if args.both_rewards else ((False,) if args.no_reward_model else (True,))
+        rows = rlhf_rows(params, args.setups, args.precision, offloads, workload, scalar_params=scalar,
+                         rewards=rewards)
     except ValueError as err:
         parser.error(str(err))
-    cache = (f"rollout KV cache: {args.rollout_batch} × {args.rollout_len:,} tokens, {args.layers} layers × "
-             f"{args.kv_heads} KV heads × head_dim {args.head_dim}, {args.kv_dtype}" if kv else
-             "no rollout KV cache (--rollout-batch 0)")
-    print(f"{params:,} parameters per model; {cache}; budget {format_gb(budget)} ({format_bytes(budget)})")
+    print(f"{params:,} parameters per model; rollout {args.rollout_batch} × {args.rollout_len:,} tokens, "
+          f"{args.layers} layers × {args.kv_heads} KV heads × head_dim {args.head_dim}, {args.kv_dtype} cache; "
+          f"training micro-batch {args.micro_batch} × {workload.seq_len:,} tokens, recompute {args.recompute}; "
+          f"budget {format_gb(budget)} ({format_bytes(budget)})")
     for precision in dict.fromkeys(args.precision):
         print(f"  {precision}: {PRECISIONS[precision].label}")
     print(render_rlhf_table(rows, budget))
