@@ -303,9 +303,13 @@ def run_chunks(
             carry, extras = init(keys, hypers)
             progress.update, progress.metrics, progress.extras = 0, None, jax.device_get(extras)
         else:
-            carry = jax.device_put(progress.carry, keys.sharding)
+            carry = progress.carry
         while progress.update < num_updates:
             num = min(length, num_updates - progress.update)
+            # Every leaf of the carry has the run axis first: keep it sharded like the runs, so
+            # each segment program sees the layout it was compiled for (XLA may choose another
+            # layout for the outputs of init or of the previous segment).
+            carry = jax.device_put(carry, keys.sharding)
             args = (keys, hypers, carry, jnp.int32(progress.update))
             carry, metrics = program(num, *args)(*args)
             metrics = jax.device_get(metrics)

@@ -141,8 +141,10 @@ def test_grpo_segments_equal_one_run():
     key, hyper = jax.random.PRNGKey(0), grpo.Hyper()
     state, metrics = jax.jit(train)(key, hyper)
     seg_state, seg_metrics = segments(train, key, hyper, [(0, 2), (2, 1)])
-    assert_same(seg_metrics, metrics)
-    assert_same(seg_state, state)
+    # XLA fuses the LM's update differently once the loop is cut out of the program: equal to
+    # float32 rounding (measured 1.4e-7 relative on one metric), not bit for bit.
+    assert_same(seg_metrics, metrics, exact=False)
+    assert_same(seg_state, state, exact=False)
 
 
 def test_train_that_reshapes_its_loop_outputs_is_not_segmentable():

@@ -31,6 +31,7 @@ ON_POLICY = dict(num_envs=2, num_steps=8, total_timesteps=16)
 # One update each, as small as each algorithm allows.
 TINY = {
     "ppo": dict(ON_POLICY, num_minibatches=2, update_epochs=1),
+    "stale_ppo": dict(ON_POLICY, num_minibatches=2, update_epochs=1, max_stale=2),
     "trpo": dict(ON_POLICY, critic_epochs=1, critic_minibatches=2, cg_iters=2, line_search_steps=2),
     "a2c": ON_POLICY,
     "reinforce": ON_POLICY,
@@ -53,7 +54,8 @@ TINY = {
 }
 # A value each Config refuses: (field, value).
 BAD_CONFIG = {
-    "ppo": ("num_envs", 0), "trpo": ("cg_iters", 0), "a2c": ("num_steps", 0), "reinforce": ("num_envs", -1),
+    "ppo": ("num_envs", 0), "stale_ppo": ("max_stale", 0), "trpo": ("cg_iters", 0), "a2c": ("num_steps", 0),
+    "reinforce": ("num_envs", -1),
     "bandit": ("strategy", "ucb2"), "dqn": ("batch_size", 0), "sac": ("buffer_size", 0),
     "llm_ppo": ("num_prompts", 0), "grpo": ("group_size", 1), "dpo": ("pair_source", "humans"),
     "reward_model": ("d_model", 0), "lm_pretrain": ("num_updates", 0),
