@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import hashlib
 import itertools
+import logging
 import math
 import os
 import pickle
@@ -43,6 +44,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from purerl import provenance
 from purerl.config import validate_hyper
 from purerl.rl.loop import host_metrics
+
+log = logging.getLogger("purerl.sweep")
 
 
 # ---------------------------------------------------------------- building batches
@@ -516,19 +519,37 @@ def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: st
         out_tree.append(jax.tree.structure(out))
         return jax.tree.leaves(out)
 
-    try:
-        if path.exists() and tree_path.exists():
+    exported = None
+    if path.exists() and tree_path.exists():
+        try:
             exported = jax.export.deserialize(bytearray(path.read_bytes()))
             out_treedef = pickle.loads(tree_path.read_bytes())
-        else:
+        except Exception as e:  # noqa: BLE001 - a damaged artefact: say so, drop it, export again
+            log.warning("export cache: %s is unreadable (%s: %s); exporting the program again",
+                        path, type(e).__name__, e)
+            path.unlink(missing_ok=True)
+            tree_path.unlink(missing_ok=True)
+            exported = None
+    if exported is None:
+        try:
             exported = jax.export.export(jax.jit(flat_program))(*leaves)
-            out_treedef = out_tree[-1]
+        except Exception as e:  # noqa: BLE001 - e.g. host callbacks: jax.export refuses them
+            log.info("export cache: the program cannot be exported (%s: %s); compiling it directly",
+                     type(e).__name__, " ".join(str(e).split())[:300])
+            return None
+        out_treedef = out_tree[-1]
+        try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             for target, payload in ((tree_path, pickle.dumps(out_treedef)), (path, exported.serialize())):
                 with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as tmp:
                     tmp.write(payload)
                 os.replace(tmp.name, target)  # the program last: it marks the pair complete
+        except OSError as e:  # an unwritable cache still trains: the program is in memory
+            log.warning("export cache: cannot write %s (%s); the program is not cached", cache_dir, e)
+    try:
         executable = jax.jit(exported.call).lower(*leaves).compile()
-    except Exception:  # noqa: BLE001 - any export problem means: compile the ordinary way
+    except Exception as e:  # noqa: BLE001 - an artefact this JAX cannot compile: compile directly
+        log.warning("export cache: %s does not compile here (%s: %s); compiling the program directly",
+                    path, type(e).__name__, " ".join(str(e).split())[:300])
         return None
     return lambda *args: jax.tree.unflatten(out_treedef, executable(*jax.tree.leaves(args)))

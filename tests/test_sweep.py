@@ -1,7 +1,7 @@
 """Sweep construction, chunking and multi-device sharding."""
 
-
 import io
+import logging
 from functools import partial
 
 import jax
@@ -111,7 +111,7 @@ def test_update_progress_eta_leaves_out_compile_time():
     progress.close()
 
 
-def test_export_cache_round_trip_gives_identical_results(tmp_path):
+def test_export_cache_round_trip_gives_identical_results(tmp_path, caplog):
     train = ppo.make_train(ppo.Config(num_envs=2, num_steps=16, num_minibatches=2, total_timesteps=96))
     grid = sweep.grid(ppo.Hyper(), clip_eps=[0.1, 0.3])
     plain = sweep.run(train, grid, seeds=2)
@@ -125,6 +125,17 @@ def test_export_cache_round_trip_gives_identical_results(tmp_path):
     # A different program key (another Config) must not reuse the artefact.
     sweep.run(train, grid, seeds=2, export_cache=tmp_path, program_key="other")
     assert len(list(tmp_path.glob("*.jaxexport"))) == 2
+    # A damaged artefact is reported, replaced, and the job still trains the same numbers.
+    artefact = next(p for p in tmp_path.glob("*.jaxexport") if p.stat().st_mtime == min(
+        q.stat().st_mtime for q in tmp_path.glob("*.jaxexport")))
+    artefact.write_bytes(b"not a program")
+    sweep._EXECUTABLES.clear()
+    with caplog.at_level(logging.WARNING, logger="purerl.sweep"):
+        third = sweep.run(train, grid, seeds=2, export_cache=tmp_path, program_key="ppo-test")
+    assert any("is unreadable" in r.getMessage() and artefact.name in r.getMessage() for r in caplog.records)
+    assert artefact.stat().st_size > 100  # exported again
+    for name in plain.metrics:
+        np.testing.assert_array_equal(third.metrics[name], plain.metrics[name], err_msg=name)
 
 
 def test_export_cache_round_trip_with_final_state_skips_tracing(tmp_path):
