@@ -211,8 +211,8 @@ def profile(args: argparse.Namespace) -> None:
     `--profile-updates` updates in one compiled scan (vmapped over the seeds), and the
     ablations that motivated the current code."""
     from purerl.rl import on_policy, rollout
-    from purerl.rl.agent import build_env_and_network, make_value_fn
-    from purerl.rl.rollout import make_policy_sampler
+    from purerl.rl.agent import build_env_and_network
+    from purerl.rl.rollout import make_policy_sampler, make_value_fn
     from purerl.rl.training import adam_clipped, random_permutation
 
     config = ppo.Config()

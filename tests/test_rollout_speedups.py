@@ -26,7 +26,7 @@ from scipy import stats
 from purerl import envs
 from purerl.algos import ppo
 from purerl.rl import rollout
-from purerl.rl.agent import build_env_and_network, init_params, make_value_fn
+from purerl.rl.agent import build_env_and_network, init_params
 from purerl.rl.training import random_permutation, shuffled_minibatch_epochs
 
 NUM_ENVS, NUM_STEPS = 6, 40
@@ -183,7 +183,7 @@ def test_evaluate_values_with_last_obs_matches_direct_critic(highest_precision, 
     config = ppo.Config()
     env, env_params, network = build_env_and_network(config)
     params = init_params(network, env, env_params, jax.random.PRNGKey(0))
-    value_fn = jax.jit(make_value_fn(network, params))
+    value_fn = jax.jit(rollout.make_value_fn(network, params))
     num_steps, num_envs = 32, 4
     k_obs, k_final, k_ended, k_kind = jax.random.split(jax.random.PRNGKey(1), 4)
     states = jax.random.normal(k_obs, (num_steps + 1, num_envs, 4))  # s_0 .. s_T

@@ -1,6 +1,6 @@
 """The agent's pieces shared by every algorithm: env stack + network from a config,
-parameter initialisation, and the value function. (The rollout's policy, which applies
-the agent's own observation statistics, is `rollout.make_policy_sampler`.)"""
+parameter initialisation and observation statistics. (The networks as the rollout uses
+them are `rollout.make_policy_sampler` and `rollout.make_value_fn`.)"""
 
 from __future__ import annotations
 
@@ -57,8 +57,3 @@ def init_params(network: nn.Module, env: Any, env_params: Any, key: jax.Array) -
 
 def init_obs_stats(config: EnvConfig, env: Any, env_params: Any) -> RunningStats | None:
     return normalization.init(config.normalize_obs, observation_shape(env, env_params))
-
-
-def make_value_fn(network: nn.Module, params: Any):
-    """V(obs) for observations that are already normalised."""
-    return lambda obs: network.apply(params, obs, method=ActorCritic.value)

@@ -1,4 +1,10 @@
-"""Collecting on-policy experience from a vectorised gymnax env.
+"""Collecting experience from a vectorised gymnax env: the rollout scan (`collect`), the
+policy it steps with, and the critic pass over what it collected (`evaluate_values`).
+
+Randomness is drawn ahead, in named pieces: before the scan, `collect` draws every step's
+env randomness (`envs.PresampledStep`, taken by `env.step_presampled`) and the policy's
+(`RolloutPolicy.presample`: `GumbelNoise` for a categorical policy, the step keys for any
+other), so no step draws or decides what kind of randomness it was given.
 
 The rollout loop runs only the policy. Values are computed afterwards in batched critic
 passes over the buffer (`evaluate_values`): cheaper than a critic call per step, and
@@ -76,6 +82,58 @@ class EnvRunner:
 def init_runner(env: Any, env_params: Any, key: jax.Array) -> EnvRunner:
     obs, env_state = env.reset(key, env_params)
     return EnvRunner(env_state, obs)
+
+
+def collect(
+    env: Any,
+    env_params: Any,
+    policy: RolloutPolicy,
+    runner: EnvRunner,
+    key: jax.Array,
+    num_steps: int,
+) -> tuple[EnvRunner, Transition, EpisodeTotals]:
+    """Step the vectorised env (`envs.make_vec_env`) `num_steps` times with `policy`.
+
+    Step t uses the keys (policy, env) = split(split(key, num_steps)[t]). Everything random
+    in the rollout is drawn from them before the scan, in batched calls: the env's
+    randomness (`env.presample`, one `envs.PresampledStep` per step, taken by
+    `env.step_presampled`) and the policy's (`policy.presample`). On XLA:CPU each random
+    draw is a loop of its own (threefry's rounds run rolled), more ops than the rest of a
+    CartPole step. The transitions are the ones per-step draws from those keys give (flags
+    and actions bit for bit, floats to rounding; tests/test_rollout_speedups.py)."""
+    step_keys = jax.vmap(jax.random.split)(jax.random.split(key, num_steps))  # [T, 2]
+    policy_keys, env_keys = step_keys[:, 0], step_keys[:, 1]
+    env_noise = env.presample(env_keys, env_params)
+    policy_noise = policy.presample(policy_keys, runner.obs)
+
+    def step(carry, noise):
+        runner, totals = carry
+        policy_noise, env_noise = noise
+        action, log_prob = policy(runner.obs, policy_noise)
+        obs, env_state, reward, terminated, truncated, info = env.step_presampled(
+            env_noise, runner.env_state, action, env_params
+        )
+        done = info["episode_done"]
+        # Per-env sums in the carry; the sum over envs happens once, after the scan.
+        totals = EpisodeTotals(
+            totals.return_sum + jnp.where(done, info["episode_return"], 0.0),
+            totals.length_sum + jnp.where(done, info["episode_length"], 0).astype(jnp.float32),
+            totals.count + done.astype(jnp.int32),
+        )
+        transition = Transition(
+            obs=runner.obs,
+            action=action,
+            log_prob=log_prob,
+            reward=reward.astype(jnp.float32),
+            terminated=terminated,
+            truncated=truncated,
+            next_obs=info["final_observation"],
+        )
+        return (EnvRunner(env_state, obs), totals), transition
+
+    per_env = jax.tree.map(lambda x: jnp.zeros(runner.obs.shape[:1], x.dtype), EpisodeTotals.zeros())
+    (runner, totals), batch = lax.scan(step, (runner, per_env), (policy_noise, env_noise))
+    return runner, batch, jax.tree.map(jnp.sum, totals)
 
 
 # The two kinds of randomness a policy's step takes: `GumbelNoise` (a categorical policy
@@ -164,56 +222,9 @@ def make_policy_sampler(network: nn.Module, params: Any, obs_stats: RunningStats
     return KeyedPolicy(lambda obs, key: distribution(obs).sample_and_log_prob(seed=key))
 
 
-def collect(
-    env: Any,
-    env_params: Any,
-    policy: RolloutPolicy,
-    runner: EnvRunner,
-    key: jax.Array,
-    num_steps: int,
-) -> tuple[EnvRunner, Transition, EpisodeTotals]:
-    """Step the vectorised env (`envs.make_vec_env`) `num_steps` times with `policy`.
-
-    Step t uses the keys (policy, env) = split(split(key, num_steps)[t]). Everything random
-    in the rollout is drawn from them before the scan, in batched calls: the env's
-    randomness (`env.presample`, one `envs.PresampledStep` per step, taken by
-    `env.step_presampled`) and the policy's (`policy.presample`). On XLA:CPU each random
-    draw is a loop of its own (threefry's rounds run rolled), more ops than the rest of a
-    CartPole step. The transitions are the ones per-step draws from those keys give (flags
-    and actions bit for bit, floats to rounding; tests/test_rollout_speedups.py)."""
-    step_keys = jax.vmap(jax.random.split)(jax.random.split(key, num_steps))  # [T, 2]
-    policy_keys, env_keys = step_keys[:, 0], step_keys[:, 1]
-    env_noise = env.presample(env_keys, env_params)
-    policy_noise = policy.presample(policy_keys, runner.obs)
-
-    def step(carry, noise):
-        runner, totals = carry
-        policy_noise, env_noise = noise
-        action, log_prob = policy(runner.obs, policy_noise)
-        obs, env_state, reward, terminated, truncated, info = env.step_presampled(
-            env_noise, runner.env_state, action, env_params
-        )
-        done = info["episode_done"]
-        # Per-env sums in the carry; the sum over envs happens once, after the scan.
-        totals = EpisodeTotals(
-            totals.return_sum + jnp.where(done, info["episode_return"], 0.0),
-            totals.length_sum + jnp.where(done, info["episode_length"], 0).astype(jnp.float32),
-            totals.count + done.astype(jnp.int32),
-        )
-        transition = Transition(
-            obs=runner.obs,
-            action=action,
-            log_prob=log_prob,
-            reward=reward.astype(jnp.float32),
-            terminated=terminated,
-            truncated=truncated,
-            next_obs=info["final_observation"],
-        )
-        return (EnvRunner(env_state, obs), totals), transition
-
-    per_env = jax.tree.map(lambda x: jnp.zeros(runner.obs.shape[:1], x.dtype), EpisodeTotals.zeros())
-    (runner, totals), batch = lax.scan(step, (runner, per_env), (policy_noise, env_noise))
-    return runner, batch, jax.tree.map(jnp.sum, totals)
+def make_value_fn(network: nn.Module, params: Any) -> Callable[[jax.Array], jax.Array]:
+    """V(obs) of an `ActorCritic` for observations that are already normalised."""
+    return lambda obs: network.apply(params, obs, method=ActorCritic.value)
 
 
 def evaluate_values(
