@@ -82,7 +82,8 @@ class PresampledStep:
     For a gymnax env with the standard auto-reset step: `step_key` is the key of the
     transition itself and `reset_obs` / `reset_state` the episode start an auto-reset
     would use. For an env with its own `step`, `step_key` is the step's key itself and
-    the reset fields are None (nothing is presampled; `step` runs as usual).
+    the reset fields are None (nothing is presampled; `step_presampled` runs the env's own
+    `step` from that key).
     """
 
     step_key: jax.Array
