@@ -25,6 +25,7 @@ from scipy import stats
 
 from purerl import envs
 from purerl.algos import ppo
+from purerl.nets import ActorCritic
 from purerl.rl import rollout
 from purerl.rl.agent import build_env_and_network, init_params
 from purerl.rl.training import random_permutation, shuffled_minibatch_epochs
@@ -167,8 +168,8 @@ def test_collect_presampled_equals_per_step_keys(name, policy_type):
     assert type(sampler).__name__ == policy_type
     runner = rollout.init_runner(env, env_params, jax.random.PRNGKey(1))
 
-    def distrax_policy(obs, key):
-        return sampler.distribution(obs).sample_and_log_prob(seed=key)
+    def distrax_policy(obs, key):  # no observation statistics: the network sees raw observations
+        return network.apply(params, obs, method=ActorCritic.policy).sample_and_log_prob(seed=key)
 
     def both(key):
         presampled = rollout.collect(env, env_params, sampler, runner, key, NUM_STEPS)
