@@ -211,7 +211,8 @@ def profile(args: argparse.Namespace) -> None:
     `--profile-updates` updates in one compiled scan (vmapped over the seeds), and the
     ablations that motivated the current code."""
     from purerl.rl import on_policy, rollout
-    from purerl.rl.agent import build_env_and_network, make_policy_sampler, make_value_fn
+    from purerl.rl.agent import build_env_and_network
+    from purerl.rl.rollout import make_policy_sampler, make_value_fn
     from purerl.rl.training import adam_clipped, random_permutation
 
     config = ppo.Config()
@@ -239,9 +240,19 @@ def profile(args: argparse.Namespace) -> None:
         runner, batch, totals = rollout.collect(env, env_params, policy_fn, state.runner, key, config.num_steps)
         return keep(state.replace(runner=runner), batch, totals)
 
+    def per_step_gumbel(state):
+        """The lean categorical sampler, drawing its Gumbel noise inside each step."""
+        policy = make_policy_sampler(network, state.params, state.obs_stats)
+
+        def policy_fn(obs, key):
+            dist = policy.distribution(obs)
+            return rollout.sample_categorical(dist, rollout.gumbel_noise(dist, key))
+
+        return policy_fn
+
     def rollout_per_step_rng(state, key):
         """The rollout as it was: every step splits its keys and the env draws its own."""
-        policy_fn = make_policy_sampler(network, state.params, state.obs_stats)
+        policy_fn = per_step_gumbel(state)
 
         def step(runner, step_key):
             policy_key, env_key = jax.random.split(step_key)
@@ -258,9 +269,8 @@ def profile(args: argparse.Namespace) -> None:
 
     def rollout_policy_per_step(state, key):
         """Env randomness presampled, the policy's Gumbel noise drawn per step."""
-        policy_fn = make_policy_sampler(network, state.params, state.obs_stats)
         runner, batch, totals = rollout.collect(
-            env, env_params, lambda obs, k: policy_fn(obs, k), state.runner, key, config.num_steps
+            env, env_params, rollout.KeyedPolicy(per_step_gumbel(state)), state.runner, key, config.num_steps
         )
         return keep(state.replace(runner=runner), batch, totals)
 

@@ -29,8 +29,14 @@ from jax.flatten_util import ravel_pytree
 from purerl.nets import ActorCritic
 from purerl.rl import advantages as adv
 from purerl.rl import group, losses
-from purerl.rl.agent import build_env_and_network, make_policy_sampler, make_value_fn
-from purerl.rl.rollout import collect_first_episodes, evaluate_values, flatten_time
+from purerl.rl.agent import build_env_and_network
+from purerl.rl.rollout import (
+    collect_first_episodes,
+    evaluate_values,
+    flatten_time,
+    make_policy_sampler,
+    make_value_fn,
+)
 
 ESTIMATORS = ("none", "standardised", "value", "gae", "group")
 

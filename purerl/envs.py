@@ -10,12 +10,17 @@ Stack built by `make_vec_env` (innermost first):
     gymnax env -> AutoReset -> VectorObservation (non-vector obs) -> ClipAction /
     RescaleAction (continuous) -> EpisodeStatistics -> VecEnv (num_envs copies, vmapped)
 
-Presampled steps (speed): every `step(key, ...)` of gymnax draws random numbers (split
-the key, sample a reset state), and on XLA:CPU every draw is a small loop of its own;
-inside a rollout scan those draws cost about as much as the rest of the env step.
-`VecEnv.presample(keys)` draws the randomness of a whole rollout in one batched call,
-and `step` accepts the result (`PresampledStep`) in place of the key, giving exactly the
-transition `step(key)` gives. The wrappers in between pass the key through untouched.
+Two ways to step, each taking exactly one kind of randomness:
+- `step(key, state, action, params)`: gymnax's own signature, drawing from `key`
+  (evaluation, tests, anything stepping an env by hand).
+- `step_presampled(sample, state, action, params)`: the same transition from a
+  `PresampledStep` drawn ahead by `presample` (the rollout, `rollout.collect`). Every
+  `step(key)` of gymnax draws random numbers (split the key, sample a reset state), and
+  on XLA:CPU every draw is a small loop of its own; inside a rollout scan those draws
+  cost about as much as the rest of the env step. `VecEnv.presample(keys)` draws the
+  randomness of a whole rollout in one batched call instead.
+Each wrapper writes what it does around the inner step once (`Wrapper.wrap_step`), and
+both entry points run it, handing the randomness to the inner env untouched.
 
 Observation normalisation is not an env wrapper: its running statistics belong to the
 agent (purerl.rl.normalization), so episodic collectors that reset the envs every update,
@@ -24,6 +29,7 @@ evaluation and saved policies all see the same statistics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnax
@@ -34,6 +40,9 @@ from flax import struct
 from gymnax.environments import spaces
 
 ENV_NAMES: tuple[str, ...] = tuple(gymnax.registered_envs)
+
+# (obs, state, reward, terminated, truncated, info): gymnax 1.x's step result.
+StepResult = tuple[Any, Any, jax.Array, jax.Array, jax.Array, dict[str, Any]]
 
 
 def make_env(name: str, **env_kwargs: Any) -> tuple[Any, Any]:
@@ -66,6 +75,22 @@ def action_dim(env: Any, params: Any) -> int:
     raise ValueError(f"unsupported action space {space!r}: only Discrete and Box are handled")
 
 
+@struct.dataclass
+class PresampledStep:
+    """Everything random in one step of one env, drawn ahead of time from the step's key.
+
+    For a gymnax env with the standard auto-reset step: `step_key` is the key of the
+    transition itself and `reset_obs` / `reset_state` the episode start an auto-reset
+    would use. For an env with its own `step`, `step_key` is the step's key itself and
+    the reset fields are None (nothing is presampled; `step_presampled` runs the env's own
+    `step` from that key).
+    """
+
+    step_key: jax.Array
+    reset_obs: Any = None
+    reset_state: Any = None
+
+
 class Wrapper:
     """Forwards everything it does not override to the wrapped environment."""
 
@@ -75,27 +100,26 @@ class Wrapper:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._env, name)
 
+    def step(self, key: jax.Array, state: Any, action: jax.Array, params: Any = None) -> StepResult:
+        """gymnax's step, its randomness drawn from `key`."""
+        return self.wrap_step(self._env.step, key, state, action, params)
 
-@struct.dataclass
-class PresampledStep:
-    """Everything random in one step of one env, drawn ahead of time from the step's key.
+    def step_presampled(self, sample: PresampledStep, state: Any, action: jax.Array, params: Any = None) -> StepResult:
+        """The transition `step(key)` gives, its randomness taken from `sample` (`presample(key)`)."""
+        return self.wrap_step(self._env.step_presampled, sample, state, action, params)
 
-    For a gymnax env with the standard auto-reset step: `step_key` is the key of the
-    transition itself and `reset_obs` / `reset_state` the episode start an auto-reset
-    would use. For an env with its own `step`, `step_key` is the step's key itself and
-    the reset fields are None (nothing is presampled; `step` runs as usual).
-    """
-
-    step_key: jax.Array
-    reset_obs: Any = None
-    reset_state: Any = None
+    def wrap_step(self, inner_step: Callable[..., StepResult], randomness: Any, state: Any, action: jax.Array,
+                  params: Any) -> StepResult:
+        """What this wrapper does around the inner env's step (`inner_step` is its `step` or
+        its `step_presampled`, `randomness` that step's key or sample, passed on as it is)."""
+        return inner_step(randomness, state, action, params)
 
 
 class AutoReset(Wrapper):
     """gymnax's auto-resetting `step`, able to take its randomness presampled.
 
-    `step(key)` is the env's own step. `step(presample(key))` is the same transition
-    computed from presampled randomness: gymnax's `Environment.step` splits the key into
+    `step(key)` is the env's own step. `step_presampled(presample(key))` is the same
+    transition computed from presampled randomness: gymnax's `Environment.step` splits the key into
     a step key and a reset key, steps, resets, and selects the reset on done; here the
     split and the reset happen in `presample` (batched over a rollout by VecEnv) and the
     step only selects. Envs that override `step` (e.g. bsuite's DeepSea) keep theirs.
@@ -105,26 +129,25 @@ class AutoReset(Wrapper):
         super().__init__(env)
         self._standard_step = type(env).step is gymnax.environments.environment.Environment.step
 
-    def presample(self, key: jax.Array, params=None) -> PresampledStep:
+    def presample(self, key: jax.Array, params: Any = None) -> PresampledStep:
+        """The randomness `step(key)` would draw: the split gymnax's step makes, and the reset."""
         if not self._standard_step:
             return PresampledStep(key)
         params = self._env.default_params if params is None else params
-        key_step, key_reset = jax.random.split(key)  # the split gymnax's step makes
+        key_step, key_reset = jax.random.split(key)
         reset_obs, reset_state = self._env.reset_env(key_reset, params)
         return PresampledStep(key_step, reset_obs, reset_state)
 
-    def step(self, key, state, action, params=None):
-        if not isinstance(key, PresampledStep):
-            return self._env.step(key, state, action, params)
-        if key.reset_state is None:
-            return self._env.step(key.step_key, state, action, params)
+    def step_presampled(self, sample: PresampledStep, state: Any, action: jax.Array, params: Any = None) -> StepResult:
+        if not self._standard_step:  # an env with its own step draws from the step's key
+            return self._env.step(sample.step_key, state, action, params)
         # gymnax 1.0.1 Environment.step, with the reset taken from the presample.
         params = self._env.default_params if params is None else params
-        obs_st, state_st, reward, terminated, info = self._env.step_env(key.step_key, state, action, params)
+        obs_st, state_st, reward, terminated, info = self._env.step_env(sample.step_key, state, action, params)
         truncated = self._env.is_truncated(state_st, params)
         done = jnp.logical_or(terminated, truncated)
-        state = jax.tree.map(lambda re, st: jax.lax.select(done, re, st), key.reset_state, state_st)
-        obs = jax.tree.map(lambda re, st: jax.lax.select(done, re, st), key.reset_obs, obs_st)
+        state = jax.tree.map(lambda re, st: jax.lax.select(done, re, st), sample.reset_state, state_st)
+        obs = jax.tree.map(lambda re, st: jax.lax.select(done, re, st), sample.reset_obs, obs_st)
         info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
         return obs, state, reward, terminated, truncated, info
 
@@ -160,8 +183,8 @@ class VectorObservation(Wrapper):
         obs, state = self._env.reset(key, params)
         return self._vector(obs), state
 
-    def step(self, key, state, action, params=None):
-        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
+    def wrap_step(self, inner_step, randomness, state, action, params):
+        obs, state, reward, terminated, truncated, info = inner_step(randomness, state, action, params)
         info = {**info, "final_observation": self._vector(info["final_observation"])}
         return self._vector(obs), state, reward, terminated, truncated, info
 
@@ -169,20 +192,20 @@ class VectorObservation(Wrapper):
 class ClipAction(Wrapper):
     """Clips continuous actions to the Box bounds (the policy's Gaussian is unbounded)."""
 
-    def step(self, key, state, action, params=None):
+    def wrap_step(self, inner_step, randomness, state, action, params):
         space = self._env.action_space(params if params is not None else self.default_params)
         action = jnp.clip(action, space.low, space.high)
-        return self._env.step(key, state, action, params)
+        return inner_step(randomness, state, action, params)
 
 
 class RescaleAction(Wrapper):
     """Maps actions in [-1, 1] affinely onto the Box bounds (then clips)."""
 
-    def step(self, key, state, action, params=None):
+    def wrap_step(self, inner_step, randomness, state, action, params):
         space = self._env.action_space(params if params is not None else self.default_params)
         low, high = jnp.asarray(space.low), jnp.asarray(space.high)
         action = low + (jnp.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
-        return self._env.step(key, state, action, params)
+        return inner_step(randomness, state, action, params)
 
 
 @struct.dataclass
@@ -204,9 +227,9 @@ class EpisodeStatistics(Wrapper):
         obs, env_state = self._env.reset(key, params)
         return obs, EpisodeStatisticsState(env_state, jnp.float32(0.0), jnp.int32(0))
 
-    def step(self, key, state, action, params=None):
-        obs, env_state, reward, terminated, truncated, info = self._env.step(
-            key, state.env_state, action, params
+    def wrap_step(self, inner_step, randomness, state, action, params):
+        obs, env_state, reward, terminated, truncated, info = inner_step(
+            randomness, state.env_state, action, params
         )
         done = jnp.logical_or(terminated, truncated)
         episode_return = state.episode_return + reward.astype(jnp.float32)
@@ -236,17 +259,20 @@ class VecEnv(Wrapper):
         keys = jax.random.split(key, self.num_envs)
         return jax.vmap(self._env.reset, in_axes=(0, None))(keys, params)
 
-    def presample(self, keys: jax.Array, params=None) -> PresampledStep:
+    def presample(self, keys: jax.Array, params: Any = None) -> PresampledStep:
         """The randomness of `step(keys[t], ...)` for every t, drawn in one batched call:
-        `step(presampled[t], ...)` (leaves [T, num_envs, ...]) == `step(keys[t], ...)`."""
+        `step_presampled(presampled[t], ...)` (leaves [T, num_envs, ...]) == `step(keys[t], ...)`."""
         env_keys = jax.vmap(lambda key: jax.random.split(key, self.num_envs))(keys)
         presample = jax.vmap(self._env.presample, in_axes=(0, None))
         return jax.vmap(presample, in_axes=(0, None))(env_keys, params)
 
-    def step(self, key, state, action, params=None):
-        """`key`: a key (split into one per env) or one step of `presample` (per env already)."""
-        keys = key if isinstance(key, PresampledStep) else jax.random.split(key, self.num_envs)
-        return jax.vmap(self._env.step, in_axes=(0, 0, 0, None))(keys, state, action, params)
+    def step(self, key: jax.Array, state: Any, action: jax.Array, params: Any = None) -> StepResult:
+        """One key for all copies, split into one per copy."""
+        return self.wrap_step(self._env.step, jax.random.split(key, self.num_envs), state, action, params)
+
+    def wrap_step(self, inner_step, randomness, state, action, params):
+        # `randomness` is per copy already: split keys, or one step of `presample`.
+        return jax.vmap(inner_step, in_axes=(0, 0, 0, None))(randomness, state, action, params)
 
 
 def make_vec_env(

@@ -1,10 +1,11 @@
 """The rollout's speed-ups give the numbers of the plain code they replace.
 
-- Presampled env steps (`AutoReset`, `VecEnv.presample`) == gymnax's own `env.step(key)`
+- Presampled env steps (`step_presampled` on `VecEnv.presample`) == gymnax's own `env.step(key)`
   across auto-resets (flags exactly, floats to rounding): CartPole (discrete), Pendulum
   (continuous, truncation) and DeepSea (an env with its own `step`, drawing per step).
-- The lean categorical sampler (per-step key or presampled Gumbel noise) == distrax's
-  `sample_and_log_prob`.
+- The lean categorical sampler (Gumbel noise from a per-step key, or presampled for a
+  rollout) == distrax's `sample_and_log_prob`.
+- `collect` (all randomness presampled) == a plain scan drawing from per-step keys.
 - `evaluate_values` with `last_obs` == a direct critic call on every next observation,
   including V(final observation) on truncated rows.
 - `random_permutation` is a permutation, reproducible, and uniform (chi-square).
@@ -24,8 +25,9 @@ from scipy import stats
 
 from purerl import envs
 from purerl.algos import ppo
+from purerl.nets import ActorCritic
 from purerl.rl import rollout
-from purerl.rl.agent import PolicySampler, build_env_and_network, init_params, make_value_fn
+from purerl.rl.agent import build_env_and_network, init_params
 from purerl.rl.training import random_permutation, shuffled_minibatch_epochs
 
 NUM_ENVS, NUM_STEPS = 6, 40
@@ -41,19 +43,6 @@ def assert_same(got, want):
             np.testing.assert_allclose(have, expected, **tol())
         else:
             np.testing.assert_array_equal(have, expected)
-
-
-class PerKeyEnv:
-    """The env stack without `presample`: every step draws from its own key, as before."""
-
-    def __init__(self, env):
-        self._env = env
-
-    def reset(self, key, params=None):
-        return self._env.reset(key, params)
-
-    def step(self, key, state, action, params=None):
-        return self._env.step(key, state, action, params)
 
 
 def _random_actions(env, params, key, shape):
@@ -85,7 +74,7 @@ def _trajectories(name, env_params_update=None):
 
     def presampled(state, inputs):
         sample, action = inputs
-        obs, state, reward, terminated, truncated, info = vec.step(sample, state, action, params)
+        obs, state, reward, terminated, truncated, info = vec.step_presampled(sample, state, action, params)
         return state, (obs, reward, terminated, truncated, info["final_observation"])
 
     run = jax.jit(lambda: (
@@ -113,14 +102,15 @@ def test_lean_categorical_equals_distrax():
     logits = jax.random.normal(jax.random.PRNGKey(0), (NUM_ENVS, 5)) * 3.0
     dist = distrax.Categorical(logits=logits)
     keys = jax.random.split(jax.random.PRNGKey(1), 64)
-    noise = rollout.presample_policy_noise(dist, keys)
+    policy = rollout.CategoricalPolicy(lambda obs: dist)
+    noise = policy.presample(keys, None)
 
     @jax.jit
     def draws(keys, noise):
         return (
             jax.vmap(lambda k: dist.sample_and_log_prob(seed=k))(keys),
-            jax.vmap(lambda k: rollout.sample_and_log_prob(dist, k))(keys),
-            jax.vmap(lambda n: rollout.sample_and_log_prob(dist, n))(noise),
+            jax.vmap(lambda k: rollout.sample_categorical(dist, rollout.gumbel_noise(dist, k)))(keys),
+            jax.vmap(lambda n: policy(None, n))(noise),
         )
 
     (want_action, want_log_prob), (lean_action, lean_log_prob), (pre_action, pre_log_prob) = draws(keys, noise)
@@ -128,29 +118,67 @@ def test_lean_categorical_equals_distrax():
     for action, log_prob in [(lean_action, lean_log_prob), (pre_action, pre_log_prob)]:
         np.testing.assert_array_equal(np.asarray(action), np.asarray(want_action))
         np.testing.assert_allclose(np.asarray(log_prob), np.asarray(want_log_prob), **tol())
-    # Non-categorical policies keep distrax's own draw; Gumbel noise for them is an error.
-    normal = distrax.Normal(jnp.zeros(3), jnp.ones(3))
-    assert rollout.presample_policy_noise(normal, keys) is keys
-    with pytest.raises(ValueError, match="GumbelNoise"):
-        rollout.sample_and_log_prob(normal, noise)
-
-
-def test_collect_presampled_equals_per_step_keys():
-    """collect() on the make_vec_env stack with a PolicySampler (env randomness and Gumbel
-    noise presampled) == the same env and policy drawing from per-step keys."""
-    config = ppo.Config(num_envs=NUM_ENVS, num_steps=NUM_STEPS)
+    # Non-categorical policies keep distrax's own draw from the step's key; Gumbel noise
+    # for them is an error.
+    config = ppo.Config(env="Pendulum-v1", num_envs=NUM_ENVS, num_steps=NUM_STEPS)
     env, env_params, network = build_env_and_network(config)
     params = init_params(network, env, env_params, jax.random.PRNGKey(0))
-    sampler = PolicySampler(network, params)
+    gaussian = rollout.make_policy_sampler(network, params)
+    assert isinstance(gaussian, rollout.KeyedPolicy) and gaussian.presample(keys, None) is keys
+    normal = distrax.Normal(jnp.zeros(3), jnp.ones(3))
+    with pytest.raises(ValueError, match="GumbelNoise"):
+        rollout.sample_categorical(normal, noise)
+
+
+def _per_step_collect(env, env_params, policy_fn, runner, key, num_steps):
+    """collect()'s reference: a plain scan where step t draws from its keys (policy, env) =
+    split(split(key, num_steps)[t]) with gymnax's `env.step(key)` and `policy_fn(obs, key)`."""
+
+    def step(carry, step_key):
+        runner, totals = carry
+        policy_key, env_key = jax.random.split(step_key)
+        action, log_prob = policy_fn(runner.obs, policy_key)
+        obs, env_state, reward, terminated, truncated, info = env.step(env_key, runner.env_state, action, env_params)
+        done = info["episode_done"]
+        totals = rollout.EpisodeTotals(
+            totals.return_sum + jnp.sum(jnp.where(done, info["episode_return"], 0.0)),
+            totals.length_sum + jnp.sum(jnp.where(done, info["episode_length"], 0)).astype(jnp.float32),
+            totals.count + jnp.sum(done, dtype=jnp.int32),
+        )
+        transition = rollout.Transition(
+            runner.obs, action, log_prob, reward.astype(jnp.float32), terminated, truncated, info["final_observation"]
+        )
+        return (rollout.EnvRunner(env_state, obs), totals), transition
+
+    (runner, totals), batch = jax.lax.scan(
+        step, (runner, rollout.EpisodeTotals.zeros()), jax.random.split(key, num_steps)
+    )
+    return runner, batch, totals
+
+
+@pytest.mark.parametrize("name, policy_type", [("CartPole-v1", "CategoricalPolicy"), ("Pendulum-v1", "KeyedPolicy")])
+def test_collect_presampled_equals_per_step_keys(name, policy_type):
+    """collect() on the make_vec_env stack with the PPO policy sampler (env randomness and
+    Gumbel noise presampled; Pendulum: through ClipAction, the Gaussian drawing from its
+    step keys) == the same env and distrax's policy drawing from per-step keys."""
+    config = ppo.Config(env=name, num_envs=NUM_ENVS, num_steps=NUM_STEPS)
+    env, env_params, network = build_env_and_network(config)
+    params = init_params(network, env, env_params, jax.random.PRNGKey(0))
+    sampler = rollout.make_policy_sampler(network, params)
+    assert type(sampler).__name__ == policy_type
     runner = rollout.init_runner(env, env_params, jax.random.PRNGKey(1))
+
+    def distrax_policy(obs, key):  # no observation statistics: the network sees raw observations
+        return network.apply(params, obs, method=ActorCritic.policy).sample_and_log_prob(seed=key)
 
     def both(key):
         presampled = rollout.collect(env, env_params, sampler, runner, key, NUM_STEPS)
-        per_step = rollout.collect(PerKeyEnv(env), env_params, lambda o, k: sampler(o, k), runner, key, NUM_STEPS)
+        per_step = _per_step_collect(env, env_params, distrax_policy, runner, key, NUM_STEPS)
         return presampled, per_step
 
     presampled, per_step = jax.jit(both)(jax.random.PRNGKey(2))
-    assert np.asarray(per_step[1].terminated).any()
+    if name == "CartPole-v1":  # Pendulum's episodes outlast the rollout; its auto-reset is tested above
+        assert np.asarray(per_step[1].terminated).any()
     assert_same(presampled, per_step)
 
 
@@ -159,7 +187,7 @@ def test_evaluate_values_with_last_obs_matches_direct_critic(highest_precision, 
     config = ppo.Config()
     env, env_params, network = build_env_and_network(config)
     params = init_params(network, env, env_params, jax.random.PRNGKey(0))
-    value_fn = jax.jit(make_value_fn(network, params))
+    value_fn = jax.jit(rollout.make_value_fn(network, params))
     num_steps, num_envs = 32, 4
     k_obs, k_final, k_ended, k_kind = jax.random.split(jax.random.PRNGKey(1), 4)
     states = jax.random.normal(k_obs, (num_steps + 1, num_envs, 4))  # s_0 .. s_T

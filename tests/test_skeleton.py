@@ -17,10 +17,10 @@ import pytest
 from purerl import sweep
 from purerl.algos import ppo, reinforce
 from purerl.rl import losses, normalization
-from purerl.rl.agent import build_env_and_network, init_params, make_value_fn
+from purerl.rl.agent import build_env_and_network, init_params
 from purerl.rl.loop import host_metrics
 from purerl.rl.on_policy import TrainState, collect_rollout, gae
-from purerl.rl.rollout import init_runner
+from purerl.rl.rollout import init_runner, make_value_fn
 
 
 # ---------------------------------------------------------------- 1. normalisation lives in the agent

@@ -1,6 +1,6 @@
 """The agent's pieces shared by every algorithm: env stack + network from a config,
-parameter initialisation, and policy / value functions that apply the agent's own
-observation statistics (purerl.rl.normalization)."""
+parameter initialisation and observation statistics. (The networks as the rollout uses
+them are `rollout.make_policy_sampler` and `rollout.make_value_fn`.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from purerl import envs
 from purerl.config import EnvConfig
 from purerl.nets import ActorCritic
-from purerl.rl import normalization, rollout
+from purerl.rl import normalization
 from purerl.rl.normalization import RunningStats
 
 # network_factory(config, action_dim, discrete) -> flax module
@@ -57,35 +57,3 @@ def init_params(network: nn.Module, env: Any, env_params: Any, key: jax.Array) -
 
 def init_obs_stats(config: EnvConfig, env: Any, env_params: Any) -> RunningStats | None:
     return normalization.init(config.normalize_obs, observation_shape(env, env_params))
-
-
-class PolicySampler:
-    """policy_fn(raw_obs, key) -> (action, log_prob) for `rollout.collect`; actor only.
-
-    `presample(keys [T], obs [N, ...])` draws the policy's randomness for T steps at once
-    (`rollout.presample_policy_noise`); calling with `presample(...)[t]` in place of
-    `keys[t]` gives the same action and log-probability."""
-
-    def __init__(self, network: nn.Module, params: Any, obs_stats: RunningStats | None = None):
-        self.network, self.params, self.obs_stats = network, params, obs_stats
-
-    def distribution(self, obs: jax.Array) -> Any:
-        normalized = normalization.normalize(self.obs_stats, obs)
-        return self.network.apply(self.params, normalized, method=ActorCritic.policy)
-
-    def __call__(self, obs: jax.Array, key: Any) -> tuple[jax.Array, jax.Array]:
-        return rollout.sample_and_log_prob(self.distribution(obs), key)
-
-    def presample(self, keys: jax.Array, obs: jax.Array) -> Any:
-        # Only the distribution's type and shape are used: XLA drops this forward pass.
-        return rollout.presample_policy_noise(self.distribution(obs), keys)
-
-
-def make_policy_sampler(network: nn.Module, params: Any, obs_stats: RunningStats | None = None) -> PolicySampler:
-    """policy_fn(raw_obs, key) -> (action, log_prob) for `rollout.collect` (a `PolicySampler`)."""
-    return PolicySampler(network, params, obs_stats)
-
-
-def make_value_fn(network: nn.Module, params: Any):
-    """V(obs) for observations that are already normalised."""
-    return lambda obs: network.apply(params, obs, method=ActorCritic.value)

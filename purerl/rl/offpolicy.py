@@ -43,7 +43,15 @@ from purerl.nets import check_activation
 from purerl.rl import normalization, replay
 from purerl.rl.loop import OnUpdate, run_updates
 from purerl.rl.normalization import RunningStats
-from purerl.rl.rollout import EnvRunner, EpisodeTotals, collect, flatten_time, init_runner, normalize_observations
+from purerl.rl.rollout import (
+    EnvRunner,
+    EpisodeTotals,
+    KeyedPolicy,
+    collect,
+    flatten_time,
+    init_runner,
+    normalize_observations,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +181,7 @@ def make_loop(
             return action, jnp.zeros(obs.shape[:1])
 
         runner, batch, totals = collect(
-            env, env_params, policy_fn, state.runner, collect_key, config.train_frequency
+            env, env_params, KeyedPolicy(policy_fn), state.runner, collect_key, config.train_frequency
         )
         stored = replay.Transition(
             batch.obs, batch.action, batch.reward, batch.terminated, batch.truncated, batch.next_obs

@@ -20,7 +20,7 @@ from purerl.config import OnPolicyConfig, ValidatedHyper, hyper_field
 from purerl.nets import ActorCritic
 from purerl.rl import advantages as adv
 from purerl.rl import losses, normalization
-from purerl.rl.agent import init_obs_stats, init_params, make_policy_sampler, make_value_fn
+from purerl.rl.agent import init_obs_stats, init_params
 from purerl.rl.normalization import RunningStats
 from purerl.rl.rollout import (
     EnvRunner,
@@ -30,6 +30,8 @@ from purerl.rl.rollout import (
     collect_first_episodes,
     evaluate_values,
     init_runner,
+    make_policy_sampler,
+    make_value_fn,
     normalize_observations,
 )
 from purerl.rl.training import linear_decay

@@ -1,4 +1,10 @@
-"""Collecting on-policy experience from a vectorised gymnax env.
+"""Collecting experience from a vectorised gymnax env: the rollout scan (`collect`), the
+policy it steps with, and the critic pass over what it collected (`evaluate_values`).
+
+Randomness is drawn ahead, in named pieces: before the scan, `collect` draws every step's
+env randomness (`envs.PresampledStep`, taken by `env.step_presampled`) and the policy's
+(`RolloutPolicy.presample`: `GumbelNoise` for a categorical policy, the step keys for any
+other), so no step draws or decides what kind of randomness it was given.
 
 The rollout loop runs only the policy. Values are computed afterwards in batched critic
 passes over the buffer (`evaluate_values`): cheaper than a critic call per step, and
@@ -10,15 +16,17 @@ per-step is kept beyond the training batch itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import distrax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
 from jax import lax
 
-from purerl.rl.normalization import normalize
+from purerl.nets import ActorCritic
+from purerl.rl.normalization import RunningStats, normalize
 
 
 @struct.dataclass
@@ -76,75 +84,34 @@ def init_runner(env: Any, env_params: Any, key: jax.Array) -> EnvRunner:
     return EnvRunner(env_state, obs)
 
 
-PolicyFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-
-
-@struct.dataclass
-class GumbelNoise:
-    """The randomness of one categorical draw, drawn ahead of time: for a key k and
-    logits [..., A], `jax.random.categorical(k, logits)` is argmax(logits + gumbel(k, [..., A]))."""
-
-    noise: jax.Array
-
-
-def presample_policy_noise(dist: distrax.Distribution, keys: jax.Array) -> Any:
-    """The randomness of `sample_and_log_prob(dist', keys[t])` for every t, in one batched
-    call, for distributions `dist'` shaped like `dist`: `GumbelNoise` [T, ..., A] for a
-    categorical policy; other policies get `keys` back (they draw per step)."""
-    if type(dist) is not distrax.Categorical:
-        return keys
-    shape, dtype = dist.logits.shape, dist.logits.dtype
-    return GumbelNoise(jax.vmap(lambda key: jax.random.gumbel(key, shape, dtype))(keys))
-
-
-def sample_and_log_prob(dist: distrax.Distribution, key: Any) -> tuple[jax.Array, jax.Array]:
-    """`dist.sample_and_log_prob(seed=key)`, leaner for a categorical policy, whose `key`
-    may also be its presampled `GumbelNoise` (`presample_policy_noise`).
-
-    distrax's categorical path validates the probabilities (a softmax), draws with an
-    extra sample axis, and takes the log-probability through a one-hot product: about
-    20 small ops per rollout step. The draw and log-probability here are the same numbers
-    (distrax keeps its logits log-softmax-normalised; tests/test_rollout_speedups.py);
-    only distrax's -1 for non-finite probabilities is not reproduced."""
-    if type(dist) is not distrax.Categorical:
-        if isinstance(key, GumbelNoise):
-            raise ValueError(f"GumbelNoise is the randomness of a categorical policy, got {type(dist).__name__}")
-        return dist.sample_and_log_prob(seed=key)
-    log_probs = dist.logits
-    if isinstance(key, GumbelNoise):
-        action = jnp.argmax(key.noise + log_probs, axis=-1)  # jax.random.categorical's own formula
-    else:
-        action = jax.random.categorical(key, log_probs)
-    return action, jnp.take_along_axis(log_probs, action[..., None], axis=-1)[..., 0]
-
-
 def collect(
     env: Any,
     env_params: Any,
-    policy_fn: PolicyFn,
+    policy: RolloutPolicy,
     runner: EnvRunner,
     key: jax.Array,
     num_steps: int,
 ) -> tuple[EnvRunner, Transition, EpisodeTotals]:
-    """Step the vectorised env `num_steps` times with `policy_fn(obs, key) -> (action, log_prob)`.
+    """Step the vectorised env (`envs.make_vec_env`) `num_steps` times with `policy`.
 
-    Step t uses the keys (policy, env) = split(split(key, num_steps)[t]). All of them,
-    the env's own randomness (`VecEnv.presample`) and the policy's (`policy_fn.presample`
-    where it has one, e.g. `agent.PolicySampler`) are drawn before the scan in batched calls:
-    on XLA:CPU each random draw is a loop of its own (threefry's rounds run rolled), more
-    ops than the rest of a CartPole step. The transitions are the ones per-step draws
-    give (flags and actions bit for bit, floats to rounding; tests/test_rollout_speedups.py)."""
+    Step t uses the keys (policy, env) = split(split(key, num_steps)[t]). Everything random
+    in the rollout is drawn from them before the scan, in batched calls: the env's
+    randomness (`env.presample`, one `envs.PresampledStep` per step, taken by
+    `env.step_presampled`) and the policy's (`policy.presample`). On XLA:CPU each random
+    draw is a loop of its own (threefry's rounds run rolled), more ops than the rest of a
+    CartPole step. The transitions are the ones per-step draws from those keys give (flags
+    and actions bit for bit, floats to rounding; tests/test_rollout_speedups.py)."""
     step_keys = jax.vmap(jax.random.split)(jax.random.split(key, num_steps))  # [T, 2]
     policy_keys, env_keys = step_keys[:, 0], step_keys[:, 1]
-    env_inputs = env.presample(env_keys, env_params) if hasattr(env, "presample") else env_keys
-    policy_inputs = policy_fn.presample(policy_keys, runner.obs) if hasattr(policy_fn, "presample") else policy_keys
+    env_noise = env.presample(env_keys, env_params)
+    policy_noise = policy.presample(policy_keys, runner.obs)
 
-    def step(carry, inputs):
+    def step(carry, noise):
         runner, totals = carry
-        policy_key, env_input = inputs
-        action, log_prob = policy_fn(runner.obs, policy_key)
-        obs, env_state, reward, terminated, truncated, info = env.step(
-            env_input, runner.env_state, action, env_params
+        policy_noise, env_noise = noise
+        action, log_prob = policy(runner.obs, policy_noise)
+        obs, env_state, reward, terminated, truncated, info = env.step_presampled(
+            env_noise, runner.env_state, action, env_params
         )
         done = info["episode_done"]
         # Per-env sums in the carry; the sum over envs happens once, after the scan.
@@ -165,8 +132,99 @@ def collect(
         return (EnvRunner(env_state, obs), totals), transition
 
     per_env = jax.tree.map(lambda x: jnp.zeros(runner.obs.shape[:1], x.dtype), EpisodeTotals.zeros())
-    (runner, totals), batch = lax.scan(step, (runner, per_env), (policy_inputs, env_inputs))
+    (runner, totals), batch = lax.scan(step, (runner, per_env), (policy_noise, env_noise))
     return runner, batch, jax.tree.map(jnp.sum, totals)
+
+
+# The two kinds of randomness a policy's step takes: `GumbelNoise` (a categorical policy
+# presampled) or a key (any other policy, drawing inside its step).
+PolicyNoise = Any
+
+
+class RolloutPolicy(Protocol):
+    """What `collect` steps with: `presample(keys [T], obs [N, ...])` draws the randomness
+    of T steps ahead (leaves [T, ...]), and `policy(obs, noise[t]) -> (action, log_prob)`
+    acts with step t's share. Each policy takes one kind of noise, fixed when it is built."""
+
+    def presample(self, keys: jax.Array, obs: jax.Array) -> PolicyNoise: ...
+
+    def __call__(self, obs: jax.Array, noise: PolicyNoise) -> tuple[jax.Array, jax.Array]: ...
+
+
+class KeyedPolicy:
+    """A policy function `fn(obs, key) -> (action, log_prob)` as a `RolloutPolicy`: its
+    noise is the step's key, and it draws inside its step."""
+
+    def __init__(self, fn: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]):
+        self.fn = fn
+
+    def presample(self, keys: jax.Array, obs: jax.Array) -> jax.Array:
+        return keys
+
+    def __call__(self, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.fn(obs, key)
+
+
+@struct.dataclass
+class GumbelNoise:
+    """The randomness of one categorical draw, drawn ahead of time: for a key k and
+    logits [..., A], `jax.random.categorical(k, logits)` is argmax(logits + gumbel(k, [..., A]))."""
+
+    noise: jax.Array
+
+
+def gumbel_noise(dist: distrax.Categorical, key: jax.Array) -> GumbelNoise:
+    """The randomness `jax.random.categorical(key, dist.logits)` draws (its own formula)."""
+    return GumbelNoise(jax.random.gumbel(key, dist.logits.shape, dist.logits.dtype))
+
+
+def sample_categorical(dist: distrax.Categorical, noise: GumbelNoise) -> tuple[jax.Array, jax.Array]:
+    """`dist.sample_and_log_prob(seed=key)` for the key `noise` was drawn from (`gumbel_noise`).
+
+    distrax's categorical path validates the probabilities (a softmax), draws with an
+    extra sample axis, and takes the log-probability through a one-hot product: about
+    20 small ops per rollout step. The draw and log-probability here are the same numbers
+    (distrax keeps its logits log-softmax-normalised; tests/test_rollout_speedups.py);
+    only distrax's -1 for non-finite probabilities is not reproduced."""
+    if type(dist) is not distrax.Categorical:
+        raise ValueError(f"GumbelNoise is the randomness of a categorical policy, got {type(dist).__name__}")
+    log_probs = dist.logits
+    action = jnp.argmax(noise.noise + log_probs, axis=-1)  # jax.random.categorical's own formula
+    return action, jnp.take_along_axis(log_probs, action[..., None], axis=-1)[..., 0]
+
+
+class CategoricalPolicy:
+    """A categorical `RolloutPolicy` whose noise is `GumbelNoise`, drawn for the whole
+    rollout in one batched call (on XLA:CPU each draw is a loop of its own)."""
+
+    def __init__(self, distribution: Callable[[jax.Array], distrax.Categorical]):
+        self.distribution = distribution
+
+    def presample(self, keys: jax.Array, obs: jax.Array) -> GumbelNoise:
+        # Only the distribution's type and shape are used: XLA drops this forward pass.
+        dist = self.distribution(obs)
+        return jax.vmap(lambda key: gumbel_noise(dist, key))(keys)
+
+    def __call__(self, obs: jax.Array, noise: GumbelNoise) -> tuple[jax.Array, jax.Array]:
+        return sample_categorical(self.distribution(obs), noise)
+
+
+def make_policy_sampler(network: nn.Module, params: Any, obs_stats: RunningStats | None = None) -> RolloutPolicy:
+    """The actor of an `ActorCritic` on raw observations (normalised with the agent's own
+    statistics) as a `RolloutPolicy`: `CategoricalPolicy` for a discrete network, a
+    `KeyedPolicy` drawing with distrax for a continuous one."""
+
+    def distribution(obs: jax.Array) -> distrax.Distribution:
+        return network.apply(params, normalize(obs_stats, obs), method=ActorCritic.policy)
+
+    if network.discrete:
+        return CategoricalPolicy(distribution)
+    return KeyedPolicy(lambda obs, key: distribution(obs).sample_and_log_prob(seed=key))
+
+
+def make_value_fn(network: nn.Module, params: Any) -> Callable[[jax.Array], jax.Array]:
+    """V(obs) of an `ActorCritic` for observations that are already normalised."""
+    return lambda obs: network.apply(params, obs, method=ActorCritic.value)
 
 
 def evaluate_values(
@@ -217,7 +275,7 @@ def first_episode_mask(terminated: jax.Array, truncated: jax.Array) -> jax.Array
 
 
 def collect_first_episodes(
-    env: Any, env_params: Any, policy_fn: PolicyFn, key: jax.Array, num_steps: int
+    env: Any, env_params: Any, policy: RolloutPolicy, key: jax.Array, num_steps: int
 ) -> tuple[Transition, jax.Array, EpisodeTotals]:
     """Episodic collection: reset every env (with `env`'s own reset, grouped or not),
     step `num_steps` times, and keep only each env's FIRST episode. Returns (batch
@@ -227,7 +285,7 @@ def collect_first_episodes(
     totals count it, so the reported return is "return within num_steps steps"."""
     reset_key, rollout_key = jax.random.split(key)
     _, batch, _ = collect(
-        env, env_params, policy_fn, init_runner(env, env_params, reset_key), rollout_key, num_steps
+        env, env_params, policy, init_runner(env, env_params, reset_key), rollout_key, num_steps
     )
     mask = first_episode_mask(batch.terminated, batch.truncated)
     totals = EpisodeTotals(
