@@ -244,7 +244,11 @@ def ray_cluster(request, tmp_path_factory):
     env = request.getfixturevalue("env")  # only once the plugin is known to be there
     ray_cli = Path(sys.executable).with_name("ray")
     cwd = tmp_path_factory.mktemp("ray_head")
-    start = [str(ray_cli), "start", "--head", "--num-cpus", "2", "--num-gpus", "0", "--disable-usage-stats"]
+    with socket.socket() as probe:  # a free port: another Ray on this machine may hold the default 6379
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = [str(ray_cli), "start", "--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
+             "--disable-usage-stats"]
     try:
         started = subprocess.run(start, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]

@@ -155,7 +155,7 @@ def check_ray(launcher: DictConfig, sweep_dir: str) -> None:
     remote = OmegaConf.to_container(launcher.ray.get("remote") or {}, resolve=True)
     problem = ray_shortfall(remote, nodes)
     address = launcher.ray.init.get("address")
-    if problem is None and address is not None and not os.path.isabs(sweep_dir):
+    if problem is None and address not in (None, "local") and not os.path.isabs(sweep_dir):
         problem = (
             f"hydra.sweep.dir={sweep_dir} is relative, and the jobs of a Ray cluster (address={address}) resolve it "
             "against the cluster's working directory, not this one; give an absolute path on a filesystem every "
