@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from purerl.programs import BoundedCache
 from purerl.rl.loop import Segmented
 
 log = logging.getLogger("purerl.checkpoint")
@@ -228,14 +229,7 @@ def restore(checkpointing: Checkpointing, layout: dict[str, Any], carry_tree: An
 # ---------------------------------------------------------------- running
 # Compiled init and segment programs of this process, keyed by `train` and the chunk's
 # input shapes and shardings: a rerun in the same process (a resumed job) compiles nothing.
-_PROGRAMS: dict[tuple, Any] = {}
-_MAX_PROGRAMS = 8
-
-
-def _remember(signature: tuple, programs: Any) -> None:
-    _PROGRAMS[signature] = programs
-    while len(_PROGRAMS) > _MAX_PROGRAMS:
-        _PROGRAMS.pop(next(iter(_PROGRAMS)))
+_PROGRAMS = BoundedCache(maxsize=8)
 
 
 def run_chunks(
@@ -260,7 +254,7 @@ def run_chunks(
         def advance(keys, hypers, carry, first, num):
             return jax.vmap(lambda k, h, c: seg.advance(k, h, c, first, num))(keys, hypers, carry)
 
-        _remember(signature, (seg, init, carry_tree, advance, {}))
+        _PROGRAMS.remember(signature, (seg, init, carry_tree, advance, {}))
     seg, init, carry_tree, advance, programs = _PROGRAMS[signature]
     num_updates = seg.num_updates
     length = checkpointing.segment_length(num_updates)

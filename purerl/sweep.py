@@ -43,6 +43,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from purerl import provenance
 from purerl.config import validate_hyper
+from purerl.programs import BoundedCache
 from purerl.rl.loop import host_metrics
 
 log = logging.getLogger("purerl.sweep")
@@ -389,7 +390,7 @@ def run(
             compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key, return_state)
         if compiled is None:
             compiled = jax.jit(batched).lower(*example).compile()
-        _remember(signature, compiled)
+        _EXECUTABLES.remember(signature, compiled)
     compile_seconds = time.perf_counter() - start
 
     chunks = range(num_chunks)
@@ -483,14 +484,7 @@ def _run_checkpointed(train, chunk_inputs, num_chunks: int, return_state: bool, 
 # Compiled executables of this process, keyed by program (program_key, or the train
 # function itself), input shapes and devices: a second `run` of the same program with
 # the same batch shapes skips tracing and compilation. Small LRU: executables hold memory.
-_EXECUTABLES: dict[tuple, Any] = {}
-_MAX_EXECUTABLES = 16
-
-
-def _remember(signature: tuple, compiled: Any) -> None:
-    _EXECUTABLES[signature] = compiled
-    while len(_EXECUTABLES) > _MAX_EXECUTABLES:
-        _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
+_EXECUTABLES = BoundedCache(maxsize=16)
 
 
 # ---------------------------------------------------------------- exported-program cache
