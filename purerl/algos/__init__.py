@@ -1,7 +1,9 @@
 """One module per algorithm, each exposing `Config`, `Hyper`, `make_train(config)` and
 `RETURN_METRIC`: the name of its headline per-update metric (`episode_return` for RL on
 environments, `accuracy` for the LM trainers, ...), which results tables and analysis read instead
-of each algorithm renaming its metric to fit them."""
+of each algorithm renaming its metric to fit them. A module may also define
+`check_hyper(config, hyper)`, raising ValueError for Hyper values its Config cannot serve (e.g.
+a staleness beyond the history it keeps); `purerl-train` calls it before anything compiles."""
 
 from __future__ import annotations
 

@@ -1,29 +1,42 @@
-"""PPO on stale data: each update's batch is the fresh rollout plus the K most recent older
-rollouts. A variant of purerl.algos.ppo with the same interface (Config, Hyper,
-make_train), so `purerl.sweep` vmaps it and `purerl-train algo=stale_ppo` trains it.
+"""PPO on stale data, with a selectable off-policy correction. A variant of purerl.algos.ppo with
+the same interface (Config, Hyper, make_train), so `purerl.sweep` vmaps it and
+`purerl-train algo=stale_ppo` trains it.
 
-Both knobs of interest are traced, so one compiled program covers the whole grid:
+Two kinds of staleness, both traced, so one compiled program covers a whole grid of them:
 
-- `Hyper.stale_rollouts` = K ≤ `Config.max_stale`: the buffer always holds `max_stale`
-  older rollouts (stored with what was computed when they were collected: behaviour
-  log-probs, critic values, GAE advantages and λ-returns); rollouts older than K, and
-  slots not filled yet, are masked out of every loss and diagnostic. Each update runs the
-  same number of SGD steps (epochs × minibatches over the fresh + buffered batch), so a
+- `Hyper.staleness` = k ≤ `Config.max_staleness`: the behaviour policy lags the learner by k
+  updates — update u's rollout is collected with the parameters θ_{u−k} (θ_0 while u < k), as an
+  asynchronous actor that syncs its weights k updates late would. The critic used for the
+  rollout's values is the learner's own (θ_u); observation statistics are shared (the learner's).
+- `Hyper.stale_rollouts` = K ≤ `Config.max_stale`: the batch is the fresh rollout plus the K most
+  recent older rollouts. The buffer always holds `max_stale` older rollouts (stored with what was
+  computed when they were collected: behaviour log-probs, critic values, GAE advantages and
+  λ-returns, and the rewards, flags and next observations a correction needs); rollouts older
+  than K, and slots not filled yet, are masked out of every loss and diagnostic. Each update runs
+  the same number of SGD steps (epochs × minibatches over the fresh + buffered batch), so a
   larger K means larger effective minibatches, not more steps.
-- `Hyper.naive_ratio` (0 or 1) picks the ratio of the clipped surrogate for every sample:
-  0 — π_θ / μ with μ the behaviour policy that collected the sample (stored log-prob);
-  1 — π_θ / π_start with π_start the policy at the start of this update (recomputed), the
-  naive choice that ignores how stale the sample is. For the fresh rollout both are 1 at
-  the start of the update.
 
-Diagnostics per update, over the valid samples at the start of the update (before any
-SGD step): `behaviour_kl` — KL(μ ‖ π_start) over the stale samples (k3 estimator
-(r − 1) − log r, r = π_start/μ; 0 when there are none); `ratio_p05`, `ratio_p95` — the
-5th and 95th percentile of r over the stale samples (1 when there are none);
-`zero_gradient_frac` — share of all valid samples whose clipped-surrogate gradient is
-zero already (the ratio used by the loss is outside [1 − ε, 1 + ε] on the side the
-advantage pushes towards); `clip_frac_first_epoch` — PPO's clip fraction over the first
-epoch. With K = 0 and either ratio this is PPO (without value-function changes).
+`Hyper.correction` picks the off-policy correction (`purerl.rl.off_policy_corrections`, codes
+0 none, 1 truncated_is, 2 vtrace, 3 decoupled), also traced. `none` is PPO as if the data were
+fresh: each rollout's advantages and targets as computed when it was collected, and the clipped
+surrogate's ratio picked by `Hyper.naive_ratio` (0 or 1): 0 — π_θ / μ with μ the behaviour policy
+that collected the sample (stored log-prob); 1 — π_θ / π_start with π_start the policy at the
+start of this update (recomputed), the naive choice that ignores how stale the sample is. The
+other corrections recompute, at the start of each update, every rollout's advantages and critic
+targets from the learner's current critic V_start and the ratios ρ = π_start / μ (clipped at
+`Hyper.rho_bar`, V-trace's traces at `Hyper.c_bar`), and take the surrogate's ratio against
+π_start. With k = 0 and K = 0 (and ρ̄, c̄ ≥ 1) every correction is PPO's synchronous update, to
+float rounding (tests/test_stale_ppo.py).
+
+Diagnostics per update, over the valid samples at the start of the update (before any SGD step);
+"off-policy" samples are those of older rollouts (age > 0) and, when k > 0, the fresh ones too:
+`behaviour_kl` — KL(μ ‖ π_start) over the off-policy samples (k3 estimator (ρ − 1) − log ρ; 0
+when there are none); `ratio_p05`, `ratio_p95` — the 5th and 95th percentile of ρ over the
+off-policy samples (1 when there are none); `stale_samples` — how many there are;
+`rho_truncated_frac` — share of valid samples with ρ > ρ̄; `zero_gradient_frac` — share of all
+valid samples whose clipped-surrogate gradient is zero already (the loss's starting ratio is
+outside [1 − ε, 1 + ε] on the side the advantage pushes towards); `clip_frac_first_epoch` — PPO's
+clip fraction over the first epoch; `behaviour_lag` — the k used (k is capped at max_staleness).
 """
 
 from __future__ import annotations
@@ -33,29 +46,40 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from purerl.algos import ppo
-from purerl.config import check_positive_int, hyper_field
+from purerl.config import hyper_field
 from purerl.nets import ActorCritic
 from purerl.rl import losses, on_policy
+from purerl.rl import off_policy_corrections as opc
 from purerl.rl.agent import build_env_and_network
 from purerl.rl.loop import OnUpdate, TrainFn, run_updates
-from purerl.rl.rollout import flatten_time
+from purerl.rl.rollout import Transition, evaluate_values, flatten_time, make_value_fn
 from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
 RETURN_METRIC = ppo.RETURN_METRIC
+CORRECTIONS = opc.CORRECTIONS
+correction_code = opc.correction_code
+
+
+def _check_nonnegative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Config.{name}: got {value!r}; allowed: a non-negative integer")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(ppo.Config):
-    """PPO's static settings plus the buffer capacity."""
+    """PPO's static settings plus the capacities of the rollout buffer and of the parameter history."""
 
-    max_stale: int = 8
+    max_stale: int = 8  # older rollouts kept (Hyper.stale_rollouts ≤ this)
+    max_staleness: int = 4  # older parameter sets kept for the lagging actor (Hyper.staleness ≤ this)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("Config", "max_stale", self.max_stale)
+        _check_nonnegative_int("max_stale", self.max_stale)
+        _check_nonnegative_int("max_staleness", self.max_staleness)
         if self.advantage != "gae":
             raise ValueError(f"Config.advantage: got {self.advantage!r}; allowed: 'gae' (stale PPO keeps a critic)")
 
@@ -63,14 +87,57 @@ class Config(ppo.Config):
 @struct.dataclass
 class Hyper(ppo.Hyper):
     stale_rollouts: float = hyper_field(0.0, "[0, inf)", "K: older rollouts in each batch (≤ Config.max_stale)")
-    naive_ratio: float = hyper_field(0.0, "[0, 1]", "1: ratio against π at the update's start; 0: the behaviour π")
+    naive_ratio: float = hyper_field(0.0, "[0, 1]", "correction none: 1 ratio against π at the update's start; "
+                                     "0 against the behaviour π")
+    staleness: float = hyper_field(0.0, "[0, inf)", "k: updates the behaviour policy lags the learner "
+                                   "(≤ Config.max_staleness)")
+    correction: float = hyper_field(0.0, "[0, 3]", "0 none, 1 truncated_is, 2 vtrace, 3 decoupled")
+    rho_bar: float = hyper_field(1.0, "(0, inf)", "ρ̄: truncation of the importance weights π/μ")
+    c_bar: float = hyper_field(1.0, "(0, inf)", "c̄: truncation of V-trace's traces")
+
+
+@struct.dataclass
+class Kept:
+    """One rollout as the buffer keeps it: the transitions and what was computed when it was collected."""
+
+    transition: Transition  # log_prob: the behaviour policy's
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array
+
+
+@struct.dataclass
+class Batch:
+    """Per-sample training data of one update, flattened for minibatches."""
+
+    obs: jax.Array
+    action: jax.Array
+    reference_log_prob: jax.Array  # the surrogate ratio's denominator
+    value: jax.Array  # old values for the clipped value loss
+    advantage: jax.Array
+    target: jax.Array
+    weight: jax.Array  # per-sample weight of the clipped surrogate term
+    mask: jax.Array
 
 
 @struct.dataclass
 class StaleState:
     agent: on_policy.TrainState
-    buffer: ppo.Samples  # [max_stale, T, N]: index 0 the most recent older rollout
+    buffer: Kept  # [max_stale, T, N]: index 0 the most recent older rollout
     filled: jax.Array  # rollouts stored so far (capped at max_stale)
+    history: Any  # [max_staleness] earlier parameters: index i = θ_{u−1−i} (θ_0 before the start)
+
+
+def check_hyper(config: Config, hyper: Hyper) -> None:
+    """Refuse concrete staleness settings beyond what the config keeps (traced ones are capped)."""
+    for field, cap in (("staleness", config.max_staleness), ("stale_rollouts", config.max_stale)):
+        value = getattr(hyper, field)
+        if isinstance(value, jax.core.Tracer):
+            continue
+        values = np.asarray(value, np.float64)
+        if np.any(values > cap):
+            raise ValueError(f"Hyper.{field}: got {float(np.max(values)):g}; allowed: at most Config.max_"
+                             f"{'staleness' if field == 'staleness' else 'stale'} = {cap}")
 
 
 def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
@@ -81,11 +148,11 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
     def log_prob(params: Any, obs: jax.Array, action: jax.Array) -> jax.Array:
         return network.apply(params, obs, method=ActorCritic.policy).log_prob(action)
 
-    def loss_fn(params: Any, mb: ppo.Samples, reference_log_prob: jax.Array, hyper: Hyper):
+    def loss_fn(params: Any, mb: Batch, hyper: Hyper):
         dist = network.apply(params, mb.obs, method=ActorCritic.policy)
         advantages = losses.masked_normalize(mb.advantage, mb.mask) if config.normalize_advantages else mb.advantage
         policy_loss, stats = losses.clipped_surrogate(
-            dist.log_prob(mb.action), reference_log_prob, advantages, hyper.clip_eps, mb.mask
+            dist.log_prob(mb.action), mb.reference_log_prob, advantages, hyper.clip_eps, mb.mask, mb.weight
         )
         entropy = losses.masked_mean(dist.entropy(), mb.mask)
         values = network.apply(params, mb.obs, method=ActorCritic.value)
@@ -95,76 +162,113 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
         return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, **stats}
 
     def train(key: jax.Array, hyper: Hyper) -> tuple[StaleState, dict[str, jax.Array]]:
+        check_hyper(config, hyper)
         init_key, key = jax.random.split(key)
         lr_schedule = on_policy.learning_rate(hyper.lr, config.anneal_lr, steps_per_update, config.num_updates)
         optimizer = adam_clipped(lr_schedule, hyper.max_grad_norm, eps=hyper.adam_eps)
         agent = on_policy.init_state(config, env, env_params, network, optimizer.init, init_key)
         shape = (config.max_stale, config.num_steps, config.num_envs)
-        obs_shape = env.observation_space(env_params).shape
+        obs = jnp.zeros(shape + tuple(env.observation_space(env_params).shape))
         action = env.action_space(env_params).sample(jax.random.PRNGKey(0))
-        empty = ppo.Samples(
-            obs=jnp.zeros(shape + tuple(obs_shape)), action=jnp.zeros(shape + action.shape, action.dtype),
-            log_prob=jnp.zeros(shape), value=jnp.zeros(shape), advantage=jnp.zeros(shape), target=jnp.zeros(shape),
-            mask=jnp.zeros(shape),
+        zeros = jnp.zeros(shape)
+        empty = Kept(
+            Transition(obs=obs, action=jnp.zeros(shape + action.shape, action.dtype), log_prob=zeros, reward=zeros,
+                       terminated=zeros.astype(bool), truncated=zeros.astype(bool), next_obs=obs),
+            value=zeros, advantage=zeros, target=zeros,
         )
+        history = jax.tree.map(lambda p: jnp.broadcast_to(p, (config.max_staleness,) + p.shape), agent.params)
 
-        def sgd_step(carry, minibatch):
-            mb, reference = minibatch
-            params, opt_state, step = gradient_step(optimizer, loss_fn, *carry, mb, reference, hyper)
+        def push(newest: jax.Array, stack: jax.Array) -> jax.Array:
+            """`newest` in front of a fixed-capacity stack, dropping its oldest entry (if any)."""
+            return jnp.concatenate([newest[None], stack])[: stack.shape[0]]
+
+        def sgd_step(carry, mb: Batch):
+            params, opt_state, step = gradient_step(optimizer, loss_fn, *carry, mb, hyper)
             return (params, opt_state), {**step.aux, "grad_norm": step.grad_norm}
 
         def update_step(state: StaleState, key: jax.Array, update_index: jax.Array):
             rollout_key, epoch_key = jax.random.split(key)
+            # The lagging actor: θ_{u−k} from [θ_u, θ_{u−1}, ...] (θ_0 repeated before the start).
+            lag = jnp.clip(jnp.round(hyper.staleness), 0, config.max_staleness).astype(jnp.int32)
+            behaviour = jax.tree.map(lambda now, old: jnp.concatenate([now[None], old])[lag],
+                                     state.agent.params, state.history)
             agent, rollout = on_policy.collect_rollout(env, env_params, network, state.agent, rollout_key,
-                                                       config.num_steps)
+                                                       config.num_steps, behaviour_params=behaviour)
             advantages, targets = on_policy.gae(rollout, hyper.gamma, hyper.gae_lambda)
-            fresh = ppo.Samples(rollout.batch.obs, rollout.batch.action, rollout.batch.log_prob, rollout.values,
-                                advantages, targets, jnp.ones_like(advantages))
+            fresh = Kept(rollout.batch, rollout.values, advantages, targets)
             # Batch: the fresh rollout (age 0) and the buffer (ages 1..max_stale); ages beyond K or
             # not filled yet are masked out.
-            batch = jax.tree.map(lambda f, b: jnp.concatenate([f[None], b]), fresh, state.buffer)
+            kept = jax.tree.map(lambda f, b: jnp.concatenate([f[None], b]), fresh, state.buffer)
             age = jnp.arange(rollouts)[:, None, None]
-            valid = (age <= hyper.stale_rollouts) & (age <= state.filled)
-            batch = batch.replace(mask=batch.mask * valid)
-            stale = batch.mask * (age > 0)
+            mask = ((age <= hyper.stale_rollouts) & (age <= state.filled)).astype(jnp.float32)
+            transitions = kept.transition
+            off_policy = mask * ((age > 0) | (lag > 0))
 
-            # Ratios at the start of the update: against the behaviour policy and against π_start.
-            start_log_prob = log_prob(agent.params, batch.obs, batch.action)
-            reference = jnp.where(hyper.naive_ratio > 0.5, start_log_prob, batch.log_prob)
-            behaviour_ratio = jnp.exp(start_log_prob - batch.log_prob)
-            log_r = start_log_prob - batch.log_prob
-            any_stale = jnp.sum(stale) > 0
-            stale_ratio = jnp.where(stale > 0, behaviour_ratio, jnp.nan)
+            # The current critic on the older rollouts (the fresh one's values are already θ_u's).
+            values, next_values = rollout.values[None], rollout.next_values[None]
+            if config.max_stale:
+                old_values, old_next = evaluate_values(make_value_fn(network, agent.params), state.buffer.transition)
+                values = jnp.concatenate([values, old_values])
+                next_values = jnp.concatenate([next_values, old_next])
+            start_log_prob = log_prob(agent.params, transitions.obs, transitions.action)
+            # Corrections run along time: [R, T, N] -> [T, R, N].
+            time_major = lambda x: jnp.moveaxis(x, 0, 1)  # noqa: E731
+            corrected = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), opc.correct(
+                hyper.correction, *map(time_major, (
+                    start_log_prob, transitions.log_prob, transitions.reward, values, next_values,
+                    transitions.terminated, transitions.truncated)),
+                hyper.gamma, hyper.gae_lambda, hyper.rho_bar, hyper.c_bar,
+            ))
+            # `none` keeps each rollout's advantages and targets from when it was collected.
+            uncorrected = jnp.round(hyper.correction) == opc.NONE
+            reference = jnp.where(uncorrected & (hyper.naive_ratio <= 0.5), transitions.log_prob, start_log_prob)
+            batch = Batch(
+                obs=transitions.obs, action=transitions.action, reference_log_prob=reference,
+                value=jnp.where(uncorrected, kept.value, values),
+                advantage=jnp.where(uncorrected, kept.advantage, corrected.advantages),
+                target=jnp.where(uncorrected, kept.target, corrected.targets),
+                weight=corrected.weights, mask=mask,
+            )
+
+            log_r = start_log_prob - transitions.log_prob
+            any_off = jnp.sum(off_policy) > 0
+            off_ratio = jnp.where(off_policy > 0, jnp.exp(log_r), jnp.nan)
             loss_ratio = jnp.exp(start_log_prob - reference)
-            advantage = losses.masked_normalize(batch.advantage, batch.mask)
+            advantage = losses.masked_normalize(batch.advantage, mask)
             pushed_out = ((advantage > 0) & (loss_ratio > 1 + hyper.clip_eps)) | (
                 (advantage < 0) & (loss_ratio < 1 - hyper.clip_eps))
             diagnostics = {
-                "behaviour_kl": losses.masked_mean(jnp.expm1(log_r) - log_r, stale),
-                "ratio_p05": jnp.where(any_stale, jnp.nanquantile(stale_ratio, 0.05), 1.0),
-                "ratio_p95": jnp.where(any_stale, jnp.nanquantile(stale_ratio, 0.95), 1.0),
-                "zero_gradient_frac": losses.masked_mean(pushed_out.astype(jnp.float32), batch.mask),
-                "stale_samples": jnp.sum(stale),
+                "behaviour_kl": losses.masked_mean(jnp.expm1(log_r) - log_r, off_policy),
+                "ratio_p05": jnp.where(any_off, jnp.nanquantile(off_ratio, 0.05), 1.0),
+                "ratio_p95": jnp.where(any_off, jnp.nanquantile(off_ratio, 0.95), 1.0),
+                "zero_gradient_frac": losses.masked_mean(pushed_out.astype(jnp.float32), mask),
+                "rho_truncated_frac": losses.masked_mean((log_r > jnp.log(hyper.rho_bar)).astype(jnp.float32), mask),
+                "stale_samples": jnp.sum(off_policy),
+                "behaviour_lag": lag.astype(jnp.float32),
             }
 
             (params, opt_state), per_epoch = shuffled_minibatch_epochs(
-                epoch_key, (agent.params, agent.opt_state), flatten_time(flatten_time((batch, reference))),
+                epoch_key, (agent.params, agent.opt_state), flatten_time(flatten_time(batch)),
                 config.update_epochs, config.num_minibatches, sgd_step,
             )
-            buffer = jax.tree.map(lambda f, b: jnp.concatenate([f[None], b[:-1]]), fresh, state.buffer)
+            buffer = jax.tree.map(push, fresh, state.buffer)
+            history = jax.tree.map(push, agent.params, state.history)
             metrics = {
                 "env_steps_in_update": jnp.int32(config.batch_size),
                 **rollout.episodes.metrics(),
                 **{name: jnp.mean(values) for name, values in per_epoch.items()},
+                "approx_kl": per_epoch["approx_kl"][-1],
+                "approx_kl_first_epoch": per_epoch["approx_kl"][0],
                 "clip_frac_first_epoch": per_epoch["clip_frac"][0],
-                "update_kl": on_policy.policy_kl(network, agent.params, params, fresh.obs),
+                "update_kl": on_policy.policy_kl(network, agent.params, params, rollout.batch.obs),
                 **diagnostics,
                 "lr": lr_schedule(update_index * steps_per_update),
             }
             agent = agent.replace(params=params, opt_state=opt_state)
-            return StaleState(agent, buffer, jnp.minimum(state.filled + 1, config.max_stale)), metrics
+            filled = jnp.minimum(state.filled + 1, config.max_stale)
+            return StaleState(agent, buffer, filled, history), metrics
 
-        state = StaleState(agent, empty, jnp.int32(0))
+        state = StaleState(agent, empty, jnp.int32(0), history)
         return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

@@ -206,6 +206,14 @@ def build_plan(cfg: DictConfig) -> Plan:
             sweep = sweeps.grid(hyper, **axes)
     except ValueError as e:
         raise ConfigError(f"grid: {e}") from None
+    check = getattr(module, "check_hyper", None)  # an algorithm's checks of Hyper values against its Config
+    if check is not None:
+        try:
+            check(config, sweep.hypers)
+        except ValueError as e:
+            field = re.match(rf"{Hyper.__name__}\.(\w+)", str(e))
+            prefix = "grid." if field and field.group(1) in axes else "algo.hyper."
+            raise ConfigError(_rename(str(e), Hyper.__name__, prefix)) from None
     settings = [tuple(sorted(s.items())) for s in sweep.settings]
     if len(set(settings)) != len(settings):
         raise ConfigError(

@@ -34,6 +34,7 @@ def clipped_surrogate(
     advantages: jax.Array,
     clip_eps: float | jax.Array,
     mask: jax.Array | None = None,
+    weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """PPO's pessimistic clipped objective, negated.
 
@@ -41,13 +42,18 @@ def clipped_surrogate(
     pessimistic: once r leaves the band in the direction Â favours, the gradient is zero.
     Diagnostics: approx_kl uses the low-variance estimator (r − 1) − log r of KL(old‖new);
     clip_frac is the fraction of samples with |r − 1| > ε. With `mask`, the loss and both
-    diagnostics average over the valid samples only (padding would dilute them).
+    diagnostics average over the valid samples only (padding would dilute them). `weights`
+    (no gradient) multiply each sample's term: −E[w min(...)], e.g. the truncated behaviour
+    ratio of the decoupled objective (purerl.rl.off_policy_corrections).
     """
     log_ratio = log_prob - old_log_prob
     ratio = jnp.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    loss = -_mean(jnp.minimum(unclipped, clipped), mask)
+    objective = jnp.minimum(unclipped, clipped)
+    if weights is not None:
+        objective = jax.lax.stop_gradient(weights) * objective
+    loss = -_mean(objective, mask)
     stats = {
         "approx_kl": _mean((ratio - 1.0) - log_ratio, mask),
         "clip_frac": _mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask),

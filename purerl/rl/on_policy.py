@@ -95,13 +95,17 @@ class Rollout:
 
 
 def collect_rollout(
-    env: Any, env_params: Any, network: nn.Module, state: TrainState, key: jax.Array, num_steps: int
+    env: Any, env_params: Any, network: nn.Module, state: TrainState, key: jax.Array, num_steps: int,
+    behaviour_params: Any = None,
 ) -> tuple[TrainState, Rollout]:
     """`num_steps` steps of every env from where they are, then one critic pass.
 
-    Returns the state with the envs advanced and the observation statistics merged
-    with this rollout's raw observations (used from the next update on)."""
-    policy_fn = make_policy_sampler(network, state.params, state.obs_stats)
+    The actions come from `behaviour_params` when given (an older policy: an actor that lags
+    the learner), else from `state.params`; the critic pass always uses `state.params`, the
+    learner's own critic. Returns the state with the envs advanced and the observation
+    statistics merged with this rollout's raw observations (used from the next update on)."""
+    acting = state.params if behaviour_params is None else behaviour_params
+    policy_fn = make_policy_sampler(network, acting, state.obs_stats)
     runner, raw, episodes = collect(env, env_params, policy_fn, state.runner, key, num_steps)
     batch = normalize_observations(state.obs_stats, raw)
     last_obs = normalization.normalize(state.obs_stats, runner.obs)
