@@ -54,7 +54,7 @@ TINY = {
 }
 # A value each Config refuses: (field, value).
 BAD_CONFIG = {
-    "ppo": ("num_envs", 0), "stale_ppo": ("max_stale", 0), "trpo": ("cg_iters", 0), "a2c": ("num_steps", 0),
+    "ppo": ("num_envs", 0), "stale_ppo": ("max_stale", -1), "trpo": ("cg_iters", 0), "a2c": ("num_steps", 0),
     "reinforce": ("num_envs", -1),
     "bandit": ("strategy", "ucb2"), "dqn": ("batch_size", 0), "sac": ("buffer_size", 0),
     "llm_ppo": ("num_prompts", 0), "grpo": ("group_size", 1), "dpo": ("pair_source", "humans"),

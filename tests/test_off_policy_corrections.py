@@ -43,15 +43,15 @@ def reference_vtrace(rewards, values, next_values, terminated, truncated, log_rh
     rho, c = np.minimum(rho_bar, ratio), lam * np.minimum(c_bar, ratio)
     targets = np.zeros((T, N))
     pg = np.zeros((T, N))
-    for b in range(N):
-        def delta(t):
-            bootstrap = 0.0 if terminated[t, b] else next_values[t, b]
-            return rewards[t, b] + gamma * bootstrap - values[t, b]
+    def delta(t, b):
+        bootstrap = 0.0 if terminated[t, b] else next_values[t, b]
+        return rewards[t, b] + gamma * bootstrap - values[t, b]
 
+    for b in range(N):
         for s in range(T):
             total, trace = 0.0, 1.0
             for t in range(s, T):
-                total += gamma ** (t - s) * trace * rho[t, b] * delta(t)
+                total += gamma ** (t - s) * trace * rho[t, b] * delta(t, b)
                 if terminated[t, b] or truncated[t, b]:
                     break
                 trace *= c[t, b]

@@ -200,7 +200,8 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             # not filled yet are masked out.
             kept = jax.tree.map(lambda f, b: jnp.concatenate([f[None], b]), fresh, state.buffer)
             age = jnp.arange(rollouts)[:, None, None]
-            mask = ((age <= hyper.stale_rollouts) & (age <= state.filled)).astype(jnp.float32)
+            valid = (age <= hyper.stale_rollouts) & (age <= state.filled)
+            mask = jnp.broadcast_to(valid, kept.value.shape).astype(jnp.float32)
             transitions = kept.transition
             off_policy = mask * ((age > 0) | (lag > 0))
 

@@ -1,0 +1,113 @@
+"""Stale PPO's lagging actor and off-policy corrections (purerl.algos.stale_ppo): with no staleness
+every correction is the synchronous PPO update (purerl.algos.ppo), the lag really is k updates,
+staleness × correction is one vmapped program, and purerl-train sweeps it."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tol
+
+from purerl.algos import ppo, stale_ppo
+from purerl.rl import off_policy_corrections as opc
+
+# The command docs/algorithms.md shows, and the sizes that make it a test: 3 updates, no rollout
+# buffer (max_stale=0, so the batch is PPO's), large steps so consecutive policies differ visibly.
+DOCUMENTED = ("algo=stale_ppo env=cartpole seeds=2 algo.config.max_staleness=4 grid.staleness=[0,1,4] "
+              "grid.correction=[0,1,2,3]")
+TINY = ["algo.config.num_envs=2", "algo.config.num_steps=8", "algo.config.total_timesteps=48",
+        "algo.config.num_minibatches=2", "algo.config.update_epochs=2", "algo.config.max_stale=0",
+        "algo.config.actor_hidden=[8]", "algo.config.critic_hidden=[8]", "algo.hyper.lr=0.02", "seeds=1"]
+STALENESS = [0, 1, 4]
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from purerl.cli import schema
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(schema.CONF_DIR)):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The documented purerl-train sweep (staleness × correction, one vmapped program) at tiny size,
+    and synchronous PPO with the same settings alone."""
+    from purerl import results
+    from purerl.cli.train import build_plan, run_job
+
+    cfg = compose(*DOCUMENTED.split(), *TINY, "compile_cache.enabled=false", "print_table=false",
+                  "save_policies=false", "progress=false")
+    job = tmp_path_factory.mktemp("stale_ppo") / "job"
+    assert run_job(cfg, job) == "complete"
+    plan = build_plan(cfg)
+    config = ppo.Config(**{f.name: getattr(plan.config, f.name) for f in dataclasses.fields(ppo.Config)})
+    hyper = ppo.Hyper(**{f.name: getattr(plan.hyper, f.name) for f in dataclasses.fields(ppo.Hyper)})
+    key = jax.random.PRNGKey(plan.seeds[0])
+    train = jax.jit(ppo.make_train(config)).lower(key, hyper).compile(compiler_options=FAST_COMPILE)
+    _, sync = jax.device_get(train(key, hyper))
+    return pd.read_parquet(job / results.RESULTS).sort_values("update"), sync
+
+
+def run(curves: pd.DataFrame, correction: int, staleness: int) -> pd.DataFrame:
+    """One run's per-update rows."""
+    return curves[(curves.correction == correction) & (curves.staleness == staleness)]
+
+
+@pytest.mark.parametrize("correction", opc.CORRECTIONS)
+def test_without_staleness_every_correction_is_the_synchronous_ppo_update(runs, correction):
+    curves, sync = runs
+    rows = run(curves, opc.correction_code(correction), 0)
+    shared = sorted(set(sync) & set(rows.columns) - {"lr", "env_steps"})
+    assert {"policy_loss", "value_loss", "approx_kl", "clip_frac", "update_kl", "episode_length"} <= set(shared)
+    for name in shared:
+        np.testing.assert_allclose(rows[name], sync[name], **tol(vmapped=True), err_msg=name)
+
+
+def test_the_behaviour_policy_lags_by_k_updates(runs):
+    """Update u acts with θ_{max(u − k, 0)}: at update 0 every k acts with the learner's own θ_0;
+    at update 1, k = 1 and k = 4 both act with θ_0 (the same rollout); at update 2 with θ_1 vs θ_0."""
+    curves, _ = runs
+    by_k = {k: run(curves, opc.NONE, k) for k in STALENESS}
+    for k, rows in by_k.items():
+        np.testing.assert_array_equal(rows.behaviour_lag, float(k))
+        assert abs(rows.behaviour_kl.iloc[0]) < 1e-6, k
+    kl = {k: rows.behaviour_kl.to_numpy() for k, rows in by_k.items()}
+    np.testing.assert_array_equal(kl[0], np.zeros(3) + kl[0])  # k = 0: on-policy throughout
+    assert np.all(np.abs(kl[0]) < 1e-6)
+    assert kl[1][1] > 1e-4 and kl[1][2] > 1e-4 and kl[4][2] > 1e-4
+    np.testing.assert_allclose(kl[1][1], kl[4][1], **tol(vmapped=True))
+    for metric in ("episodes", "episode_length"):
+        np.testing.assert_allclose(by_k[1][metric].iloc[:2], by_k[4][metric].iloc[:2], **tol(vmapped=True))
+    assert not np.isclose(kl[1][2], kl[4][2], rtol=1e-3), "update 2: θ_1 and θ_0 act"
+
+
+def test_corrections_differ_once_the_data_is_stale(runs):
+    curves, _ = runs
+    losses = [run(curves, c, 4).policy_loss.iloc[-1] for c in range(len(opc.CORRECTIONS))]
+    assert len({round(float(x), 6) for x in losses}) == len(losses), losses
+
+
+def test_staleness_beyond_the_kept_history_is_refused():
+    from purerl.cli.train import ConfigError, build_plan
+
+    config = stale_ppo.Config(max_stale=1, max_staleness=2)
+    with pytest.raises(ValueError, match=r"Hyper\.staleness: got 3; allowed: at most Config\.max_staleness = 2"):
+        stale_ppo.make_train(config)(jax.random.PRNGKey(0), stale_ppo.Hyper(staleness=3.0))
+    with pytest.raises(ValueError, match=r"Config\.max_staleness: got -1; allowed: a non-negative integer"):
+        stale_ppo.Config(max_staleness=-1)
+    with pytest.raises(ConfigError, match=r"grid\.staleness: got 4; allowed: at most Config\.max_staleness = 2"):
+        build_plan(compose(*DOCUMENTED.split(), "algo.config.max_staleness=2"))
+    with pytest.raises(ConfigError, match=r"algo\.hyper\.staleness: got 5; allowed: at most Config\.max_staleness"):
+        build_plan(compose("algo=stale_ppo", "algo.hyper.staleness=5"))
+
+
+def test_the_documented_sweep_trains_every_cell(runs):
+    curves, _ = runs
+    cells = set(zip(curves.staleness, curves.correction, strict=True))
+    assert cells == {(k, c) for k in (0.0, 1.0, 4.0) for c in (0.0, 1.0, 2.0, 3.0)}
+    assert np.all(np.isfinite(curves.policy_loss)) and np.all(curves.hyper_ok == 1)
