@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tol
+from conftest import ON_CPU, tol
 
 from purerl.algos import ppo, stale_ppo
 from purerl.rl import off_policy_corrections as opc
@@ -43,12 +43,14 @@ def runs(tmp_path_factory):
     cfg = compose(*DOCUMENTED.split(), *TINY, "compile_cache.enabled=false", "print_table=false",
                   "save_policies=false", "progress=false")
     job = tmp_path_factory.mktemp("stale_ppo") / "job"
-    assert run_job(cfg, job) == "complete"
+    with jax.default_matmul_precision("highest"):  # no TF32 on GPU: the comparison is of float32 programs
+        assert run_job(cfg, job) == "complete"
     plan = build_plan(cfg)
     config = ppo.Config(**{f.name: getattr(plan.config, f.name) for f in dataclasses.fields(ppo.Config)})
     hyper = ppo.Hyper(**{f.name: getattr(plan.hyper, f.name) for f in dataclasses.fields(ppo.Hyper)})
     key = jax.random.PRNGKey(plan.seeds[0])
-    train = jax.jit(ppo.make_train(config)).lower(key, hyper).compile(compiler_options=FAST_COMPILE)
+    with jax.default_matmul_precision("highest"):
+        train = jax.jit(ppo.make_train(config)).lower(key, hyper).compile(compiler_options=FAST_COMPILE)
     _, sync = jax.device_get(train(key, hyper))
     return pd.read_parquet(job / results.RESULTS).sort_values("update"), sync
 
@@ -64,8 +66,12 @@ def test_without_staleness_every_correction_is_the_synchronous_ppo_update(runs, 
     rows = run(curves, opc.correction_code(correction), 0)
     shared = sorted(set(sync) & set(rows.columns) - {"lr", "env_steps"})
     assert {"policy_loss", "value_loss", "approx_kl", "clip_frac", "update_kl", "episode_length"} <= set(shared)
+    # Whole (chaotic) trajectories on CPU only; elsewhere the first update, whose rollout both act
+    # with the same initial parameters.
+    updates = slice(None) if ON_CPU else slice(0, 1)
     for name in shared:
-        np.testing.assert_allclose(rows[name], sync[name], **tol(vmapped=True), err_msg=name)
+        np.testing.assert_allclose(rows[name].to_numpy()[updates], sync[name][updates], **tol(vmapped=True),
+                                   err_msg=name)
 
 
 def test_the_behaviour_policy_lags_by_k_updates(runs):
@@ -111,3 +117,10 @@ def test_the_documented_sweep_trains_every_cell(runs):
     cells = set(zip(curves.staleness, curves.correction, strict=True))
     assert cells == {(k, c) for k in (0.0, 1.0, 4.0) for c in (0.0, 1.0, 2.0, 3.0)}
     assert np.all(np.isfinite(curves.policy_loss)) and np.all(curves.hyper_ok == 1)
+
+
+def test_the_docs_show_the_tested_command():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "algorithms.md").read_text()
+    assert f"purerl-train {DOCUMENTED}\n" in page
