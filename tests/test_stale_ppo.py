@@ -102,13 +102,20 @@ def test_staleness_beyond_the_kept_history_is_refused():
     from purerl.cli.train import ConfigError, build_plan
 
     config = stale_ppo.Config(max_stale=1, max_staleness=2)
-    with pytest.raises(ValueError, match=r"Hyper\.staleness: got 3; allowed: at most Config\.max_staleness = 2"):
+    too_many = r"staleness: got {}; allowed: a whole number, at most Config\.max_staleness = 2"
+    with pytest.raises(ValueError, match=r"Hyper\." + too_many.format(3)):
         stale_ppo.make_train(config)(jax.random.PRNGKey(0), stale_ppo.Hyper(staleness=3.0))
+    with pytest.raises(ValueError, match=r"Hyper\.correction: got 1\.5; allowed: 0 \(none\), 1 \(truncated_is\)"):
+        stale_ppo.check_hyper(config, stale_ppo.Hyper(correction=1.5))
+    with pytest.raises(ValueError, match=r"Hyper\.stale_rollouts: got 0\.5; allowed: a whole number, at most "
+                                         r"Config\.max_stale = 1"):
+        stale_ppo.check_hyper(config, stale_ppo.Hyper(stale_rollouts=np.asarray([0.0, 0.5])))
+    stale_ppo.check_hyper(config, stale_ppo.Hyper(staleness=2.0, stale_rollouts=1.0, correction=3.0))
     with pytest.raises(ValueError, match=r"Config\.max_staleness: got -1; allowed: a non-negative integer"):
         stale_ppo.Config(max_staleness=-1)
-    with pytest.raises(ConfigError, match=r"grid\.staleness: got 4; allowed: at most Config\.max_staleness = 2"):
+    with pytest.raises(ConfigError, match=r"grid\." + too_many.format(4)):
         build_plan(compose(*DOCUMENTED.split(), "algo.config.max_staleness=2"))
-    with pytest.raises(ConfigError, match=r"algo\.hyper\.staleness: got 5; allowed: at most Config\.max_staleness"):
+    with pytest.raises(ConfigError, match=r"algo\.hyper\.staleness: got 5; allowed: a whole number, at most"):
         build_plan(compose("algo=stale_ppo", "algo.hyper.staleness=5"))
 
 

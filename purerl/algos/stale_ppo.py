@@ -129,15 +129,21 @@ class StaleState:
 
 
 def check_hyper(config: Config, hyper: Hyper) -> None:
-    """Refuse concrete staleness settings beyond what the config keeps (traced ones are capped)."""
-    for field, cap in (("staleness", config.max_staleness), ("stale_rollouts", config.max_stale)):
+    """Refuse concrete settings the config cannot serve: a staleness beyond what it keeps, a count
+    or a correction code that is not a whole number. Traced values are rounded and capped."""
+    choices = ", ".join(f"{i} ({name})" for i, name in enumerate(opc.CORRECTIONS))
+    rules = (("staleness", config.max_staleness, "Config.max_staleness"),
+             ("stale_rollouts", config.max_stale, "Config.max_stale"),
+             ("correction", len(opc.CORRECTIONS) - 1, None))
+    for field, cap, cap_name in rules:
         value = getattr(hyper, field)
         if isinstance(value, jax.core.Tracer):
             continue
-        values = np.asarray(value, np.float64)
-        if np.any(values > cap):
-            raise ValueError(f"Hyper.{field}: got {float(np.max(values)):g}; allowed: at most Config.max_"
-                             f"{'staleness' if field == 'staleness' else 'stale'} = {cap}")
+        values = np.atleast_1d(np.asarray(value, np.float64))
+        bad = values[(values > cap) | (values != np.round(values))]
+        if bad.size:
+            allowed = choices if cap_name is None else f"a whole number, at most {cap_name} = {cap}"
+            raise ValueError(f"Hyper.{field}: got {bad[0]:g}; allowed: {allowed}")
 
 
 def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
