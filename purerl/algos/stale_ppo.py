@@ -212,26 +212,26 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             off_policy = mask * ((age > 0) | (lag > 0))
 
             # The current critic on the older rollouts (the fresh one's values are already θ_u's).
-            values, next_values = rollout.values[None], rollout.next_values[None]
+            start_values, start_next_values = rollout.values[None], rollout.next_values[None]
             if config.max_stale:
-                old_values, old_next = evaluate_values(make_value_fn(network, agent.params), state.buffer.transition)
-                values = jnp.concatenate([values, old_values])
-                next_values = jnp.concatenate([next_values, old_next])
+                older = evaluate_values(make_value_fn(network, agent.params), state.buffer.transition)
+                start_values = jnp.concatenate([start_values, older[0]])
+                start_next_values = jnp.concatenate([start_next_values, older[1]])
             start_log_prob = log_prob(agent.params, transitions.obs, transitions.action)
-            # Corrections run along time: [R, T, N] -> [T, R, N].
-            time_major = lambda x: jnp.moveaxis(x, 0, 1)  # noqa: E731
-            corrected = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), opc.correct(
-                hyper.correction, *map(time_major, (
-                    start_log_prob, transitions.log_prob, transitions.reward, values, next_values,
+            # The corrections run along time: [R, T, N] -> [T, R, N] and back.
+            corrected = opc.correct(
+                hyper.correction, *(jnp.moveaxis(x, 0, 1) for x in (
+                    start_log_prob, transitions.log_prob, transitions.reward, start_values, start_next_values,
                     transitions.terminated, transitions.truncated)),
                 hyper.gamma, hyper.gae_lambda, hyper.rho_bar, hyper.c_bar,
-            ))
+            )
+            corrected = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), corrected)
             # `none` keeps each rollout's advantages and targets from when it was collected.
             uncorrected = jnp.round(hyper.correction) == opc.NONE
             reference = jnp.where(uncorrected & (hyper.naive_ratio <= 0.5), transitions.log_prob, start_log_prob)
             batch = Batch(
                 obs=transitions.obs, action=transitions.action, reference_log_prob=reference,
-                value=jnp.where(uncorrected, kept.value, values),
+                value=jnp.where(uncorrected, kept.value, start_values),
                 advantage=jnp.where(uncorrected, kept.advantage, corrected.advantages),
                 target=jnp.where(uncorrected, kept.target, corrected.targets),
                 weight=corrected.weights, mask=mask,
