@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import ON_CPU, tol
 
+from purerl import sweep
 from purerl.algos import ppo, stale_ppo
 from purerl.rl import off_policy_corrections as opc
 
@@ -96,6 +97,28 @@ def test_corrections_differ_once_the_data_is_stale(runs):
     curves, _ = runs
     losses = [run(curves, c, 4).policy_loss.iloc[-1] for c in range(len(opc.CORRECTIONS))]
     assert len({round(float(x), 6) for x in losses}) == len(losses), losses
+
+
+def test_corrections_apply_to_buffered_rollouts_too():
+    """K = 1 older rollout and a lag of 1, vmapped over the corrections: from update 1 on every sample
+    is off-policy (the buffered rollout and the lagging actor's fresh one) and every correction trains
+    on them, each differently."""
+    sizes = dict(num_envs=2, num_steps=8, total_timesteps=48, update_epochs=1, num_minibatches=2,
+                 actor_hidden=(8,), critic_hidden=(8,))
+    config = stale_ppo.Config(**sizes, max_stale=1, max_staleness=1)
+    codes = list(range(len(opc.CORRECTIONS)))
+    hypers = sweep.grid(stale_ppo.Hyper(lr=0.02, stale_rollouts=1.0, staleness=1.0), correction=codes).hypers
+    train = jax.vmap(stale_ppo.make_train(config), in_axes=(None, 0))
+    key = jax.random.PRNGKey(0)
+    program = jax.jit(train).lower(key, hypers).compile(compiler_options=FAST_COMPILE)
+    _, metrics = jax.device_get(program(key, hypers))
+    batch = config.num_steps * config.num_envs
+    np.testing.assert_array_equal(metrics["stale_samples"], [[batch, 2 * batch, 2 * batch]] * len(codes))
+    for name in ("policy_loss", "value_loss", "behaviour_kl", "update_kl"):
+        assert np.all(np.isfinite(metrics[name])), name
+    assert np.all(metrics["behaviour_kl"][:, 1:] > 1e-5)
+    last = metrics["value_loss"][:, -1]
+    assert len({round(float(x), 6) for x in last}) == len(codes), last
 
 
 def test_staleness_beyond_the_kept_history_is_refused():
