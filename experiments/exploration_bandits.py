@@ -474,7 +474,7 @@ def headline_line(runs: pd.DataFrame, comp: pd.DataFrame, plan: DictConfig) -> s
 
 
 DISCUSSION = """\
-**Discussion.** Fixed ε pays ε(K−1)Δ/K per pull forever, so its regret is linear on every seed
+Fixed ε pays ε(K−1)Δ/K per pull forever, so its regret is linear on every seed
 (Sutton & Barto 2018, §2.3). The 1/(1 + decay·t) schedule looks like Auer, Cesa-Bianchi & Fischer
 (2002)'s ε_n-greedy, but their logarithmic bound needs ε_t = min(1, cK/(d²t)) with c > 5 and d no larger
 than the smallest gap: a schedule written as 1/(1 + decay·t) corresponds to c = d²/(K·decay), and the
@@ -526,9 +526,11 @@ def run(plan: DictConfig) -> None:
         "**Definitions.** Regret: the exact pseudo-regret R(t) = Σ_s (μ* − μ_{a_s}). *Growth* has one "
         "definition, the doubling ratio ρ = [R(T) − R(T/2)] / [R(T/2) − R(T/4)] (ratio of the seeds' summed "
         f"increments, bootstrap CI over seeds): 1 for C·ln t, √2 for √t, 2 for linear; *linear* when its CI lies "
-        f"above {LINEAR_RATIO}, *sub-linear* when below, else *not resolved*. *Locked* seed: worse arms took at "
-        f"least {LOCKED:.0%} of its pulls in (T/2, T] (from the per-block optimal-arm fraction), so its regret grows "
-        "by at least Δ/2 per pull — linearly; the share of locked seeds has a Wilson 95% CI. A strategy has *left "
+        f"above {LINEAR_RATIO}, *sub-linear* when below, else *not resolved*. *Locked* (linear) seed: worse arms took "
+        f"at least {LOCKED:.0%} of its pulls in (T/2, T] (from the per-block optimal-arm fraction), so its regret "
+        "grows by at least Δ/2 per pull — linearly. Such a seed is locked on a worse arm, or still exploring "
+        "uniformly (ε_n-greedy before t = cK/d²; on K = 2 uniform exploration sits at 50%, so there the class is a "
+        "coin flip per seed). The share of locked seeds has a Wilson 95% CI. A strategy has *left "
         f"its start-up phase* when that CI lies below {LOCKED:g}. Lai–Robbins constant C = Σ_a Δ_a / KL(ν_a, ν*) "
         "(Bernoulli KL; Gaussian with known σ: Δ²/2σ²); late dR/d ln t = [R(T) − R(T/2)] / ln 2. Comparisons are "
         "paired: per seed, then a bootstrap CI of the mean difference; a claim is made only when that CI excludes "
