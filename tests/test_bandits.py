@@ -146,8 +146,7 @@ def check_regret_against_numpy(result, env: str, pulls: int) -> None:
                                           ("thompson_gaussian", "GaussianBandit-misc"),
                                           ("ucb1", "KArmedBernoulliBandit"),
                                           ("kl_ucb", "KArmedBernoulliBandit"),
-                                          ("kl_ucb", "KArmedGaussianBandit"),
-                                          ("epsilon_decreasing", "KArmedBernoulliBandit")])
+                                          ("kl_ucb", "KArmedGaussianBandit")])
 def test_regret_equals_numpy_from_arm_means_and_pull_counts(strategy, env):
     config = bandits.Config(env=env, strategy=strategy, total_timesteps=2000, num_steps=100)
     result = sweep.run(bandits.make_train(config), bandits.Hyper(), seeds=8, return_state=True)
