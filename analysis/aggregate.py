@@ -11,10 +11,11 @@ the diverged ones (`n_diverged`) and those whose metric is NaN without diverging
 (`n_no_episode`: for returns, no episode finished in the final window). The choice for
 diverged runs (`diverged=`):
 
-- "worst" (default for return metrics, where higher is better): a diverged run counts
-  as a failure, the worst possible outcome, -inf. It ranks below every finished run, so
-  the median or IQM stays finite while few runs diverge (IQM: at most 25%) and becomes
-  -inf beyond that; a mean with any diverged run is -inf.
+- "worst" (default for return metrics): a diverged run counts as a failure, the worst
+  possible outcome: -inf where higher is better, +inf where the algorithm's headline is
+  better when lower (bandit regret: `purerl.algos.lower_is_better`). It ranks below every
+  finished run, so the median or IQM stays finite while few runs diverge (IQM: at most 25%)
+  and becomes infinite beyond that; a mean with any diverged run is infinite.
 - "exclude": diverged runs are left out of the statistic (and counted); this overstates
   the performance of a setting that diverges, so the table says so.
 
@@ -68,6 +69,23 @@ def check_ci(ci: float) -> float:
 
 def default_diverged_policy(metric: str) -> str:
     return "worst" if metric in RETURN_METRICS else "exclude"
+
+
+def lower_is_better(df: pd.DataFrame, metric: str = "final_return") -> bool:
+    """Whether `metric` of these runs is better when lower: a return metric (final_return, auc)
+    of algorithms whose headline is (`purerl.algos.lower_is_better`, e.g. bandit regret).
+    Runs of algorithms with opposite directions cannot share one table (ValueError)."""
+    if metric not in RETURN_METRICS or "algo" not in df.columns or df.empty:
+        return False
+    from purerl.algos import lower_is_better as algo_lower
+
+    directions = {algo: algo_lower(str(algo)) for algo in df["algo"].dropna().unique()}
+    if len(set(directions.values())) > 1:
+        lower = sorted(a for a, d in directions.items() if d)
+        higher = sorted(a for a, d in directions.items() if not d)
+        raise ValueError(f"metric: {metric} is better when lower for {', '.join(lower)} but when higher for "
+                         f"{', '.join(higher)}; allowed: runs whose headline metrics point the same way")
+    return bool(directions) and next(iter(directions.values()))
 
 
 def stratified_bootstrap_ci(
@@ -168,7 +186,7 @@ def describe_duplicates(duplicates: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------- the table
 def _note(n: int, n_diverged: int, n_no_episode: int, n_used: int, policy: str,
-          estimate: float, low: float, high: float, metric: str) -> str:
+          estimate: float, low: float, high: float, metric: str, worst: float = -np.inf) -> str:
     """Why a cell is NaN or infinite (empty when it is an ordinary number)."""
     no_value = "no finished episode" if metric in RETURN_METRICS else f"{metric} is NaN"
     if n_used == 0:
@@ -178,12 +196,12 @@ def _note(n: int, n_diverged: int, n_no_episode: int, n_used: int, policy: str,
         if n_no_episode:
             parts.append(f"{n_no_episode} with {no_value}")
         return "no run to aggregate: " + ", ".join(parts) if parts else "no runs"
-    if estimate == -np.inf:
-        return f"{n_diverged} of {n - n_no_episode} runs diverged and count as -inf"
+    if estimate == worst:
+        return f"{n_diverged} of {n - n_no_episode} runs diverged and count as {_fmt(worst, 1)}"
     if np.isnan(low) and np.isnan(high):
         return "no CI: fewer than 2 runs per setting"
-    if low == -np.inf:
-        return "CI reaches -inf: resamples with more diverged runs"
+    if worst in (low, high):
+        return f"CI reaches {_fmt(worst, 1)}: resamples with more diverged runs"
     return ""
 
 
@@ -202,8 +220,9 @@ def aggregate(
     """One row per group of `by`: the statistic, its CI (ci_low, ci_high), n_runs (all
     runs in the group), n_diverged, n_no_episode and a note when a cell is NaN/-inf.
 
-    `diverged`: "worst" (a diverged run counts as -inf) or "exclude"; default "worst" for
-    return metrics (final_return, auc), "exclude" otherwise (see the module docstring).
+    `diverged`: "worst" (a diverged run counts as -inf, or +inf where lower is better:
+    `lower_is_better`) or "exclude"; default "worst" for return metrics (final_return, auc),
+    "exclude" otherwise (see the module docstring).
     Refuses (ValueError) to pool the same run from two jobs unless "job" is in `by`."""
     by = [by] if isinstance(by, str) else list(by)
     statistic(stat)
@@ -221,6 +240,8 @@ def aggregate(
         duplicates = duplicate_runs(df)
         if len(duplicates):
             raise ValueError(describe_duplicates(duplicates) + "; analyse the jobs separately or group by job")
+    lower = lower_is_better(df, metric)
+    worst = np.inf if lower else -np.inf
     strata_cols = [c for c in (strata if strata is not None else ("job", "setting")) if c in df.columns and c not in by]
     fn = statistic(stat)
     rows = []
@@ -230,7 +251,7 @@ def aggregate(
         values = group[metric].to_numpy(np.float64)
         no_value = ~np.isfinite(values) & ~is_diverged
         if policy == "worst":
-            values = np.where(is_diverged, -np.inf, values)
+            values = np.where(is_diverged, worst, values)
             used = ~no_value
         else:
             used = ~no_value & ~is_diverged
@@ -255,12 +276,14 @@ def aggregate(
                 "n_runs": len(group),
                 "n_diverged": n_div,
                 "n_no_episode": n_none,
-                "note": _note(len(group), n_div, n_none, int(used.sum()), policy, estimate, low, high, metric),
+                "note": _note(len(group), n_div, n_none, int(used.sum()), policy, estimate, low, high, metric,
+                              worst),
             }
         )
     columns = [*by, stat, "ci_low", "ci_high", "n_runs", "n_diverged", "n_no_episode", "note"]
     table = pd.DataFrame(rows, columns=columns)
-    table.attrs.update({"metric": metric, "stat": stat, "ci": ci, "by": list(by), "diverged": policy})
+    table.attrs.update({"metric": metric, "stat": stat, "ci": ci, "by": list(by), "diverged": policy,
+                        "lower_is_better": lower})
     return table
 
 
@@ -272,7 +295,8 @@ def explain(table: pd.DataFrame) -> str:
     parts = []
     if n_div:
         parts.append(
-            f"{n_div} diverged run(s) count as the worst outcome (-inf)"
+            f"{n_div} diverged run(s) count as the worst outcome "
+            f"({'+inf' if table.attrs.get('lower_is_better') else '-inf'})"
             if policy == "worst"
             else f"{n_div} diverged run(s) are left out of the statistic (which overstates those settings)"
         )
@@ -299,7 +323,9 @@ def _display(table: pd.DataFrame, digits: int) -> tuple[list[str], list[list[str
     ci = table.attrs.get("ci", 0.95)
     by = table.attrs.get("by") or list(table.columns[: list(table.columns).index(stat)])
     with_notes = "note" in table and table["note"].astype(bool).any()
-    headers = [*by, f"{STAT_LABELS[stat]} {metric} [{ci:.0%} CI]".replace("  ", " "), "n", "n diverged", "n no episode"]
+    direction = " (lower is better)" if table.attrs.get("lower_is_better") else ""
+    headers = [*by, f"{STAT_LABELS[stat]} {metric}{direction} [{ci:.0%} CI]".replace("  ", " "), "n", "n diverged",
+               "n no episode"]
     if with_notes:
         headers.append("note")
     rows = []

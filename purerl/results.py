@@ -9,7 +9,9 @@ A job directory holds, once finished:
   before it, e.g. PPO's scheduled `lr` vs the `Hyper.lr`, is stored as `metric_<name>`).
 - `summary.parquet`: one row per run with the same identifying columns plus
   final_return (mean return over the last 10% of updates), auc (mean return over all
-  updates: the area under the learning curve divided by its length), final_episodes
+  updates: the area under the learning curve divided by its length) — "return" being the
+  algorithm's headline metric (`purerl.algos.return_metric`: bandits' cumulative regret,
+  which is better when lower, `purerl.algos.lower_is_better`), final_episodes
   (episodes finished in that last 10%; final_return is NaN when it is 0), diverged and
   diverged_update (first update with a NaN/inf metric), num_updates, env_steps,
   wall_seconds and compile_seconds (of the whole job: its runs train together).

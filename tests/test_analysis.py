@@ -101,6 +101,24 @@ def test_too_many_diverged_runs_make_the_iqm_minus_infinity_and_say_why():
     assert "3 diverged run(s) count as the worst outcome (-inf)" in text
 
 
+def test_where_lower_is_better_a_diverged_run_counts_as_plus_infinity():
+    """Bandit regret (purerl.algos.lower_is_better): the worst outcome is +inf, and the table says
+    its headline is better when lower; runs whose headlines point opposite ways are refused."""
+    values = [10.0, 20, 30, 40, 50, 60, 70, np.nan]
+    df = _summary(values, [False] * 7 + [True]).assign(algo="bandit")
+    table = analysis.aggregate(df, by="env", stat="iqm")
+    # [10, …, 70, +inf]: trim 2 from each end -> mean(30, 40, 50, 60)
+    assert table.iqm.item() == pytest.approx(45.0) and table.attrs["lower_is_better"]
+    mean = analysis.aggregate(df, by="env", stat="mean")
+    assert mean["mean"].item() == np.inf and "1 of 8 runs diverged and count as inf" in mean.note.item()
+    text = analysis.to_markdown(mean)
+    assert "final_return (lower is better)" in text.splitlines()[0] and "worst outcome (+inf)" in text
+    mixed = pd.concat([df, df.assign(algo="ppo", seed=df.seed + 100)], ignore_index=True)
+    with pytest.raises(ValueError, match="better when lower for bandit but when higher for ppo"):
+        analysis.aggregate(mixed, by="env")
+    assert not analysis.aggregate(df.assign(algo="ppo"), by="env").attrs["lower_is_better"]
+
+
 def test_runs_without_a_finished_episode_are_counted_and_nan_rows_explained():
     df = pd.concat(
         [

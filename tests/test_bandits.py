@@ -17,7 +17,9 @@ HARD_BERNOULLI = dict(env="BernoulliBandit-misc", env_params={"reward_prob": 0.4
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(strategy="ucb2"), r"Config.strategy: got 'ucb2'; allowed: 'epsilon_greedy', 'ucb1'"),
+        (dict(strategy="ucb2"),
+         r"Config.strategy: got 'ucb2'; allowed: 'epsilon_greedy', 'epsilon_decreasing', 'ucb1', 'kl_ucb'"),
+        (dict(env="LinearContextualBandit", strategy="kl_ucb"), r"Config.strategy: 'kl_ucb' ignores the context"),
         (dict(env="CartPole-v1"), r"Config.env: got 'CartPole-v1'; allowed: 'BernoulliBandit-misc'"),
         (dict(env="LinearContextualBandit", strategy="ucb1"), r"Config.strategy: 'ucb1' ignores the context"),
         (dict(strategy="linucb"), r"Config.strategy: 'linucb' needs a contextual bandit"),
@@ -115,6 +117,8 @@ SUBLINEAR = [
     ("thompson_gaussian", "GaussianBandit-misc", 0.1, 0.0),
     ("linucb", "LinearContextualBandit", 0.1, 0.0),
     ("epsilon_greedy", "BernoulliBandit-misc", 1.0, 0.01),
+    ("kl_ucb", "BernoulliBandit-misc", 0.1, 0.0),
+    ("epsilon_decreasing", "BernoulliBandit-misc", 0.1, 0.0),  # c = 5, d = 0.1 ≤ the gap 0.2
 ]
 LINEAR = [("epsilon_greedy", "BernoulliBandit-misc", 0.1, 0.0), ("epsilon_greedy", "LinearContextualBandit", 0.1, 0.0)]
 ids = lambda case: f"{case[0]}-{case[1].split('-')[0]}-decay{case[3]}"  # noqa: E731
@@ -140,7 +144,9 @@ def check_regret_against_numpy(result, env: str, pulls: int) -> None:
 
 @pytest.mark.parametrize("strategy,env", [("ucb1", "BernoulliBandit-misc"),
                                           ("thompson_gaussian", "GaussianBandit-misc"),
-                                          ("ucb1", "KArmedBernoulliBandit")])
+                                          ("ucb1", "KArmedBernoulliBandit"),
+                                          ("kl_ucb", "KArmedBernoulliBandit"),
+                                          ("kl_ucb", "KArmedGaussianBandit")])
 def test_regret_equals_numpy_from_arm_means_and_pull_counts(strategy, env):
     config = bandits.Config(env=env, strategy=strategy, total_timesteps=2000, num_steps=100)
     result = sweep.run(bandits.make_train(config), bandits.Hyper(), seeds=8, return_state=True)
@@ -206,3 +212,66 @@ def test_hydra_config_composes_with_the_bandit_env_presets():
     assert plan.config == bandits.Config(env_params={"reward_prob": 0.4})
     assert len(plan.sweep) == 2
     assert gaussian.config.env == "GaussianBandit-misc"
+
+
+# ---------------------------------------------------------------- KL-UCB and ε_n-greedy vs NumPy / SciPy
+def _numpy_bernoulli_kl(p: float, q: float) -> float:
+    from scipy.special import rel_entr
+
+    return float(rel_entr(p, q) + rel_entr(1 - p, 1 - q))
+
+
+def test_kl_ucb_bernoulli_index_matches_a_scipy_root():
+    """max{q ∈ [μ̂, 1] : n KL(μ̂, q) ≤ ln t + c ln ln t}, found by brentq in float64."""
+    from scipy.optimize import brentq
+
+    rng = np.random.default_rng(0)
+    means = np.concatenate([[0.0, 1.0, 0.5], rng.uniform(0, 1, 21)])
+    counts = rng.integers(1, 500, means.size).astype(np.float64)
+    for pulls, c in ((37, 0.0), (5000, 3.0)):
+        level = np.log(pulls) + c * np.log(max(np.log(pulls), 1.0))
+        got = np.asarray(bandits.kl_ucb_bernoulli(jnp.asarray(means, jnp.float32), jnp.asarray(counts, jnp.float32),
+                                                  bandits.exploration_level(jnp.int32(pulls), jnp.float32(c))))
+        expected = []
+        for mu, n in zip(means, counts):
+            excess = lambda q, mu=mu, n=n, level=level: n * _numpy_bernoulli_kl(mu, q) - level  # noqa: E731
+            expected.append(1.0 if mu >= 1 or excess(1 - 1e-12) <= 0 else brentq(excess, mu, 1 - 1e-12, xtol=1e-12))
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+    untried = bandits.kl_ucb_bernoulli(jnp.zeros(2), jnp.array([0.0, 3.0]), jnp.float32(2.0))
+    assert float(untried[0]) == 1.0 and float(untried[1]) < 1.0
+
+
+def test_kl_ucb_gaussian_index_is_the_root_of_the_gaussian_kl():
+    """n (q − μ̂)² / 2σ² = level at q = the index, i.e. UCB with the constant 2σ²."""
+    mean, counts, sigma = np.array([0.3, -1.2, 2.0]), np.array([1.0, 10.0, 400.0]), 0.7
+    level = np.log(1000)
+    got = np.asarray(bandits.kl_ucb_gaussian(jnp.asarray(mean), jnp.asarray(counts), jnp.float32(level), sigma))
+    np.testing.assert_allclose(counts * (got - mean) ** 2 / (2 * sigma**2), level, rtol=1e-5)
+    assert np.all(got > mean)
+
+
+def test_decreasing_epsilon_is_auers_schedule():
+    """ε_t = min(1, cK/(d²t)) for t = 1, 2, … (Auer et al. 2002), in the library and in a run's
+    per-block `epsilon` metric."""
+    pulls = np.arange(0, 5000, 7)
+    got = np.asarray(bandits.decreasing_epsilon(jnp.float32(5.0), jnp.float32(0.1), 10, jnp.asarray(pulls)))
+    np.testing.assert_allclose(got, np.minimum(1.0, 5.0 * 10 / (0.01 * (pulls + 1))), rtol=1e-6)
+    config = bandits.Config(env="KArmedBernoulliBandit", env_kwargs={"num_arms": 4}, strategy="epsilon_decreasing",
+                            total_timesteps=3000, num_steps=500)
+    result = sweep.run(bandits.make_train(config), bandits.Hyper(epsilon_c=0.5, epsilon_d=0.2), seeds=2)
+    block_ends = np.arange(1, 7) * 500
+    np.testing.assert_allclose(result.metrics["epsilon"][0, 0], np.minimum(1.0, 0.5 * 4 / (0.04 * (block_ends + 1))),
+                               rtol=1e-6)
+
+
+def test_regret_is_the_headline_and_lower_is_better():
+    from purerl import algos, results
+
+    assert algos.return_metric("bandit") == "regret" and algos.lower_is_better("bandit")
+    assert not algos.lower_is_better("ppo")
+    config = bandits.Config(env="KArmedBernoulliBandit", strategy="ucb1", total_timesteps=2000, num_steps=100)
+    result = sweep.run(bandits.make_train(config), bandits.Hyper(), seeds=3)
+    summary = results.summarize(result, experiment="x", algo="bandit", config=config, base_hyper=bandits.Hyper(),
+                                return_metric=algos.return_metric("bandit"))
+    regret = np.asarray(result.metrics["regret"][0], np.float64)  # [seed, block]: the last 10% = 2 blocks
+    np.testing.assert_allclose(summary.final_return, regret[:, -2:].mean(axis=1), rtol=1e-6)

@@ -287,22 +287,91 @@ def test_lai_robbins_constant_matches_scipy_kl():
     np.testing.assert_allclose(eb.lai_robbins_constant(gauss), 2 * 2 * 2.0**2 / 0.5, rtol=1e-12)  # Σ 2σ²/Δ
 
 
+def _toy_bandit_results():
+    """Results rows of two fake jobs on the smoke instance (T = 400, blocks of 50): seed 0 pays Δ
+    per pull throughout (locked), seed 1 pays Δ per pull until t = 100, then nothing."""
+    import pandas as pd
+
+    steps = np.arange(50, 401, 50)
+    rows = []
+    for job, strategy in (("bernoulli_k2__ucb1", "ucb1"), ("bernoulli_k2__kl_ucb", "kl_ucb")):
+        for seed in (0, 1):
+            regret = 0.1 * (steps if seed == 0 else np.minimum(steps, 100))
+            optimal = np.where(steps <= 100, 0.0, 1.0) if seed else np.zeros(steps.size)
+            rows.append(pd.DataFrame({"job": job, "setting": 0, "seed": seed, "env_steps": steps, "regret": regret,
+                                      "optimal_arm_fraction": optimal, "strategy": strategy, "ucb_c": 2.0,
+                                      "klucb_c": 0.0, "epsilon": 0.1, "epsilon_decay": 0.0, "epsilon_c": 5.0,
+                                      "linucb_alpha": 1.0}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_exploration_bandits_per_seed_numbers_and_classification():
+    """R(T/4), R(T/2), R(T) and the late worse-arm share read off the curves; ρ = 2 for the locked
+    seed and 0 for the one that stopped; the Wilson interval matches its closed form."""
+    from experiments import exploration_bandits as eb
+
+    plan = lab.load_plan("exploration_bandits", ["scale=smoke"])
+    seeds, curves = eb.per_seed(plan, _toy_bandit_results())
+    ucb = seeds[seeds.label == "UCB1 c=2"].set_index("seed")
+    assert list(ucb.regret_quarter) == pytest.approx([10.0, 10.0]) and list(ucb.regret_T) == pytest.approx([40.0, 10.0])
+    assert list(ucb.late_suboptimal) == [1.0, 0.0]
+    assert set(seeds.label) == {"UCB1 c=2", "KL-UCB"} and set(curves.label) == {"UCB1 c=2", "KL-UCB"}
+    locked = ucb.regret_T - ucb.regret_half, ucb.regret_half - ucb.regret_quarter
+    assert eb.ratio_ci(locked[0][:1], locked[1][:1])[0] == pytest.approx(2.0)  # linear: 2
+    runs = eb.settings(plan, seeds).set_index("label")
+    assert runs.loc["UCB1 c=2", "locked"][:3] == (1, 2, 0.5)
+    assert runs.loc["UCB1 c=2", "minus_best"][0] == pytest.approx(0.0)  # identical curves: tied with the best
+    k, n, z = 3, 40, 1.959963984540054  # Wilson score interval
+    centre, half = (k + z**2 / 2) / (n + z**2), z * np.sqrt(k * (n - k) / n + z**2 / 4) / (n + z**2)
+    np.testing.assert_allclose(eb.share_ci(np.arange(n) < k)[3:], [centre - half, centre + half], rtol=1e-9)
+    assert eb.verdict((-1.0, -2.0, -0.5), "A lower", "B lower", 8) == "A lower"
+    assert eb.verdict((1.0, -0.1, 2.0), "A lower", "B lower", 8) == "not resolved at 8 seeds"
+
+
 @pytest.mark.slow
-def test_exploration_bandits_smoke(tmp_path):
+def test_exploration_bandits_smoke_and_rebuild_from_kept_results(tmp_path):
     from experiments import exploration_bandits
 
     report = _smoke(exploration_bandits, tmp_path)
     rows = table_under(report, "Headline: mean regret at T")
-    assert [r[0] for r in rows] == ["ε-greedy ε=0.1", "ε-greedy ε_t=1/(1+0.01t)", "UCB1 c=1", "UCB1 c=2", "Thompson",
-                                    "Lai–Robbins C·ln T"]
+    assert [r[0] for r in rows] == ["ε-greedy ε=0.1", "ε-greedy ε_t=1/(1+0.01t)", "ε_n-greedy c=5, d=Δ", "UCB1 c=1",
+                                    "UCB1 c=2", "KL-UCB", "Thompson", "Lai–Robbins C·ln T"]
     assert rows[-1][1] == lab.fmt(exploration_bandits.lai_robbins_constant(
         lab.load_plan("exploration_bandits", ["scale=smoke"]).instances.bernoulli_k2) * np.log(400))
+    assert all(re.search(r", locked \d/4$", r[1]) for r in rows[:-1])
     detail = table_under(report, "Bernoulli K=2, Δ=0.1")
-    assert len(detail) == 5 and {r[4] for r in detail} <= {"linear", "sub-linear", "logarithmic"}
-    assert [r[0] for r in table_under(report, "Linear contextual bandit")] == ["LinUCB α=1"]
+    assert len(detail) == 7 and {r[3] for r in detail} <= {"linear", "sub-linear", "not resolved"}
+    assert [r[0] for r in table_under(report, "Linear contextual bandit")] == ["LinUCB α=1", "ε-greedy ε=0.1"]
+    comparisons = table_under(report, "4 comparisons chosen before the run")
+    assert [(r[1], r[2]) for r in comparisons] == [("ε_n-greedy c=5, d=Δ", "ε-greedy ε_t=1/(1+0.01t)"),
+                                                  ("KL-UCB", "UCB1 c=2"), ("KL-UCB", "Thompson"),
+                                                  ("LinUCB α=1", "ε-greedy ε=0.1")]
+    assert all(r[-1].endswith("lower") or r[-1] == "not resolved at 4 seeds" for r in comparisons)
     assert "python -m experiments.exploration_bandits scale=smoke" in report and re.search(r"^## Answer", report, re.M)
-    for png in ("regret_curves", "regret_vs_log_t", "regret_vs_lai_robbins", "contextual"):
-        assert (tmp_path / "report" / "exploration_bandits" / f"{png}.png").stat().st_size > 10_000
+    assert "**Headline.**" in report and "## Discussion" in report
+    kept = tmp_path / "report" / "exploration_bandits"
+    for png in ("regret_curves", "regret_vs_log_t", "classification", "contextual"):
+        assert (kept / f"{png}.png").stat().st_size > 10_000
+    argv = ["scale=smoke", "rebuild=true", f"kept_from={kept}", f"out_dir={tmp_path / 'nothing'}",
+            f"report_dir={tmp_path / 'rebuilt'}"]
+    assert exploration_bandits.main(argv) == 0
+    assert (tmp_path / "rebuilt" / "exploration_bandits.md").read_text() == report
+    assert not (tmp_path / "nothing").exists()  # nothing trained
+
+
+def test_exploration_bandits_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    """scale=full is the committed report: rebuilt from the committed kept results, its tables
+    equal the committed report's."""
+    from experiments import exploration_bandits
+
+    committed = lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'exploration_bandits'}",
+            f"out_dir={tmp_path / 'out'}", f"report_dir={tmp_path}"]
+    assert exploration_bandits.main(argv) == 0
+    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "exploration_bandits.md",
+                                                          committed / "exploration_bandits.md"))
+    assert rebuilt == original and len(original) >= 6
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -355,7 +424,8 @@ def test_every_scale_of_every_experiment_builds(name):
 
     from purerl.cli.train import build_plan
 
-    assert lab.scales(name) == ["ci", "paper", "smoke"]
+    assert lab.scales(name) == (["ci", "full", "paper", "smoke"] if name == "exploration_bandits"
+                                else ["ci", "paper", "smoke"])
     module = importlib.import_module(f"experiments.{name}")
     for scale in lab.scales(name):
         plan = lab.load_plan(name, [f"scale={scale}"])
@@ -371,6 +441,8 @@ def test_every_scale_of_every_experiment_builds(name):
             assert len(built.seeds) == plan.seeds, (name, scale, job)
             if scale == "paper":
                 assert plan.seeds >= 32
+            if scale == "full":
+                assert plan.seeds >= 16
 
 
 def test_index_repeats_each_reports_command_and_headline_table():

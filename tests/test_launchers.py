@@ -252,17 +252,22 @@ def ray_cluster(request, tmp_path_factory):
     try:
         started = subprocess.run(start, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        yield cwd
+        # `address=auto` looks for running Ray instances and gives up when it finds several (a local
+        # ray.init of another test may still be shutting down); RAY_ADDRESS is where Ray's "auto"
+        # looks first, as on a cluster node set up by `ray start`.
+        yield cwd, {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     finally:
         subprocess.run([str(ray_cli), "stop"], capture_output=True, env=env, cwd=cwd, timeout=300)
 
 
-def test_ray_cluster_address_auto(env, ray_cluster, tmp_path, capsys):
+def test_ray_cluster_address_auto(ray_cluster, tmp_path, capsys):
+    _, env = ray_cluster
     cluster = ["hydra/launcher=ray_cpu", "hydra.launcher.ray.init.address=auto"]
     check_ran_skipped_and_analysed(*multirun_twice(env, tmp_path / "sweep", *cluster, cwd=tmp_path), capsys)
 
 
-def test_ray_refuses_gpus_the_cluster_lacks(env, ray_cluster, tmp_path):
+def test_ray_refuses_gpus_the_cluster_lacks(ray_cluster, tmp_path):
+    _, env = ray_cluster
     proc = purerl_train(
         env, "-m", *OVERRIDES, f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra/launcher=ray_gpu",
         "hydra.launcher.ray.init.address=auto", cwd=tmp_path, timeout=300,
@@ -275,7 +280,8 @@ def test_ray_refuses_gpus_the_cluster_lacks(env, ray_cluster, tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
-def test_ray_cluster_refuses_a_relative_sweep_dir(env, ray_cluster, tmp_path):
+def test_ray_cluster_refuses_a_relative_sweep_dir(ray_cluster, tmp_path):
+    head, env = ray_cluster
     proc = purerl_train(
         env, "-m", *OVERRIDES, "hydra.sweep.dir=multirun/t", "hydra/launcher=ray_cpu",
         "hydra.launcher.ray.init.address=auto", cwd=tmp_path, timeout=300,
@@ -284,7 +290,7 @@ def test_ray_cluster_refuses_a_relative_sweep_dir(env, ray_cluster, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("purerl-train: error: hydra.sweep.dir=multirun/t is relative")
     assert last.endswith(f"hydra.sweep.dir={tmp_path / 'multirun/t'}")
-    assert not (tmp_path / "multirun").exists() and not (ray_cluster / "multirun").exists()
+    assert not (tmp_path / "multirun").exists() and not (head / "multirun").exists()
 
 
 # ---- a one-node SLURM

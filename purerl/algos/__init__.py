@@ -1,9 +1,10 @@
 """One module per algorithm, each exposing `Config`, `Hyper`, `make_train(config)` and
 `RETURN_METRIC`: the name of its headline per-update metric (`episode_return` for RL on
-environments, `accuracy` for the LM trainers, ...), which results tables and analysis read instead
-of each algorithm renaming its metric to fit them. A module may also define
-`check_hyper(config, hyper)`, raising ValueError for Hyper values its Config cannot serve (e.g.
-a staleness beyond the history it keeps); `purerl-train` calls it before anything compiles."""
+environments, `accuracy` for the LM trainers, `regret` for bandits, ...), which results tables and
+analysis read instead of each algorithm renaming its metric to fit them. A module whose headline is
+better when lower sets `RETURN_LOWER_IS_BETTER = True` (`lower_is_better`). A module may also define
+`check_hyper(config, hyper)`, raising ValueError for Hyper values its Config cannot serve (e.g. a
+staleness beyond the history it keeps); `purerl-train` calls it before anything compiles."""
 
 from __future__ import annotations
 
@@ -45,3 +46,11 @@ def return_metric(name: str, config: Any = None) -> str:
     if config is not None and hasattr(module, "return_metric"):
         return module.return_metric(config)
     return module.RETURN_METRIC
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether algorithm `name`'s headline metric is better when lower (bandit regret); unknown
+    names (summaries written by other tools) count as higher-is-better returns."""
+    if name not in ALGORITHMS:
+        return False
+    return bool(getattr(get_algorithm(name), "RETURN_LOWER_IS_BETTER", False))

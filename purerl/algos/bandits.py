@@ -1,4 +1,4 @@
-"""Bandit algorithms: ε-greedy, UCB1, Thompson sampling, LinUCB, with exact regret.
+"""Bandit algorithms: ε-greedy, UCB1, KL-UCB, Thompson sampling, LinUCB, with exact regret.
 
 One run draws ONE bandit instance (`purerl.bandit_envs`) and pulls it `total_timesteps`
 times; an update is a block of `num_steps` pulls, and metrics are reported per block.
@@ -11,9 +11,19 @@ fields, so e.g. a grid over `ucb_c` × seeds is one vmapped program (`purerl.swe
 Strategies (K arms, n_a pulls of arm a, μ̂_a their mean reward, t pulls so far):
 - `epsilon_greedy`: with probability ε_t = ε / (1 + epsilon_decay · t) a uniformly random
   arm, else the greedy one (ties broken at random). epsilon_decay = 0 is fixed ε, whose
-  regret grows linearly; a 1/t decay makes it logarithmic (Auer et al. 2002's ε_n-greedy).
+  regret grows linearly. A 1/t decay has no logarithmic guarantee by itself: with a constant
+  too small for the instance's gap, the greedy arm can stay wrong once ε_t is small (regret
+  linear again); `epsilon_decreasing` is the schedule with the guarantee.
   On a contextual bandit the greedy arm maximises the ridge estimate θ̂_a·x.
+- `epsilon_decreasing`: Auer, Cesa-Bianchi & Fischer 2002's ε_n-greedy, ε_t = min(1, cK/(d²t))
+  at pull t = 1, 2, …; with c > 5 and 0 < d ≤ the smallest gap its regret is O(ln T)
+  (their Theorem 3). Otherwise as `epsilon_greedy`.
 - `ucb1`: argmax μ̂_a + √(c ln t / n_a), untried arms first; c = 2 is Auer et al.'s UCB1.
+- `kl_ucb`: Garivier & Cappé 2011's KL-UCB, argmax max{q : n_a KL(μ̂_a, q) ≤ ln t + c ln ln t},
+  untried arms first. 0/1 rewards: Bernoulli KL, solved by bisection on [μ̂_a, 1]; other
+  rewards: Gaussian KL with known σ = noise_std, KL = (q − μ̂)²/2σ², whose index is the
+  closed form μ̂_a + σ √(2 (ln t + c ln ln t) / n_a) (UCB with the variance-correct constant).
+  Both attain the Lai–Robbins constant asymptotically (c = 3 in the proof; c = 0 in practice).
 - `thompson_beta`: Beta(α₀ + successes, β₀ + failures) posterior per arm (0/1 rewards
   only: BernoulliBandit-misc, KArmedBernoulliBandit); pull the argmax of one posterior sample.
 - `thompson_gaussian`: Gaussian prior N(0, prior_std²) on each mean, known reward noise
@@ -23,10 +33,12 @@ Strategies (K arms, n_a pulls of arm a, μ̂_a their mean reward, t pulls so far
   A_a⁻¹ is kept directly and updated by Sherman–Morrison (no solve per step).
 
 Metrics per block: `regret` (cumulative, at the end of the block), `block_regret`,
-`optimal_arm_fraction`, `epsilon` (ε_t at the block's end; ε-greedy only, else 0),
+`optimal_arm_fraction`, `epsilon` (ε_t at the block's end; ε-greedy strategies only, else 0),
 `env_steps_in_update` (pulls; `purerl.sweep.run` adds the cumulative `env_steps`), and
 `episode_return` = total reward of the block (the block counts as one "episode" of
-`num_steps` pulls, so `purerl-train`'s final_return is reward per block).
+`num_steps` pulls). The headline metric (`RETURN_METRIC`) is `regret`, lower is better
+(`RETURN_LOWER_IS_BETTER`): `purerl-train`'s final_return is the cumulative regret averaged
+over the last 10% of blocks, and tables count a diverged run as +inf regret.
 """
 
 from __future__ import annotations
@@ -43,12 +55,16 @@ from purerl import bandit_envs
 from purerl.config import ValidatedHyper, _freeze, _integral, check_choice, check_positive_int, hyper_field
 from purerl.rl.loop import OnUpdate, TrainFn, run_updates
 
-STRATEGIES = ("epsilon_greedy", "ucb1", "thompson_beta", "thompson_gaussian", "linucb")
-CONTEXT_FREE = ("ucb1", "thompson_beta", "thompson_gaussian")
+STRATEGIES = ("epsilon_greedy", "epsilon_decreasing", "ucb1", "kl_ucb", "thompson_beta", "thompson_gaussian",
+              "linucb")
+CONTEXT_FREE = ("ucb1", "kl_ucb", "thompson_beta", "thompson_gaussian")
+EPSILON_STRATEGIES = ("epsilon_greedy", "epsilon_decreasing")
+KL_UCB_BISECTIONS = 30  # halves [μ̂, 1] below float32 resolution
 
 
-# The headline per-update metric (purerl.algos.return_metric).
-RETURN_METRIC = "episode_return"
+# The headline per-update metric (purerl.algos.return_metric): cumulative regret, lower is better.
+RETURN_METRIC = "regret"
+RETURN_LOWER_IS_BETTER = True
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -78,7 +94,7 @@ class Config:
         if contextual and self.strategy in CONTEXT_FREE:
             raise ValueError(
                 f"Config.strategy: {self.strategy!r} ignores the context of {self.env}; allowed there: "
-                "'linucb', 'epsilon_greedy' (greedy on ridge estimates)"
+                "'linucb', 'epsilon_greedy', 'epsilon_decreasing' (greedy on ridge estimates)"
             )
         if not contextual and self.strategy == "linucb":
             raise ValueError(
@@ -88,8 +104,8 @@ class Config:
         if self.strategy == "thompson_beta" and self.env not in bandit_envs.BERNOULLI_BANDITS:
             raise ValueError(
                 f"Config.strategy: 'thompson_beta' needs 0/1 rewards ({', '.join(bandit_envs.BERNOULLI_BANDITS)}), "
-                f"but env is "
-                f"{self.env}; allowed there: 'thompson_gaussian', 'ucb1', 'epsilon_greedy'"
+                f"but env is {self.env}; allowed there: 'thompson_gaussian', 'kl_ucb', 'ucb1', 'epsilon_greedy', "
+                "'epsilon_decreasing'"
             )
         try:
             bandit_envs.make(self.env, dict(self.env_kwargs), dict(self.env_params))
@@ -111,11 +127,14 @@ class Hyper(ValidatedHyper):
 
     epsilon: float = hyper_field(0.1, "[0, 1]", "ε-greedy: exploration probability (at t = 0)")
     epsilon_decay: float = hyper_field(0.0, "[0, inf)", "ε-greedy: ε_t = ε / (1 + epsilon_decay · t); 0 = fixed")
+    epsilon_c: float = hyper_field(5.0, "(0, inf)", "ε_n-greedy: c of ε_t = min(1, cK/(d²t)); c > 5 is guaranteed")
+    epsilon_d: float = hyper_field(0.1, "(0, inf)", "ε_n-greedy: d of ε_t = min(1, cK/(d²t)); ≤ the smallest gap")
     ucb_c: float = hyper_field(2.0, "[0, inf)", "UCB1: index μ̂ + √(c ln t / n)")
+    klucb_c: float = hyper_field(0.0, "[0, inf)", "KL-UCB: exploration level ln t + c ln ln t")
     prior_alpha: float = hyper_field(1.0, "(0, inf)", "Beta Thompson: prior successes α₀")
     prior_beta: float = hyper_field(1.0, "(0, inf)", "Beta Thompson: prior failures β₀")
     prior_std: float = hyper_field(1.0, "(0, inf)", "Gaussian Thompson: prior std of each arm mean (prior mean 0)")
-    noise_std: float = hyper_field(1.0, "(0, inf)", "Gaussian Thompson: assumed reward noise std")
+    noise_std: float = hyper_field(1.0, "(0, inf)", "Gaussian Thompson and KL-UCB: assumed reward noise std")
     linucb_alpha: float = hyper_field(1.0, "[0, inf)", "LinUCB: confidence width α")
     ridge: float = hyper_field(1.0, "(0, inf)", "LinUCB / contextual ε-greedy: ridge λ")
 
@@ -147,7 +166,49 @@ def _argmax_random_ties(key: jax.Array, values: jax.Array) -> jax.Array:
 
 
 def epsilon_at(hyper: Hyper, pulls: jax.Array) -> jax.Array:
+    """`epsilon_greedy`'s ε_t = ε / (1 + epsilon_decay · t), t = pulls so far."""
     return hyper.epsilon / (1.0 + hyper.epsilon_decay * pulls.astype(jnp.float32))
+
+
+def decreasing_epsilon(c: jax.Array, d: jax.Array, num_arms: int, pulls: jax.Array) -> jax.Array:
+    """`epsilon_decreasing`'s ε_t = min(1, cK/(d²t)) for the pull t = pulls + 1 (Auer et al.
+    count pulls from 1)."""
+    t = pulls.astype(jnp.float32) + 1.0
+    return jnp.minimum(1.0, c * num_arms / (jnp.square(d) * t))
+
+
+def exploration_level(pulls: jax.Array, c: jax.Array) -> jax.Array:
+    """KL-UCB's ln t + c ln ln t at t = max(pulls, 1); ln ln t taken as 0 while ln t < 1."""
+    log_t = jnp.log(jnp.maximum(pulls, 1).astype(jnp.float32))
+    return log_t + c * jnp.log(jnp.maximum(log_t, 1.0))
+
+
+def bernoulli_kl(p: jax.Array, q: jax.Array) -> jax.Array:
+    """KL(Bernoulli(p) ‖ Bernoulli(q)) with 0 log 0 = 0 and q kept inside (0, 1)."""
+    q = jnp.clip(q, 1e-7, 1.0 - 1e-7)
+    first = jnp.where(p > 0, p * jnp.log(jnp.maximum(p, 1e-30) / q), 0.0)
+    second = jnp.where(p < 1, (1 - p) * jnp.log(jnp.maximum(1 - p, 1e-30) / (1 - q)), 0.0)
+    return first + second
+
+
+def kl_ucb_bernoulli(mean: jax.Array, counts: jax.Array, level: jax.Array) -> jax.Array:
+    """[K] max{q ∈ [μ̂, 1] : n KL(μ̂, q) ≤ level} by bisection (KL(μ̂, ·) increases on [μ̂, 1]);
+    arms with n = 0 get 1."""
+    budget = level / jnp.maximum(counts, 1.0)
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = 0.5 * (low + high)
+        inside = bernoulli_kl(mean, middle) <= budget
+        return jnp.where(inside, middle, low), jnp.where(inside, high, middle)
+
+    low, _ = lax.fori_loop(0, KL_UCB_BISECTIONS, halve, (mean, jnp.ones_like(mean)))
+    return jnp.where(counts > 0, low, 1.0)
+
+
+def kl_ucb_gaussian(mean: jax.Array, counts: jax.Array, level: jax.Array, noise_std: jax.Array) -> jax.Array:
+    """[K] μ̂ + σ √(2 level / n), the KL-UCB index for Gaussian rewards with known σ."""
+    return mean + noise_std * jnp.sqrt(2.0 * level / jnp.maximum(counts, 1.0))
 
 
 def sherman_morrison(inverse: jax.Array, x: jax.Array) -> jax.Array:
@@ -170,6 +231,12 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
     env, env_params = bandit_envs.make(config.env, dict(config.env_kwargs), dict(config.env_params))
     num_arms = bandit_envs.num_arms(env, env_params)
     contextual = bandit_envs.is_contextual(config.env)
+    bernoulli = config.env in bandit_envs.BERNOULLI_BANDITS
+
+    def epsilon(hyper: Hyper, pulls: jax.Array) -> jax.Array:
+        if config.strategy == "epsilon_decreasing":
+            return decreasing_epsilon(hyper.epsilon_c, hyper.epsilon_d, num_arms, pulls)
+        return epsilon_at(hyper, pulls)
 
     def init_learner(hyper: Hyper, context_dim: int) -> Learner:
         zeros = jnp.zeros(num_arms, jnp.float32)
@@ -184,18 +251,25 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
         tie_key, explore_key, arm_key = jax.random.split(key, 3)
         n = learner.counts
         mean = learner.reward_sums / jnp.maximum(n, 1.0)
-        if config.strategy == "epsilon_greedy":
+        if config.strategy in EPSILON_STRATEGIES:
             if contextual:
                 estimates = linucb_scores(learner.design_inv, learner.xr_sums, x, 0.0)
             else:
                 estimates = mean
             greedy = _argmax_random_ties(tie_key, estimates)
-            explore = jax.random.uniform(explore_key) < epsilon_at(hyper, pulls)
+            explore = jax.random.uniform(explore_key) < epsilon(hyper, pulls)
             return jnp.where(explore, jax.random.randint(arm_key, (), 0, num_arms), greedy)
         if config.strategy == "ucb1":
             log_t = jnp.log(jnp.maximum(pulls, 1).astype(jnp.float32))
             bonus = jnp.sqrt(hyper.ucb_c * log_t / jnp.maximum(n, 1.0))
             scores = jnp.where(n > 0, mean + bonus, jnp.inf)
+        elif config.strategy == "kl_ucb":
+            level = exploration_level(pulls, hyper.klucb_c)
+            if bernoulli:
+                index = kl_ucb_bernoulli(mean, n, level)
+            else:
+                index = kl_ucb_gaussian(mean, n, level, hyper.noise_std)
+            scores = jnp.where(n > 0, index, jnp.inf)
         elif config.strategy == "thompson_beta":
             scores = jax.random.beta(
                 arm_key, hyper.prior_alpha + learner.reward_sums, hyper.prior_beta + n - learner.reward_sums
@@ -259,7 +333,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
                 "regret": state.regret,
                 "block_regret": jnp.sum(gaps),
                 "optimal_arm_fraction": jnp.mean(optimal),
-                "epsilon": epsilon_at(hyper, state.pulls) if config.strategy == "epsilon_greedy" else jnp.float32(0),
+                "epsilon": epsilon(hyper, state.pulls) if config.strategy in EPSILON_STRATEGIES else jnp.float32(0),
                 "episode_return": jnp.sum(rewards),
                 "episode_length": jnp.float32(config.num_steps),
                 "episodes": jnp.int32(1),
