@@ -171,7 +171,7 @@ def test_a_variant_state_saves_its_agent(tmp_path):
 
     config = stale_ppo.Config(num_envs=2, num_steps=8, total_timesteps=16, max_stale=2)
     agent = untrained_state(config, 1, 2)
-    state = stale_ppo.StaleState(agent=agent, buffer=None, filled=np.zeros((1, 2), np.int32))
+    state = stale_ppo.StaleState(agent=agent, buffer=None, filled=np.zeros((1, 2), np.int32), history=None)
     policies.save_policies(tmp_path, state, algo="stale_ppo", config=config, settings=[{}], seeds=[0, 1])
     policy = purerl.load_policy(tmp_path, setting=0, seed=1)
     for loaded, saved in zip(jax.tree.leaves(policy.params), jax.tree.leaves(agent.params)):
