@@ -14,7 +14,7 @@ __all__ = ["load_policy"]
 def __getattr__(name: str):
     # Lazy: `import purerl` stays cheap (no JAX, no orbax) until a saved policy is loaded.
     if name == "load_policy":
-        from purerl.artifacts import load_policy
+        from purerl.policies import load_policy
 
         return load_policy
     raise AttributeError(f"module 'purerl' has no attribute {name!r}")

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from purerl import orbax_io
 from purerl.programs import BoundedCache
 from purerl.rl.loop import Segmented
 
@@ -146,8 +147,6 @@ class Progress:
 
 def save(checkpointing: Checkpointing, layout: dict[str, Any], progress: Progress) -> Path:
     """Write `progress` as the newest checkpoint; remove the older ones."""
-    from purerl.artifacts import _checkpointer, _orbax_path
-
     directory = checkpointing.directory
     directory.mkdir(parents=True, exist_ok=True)
     existing = _complete(directory)
@@ -175,7 +174,7 @@ def save(checkpointing: Checkpointing, layout: dict[str, Any], progress: Progres
     tmp = Path(tempfile.mkdtemp(prefix=f".{PREFIX}tmp-", dir=directory))
     try:
         if tree:
-            with _checkpointer() as checkpointer, _orbax_path(tmp / STATE) as state_path:
+            with orbax_io.checkpointer() as checkpointer, orbax_io.orbax_path(tmp / STATE) as state_path:
                 checkpointer.save(state_path, tree)
                 checkpointer.wait_until_finished()
         with open(tmp / META, "w") as f:  # last: a directory without it was never finished
@@ -196,8 +195,6 @@ def restore(checkpointing: Checkpointing, layout: dict[str, Any], carry_tree: An
             ) -> tuple[Progress, Path] | None:
     """The newest checkpoint of this job (same identity and layout), or None. Checkpoints
     of another job are reported and left alone; they are replaced by the next save."""
-    from purerl.artifacts import _checkpointer, _orbax_path
-
     for path in reversed(_complete(checkpointing.directory)):
         meta = json.loads((path / META).read_text())
         if meta.get("format") != FORMAT or meta.get("identity") != checkpointing.identity \
@@ -206,7 +203,7 @@ def restore(checkpointing: Checkpointing, layout: dict[str, Any], carry_tree: An
             return None
         tree = {}
         if (path / STATE).exists():
-            with _checkpointer() as checkpointer, _orbax_path(path / STATE) as state_path:
+            with orbax_io.checkpointer() as checkpointer, orbax_io.orbax_path(path / STATE) as state_path:
                 tree = {k: np.asarray(v) for k, v in checkpointer.restore(state_path).items()}
         num_carry = len(jax.tree.leaves(carry_tree))
         num_state = len(jax.tree.leaves(state_tree))

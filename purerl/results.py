@@ -20,7 +20,7 @@ A job directory holds, once finished:
   diverged instead, see `analysis.aggregate`).
 - `config.yaml`: the fully resolved configuration (text supplied by the caller).
 - `policies/` (purerl-train's `save_policies=true`, the default): the final parameters
-  and observation statistics of every run, written by `purerl.artifacts` (orbax).
+  and observation statistics of every run, written by `purerl.policies` (orbax).
 - `job.json`: status `running` -> `complete` | `failed`, plus a fingerprint of the
   configuration. It is written first (running) and last (complete); every file is
   written to a temporary name and `os.replace`d into place, so a job killed at any

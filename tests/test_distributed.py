@@ -52,7 +52,7 @@ def test_two_process_purerl_train_job_writes_once_what_one_process_writes(tmp_pa
     spans both) against 1 process × 2 CPU devices (PURERL_CPU_DEVICES=2). Every process
     holds all metrics; process 0 alone writes the results and saved policies, exactly equal
     to the 1-process job's (the same runs on the same per-device shards)."""
-    from purerl import artifacts
+    from purerl import policies
     from purerl import results as res
 
     base = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
@@ -91,6 +91,6 @@ def test_two_process_purerl_train_job_writes_once_what_one_process_writes(tmp_pa
     pd.testing.assert_frame_equal(a, b)  # exact: the same CPU kernels on the same shards
     for s in range(2):
         for k in range(2):
-            p, q = artifacts.load_policy(single, s, k), artifacts.load_policy(distributed_job, s, k)
+            p, q = policies.load_policy(single, s, k), policies.load_policy(distributed_job, s, k)
             for x, y in zip(jax.tree.leaves(p.params), jax.tree.leaves(q.params), strict=True):
                 np.testing.assert_array_equal(x, y)

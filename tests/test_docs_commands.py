@@ -4,7 +4,7 @@ documents a command that is refused.
 Each kind is checked as far as a test can afford: `purerl-train` lines are composed and
 validated job by job (the same checks purerl-train makes before running anything, `build_plan`
 included); `purerl-memory` lines run; `purerl-analyze` / `purerl-eval` lines parse with the
-apps' own parsers (their end-to-end runs live in test_analysis.py and test_artifacts.py);
+apps' own parsers (their end-to-end runs live in test_analysis.py and test_policies.py);
 `python -m experiments.X key=value` lines load their plan at the requested scale;
 `python benchmarks/X.py ...` and `python -m experiments.llm_rl --flags` lines parse their
 flags; `make` targets exist; `pip install -e '.[extras]'` names extras that exist."""

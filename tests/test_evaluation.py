@@ -1,8 +1,9 @@
 """Periodic greedy evaluation during training (`eval_every`, metric `eval_return`).
 
 One tiny PPO batch (2 settings × 2 seeds, 4 updates, evaluation after every 2nd) is shared
-by the module; it is compared with `purerl.artifacts.evaluate` of its final parameters and
-with the same batch trained without evaluation."""
+by the module; it is compared with `evaluation.evaluate` of its final parameters as a job's
+saved policies (purerl.policies.SavedPolicies) and with the same batch trained without
+evaluation."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import tol
 
-from purerl import artifacts, results, sweep
+from purerl import policies, results, sweep
 from purerl.algos import a2c, ppo
 from purerl.rl import evaluation
 
@@ -43,16 +44,16 @@ def test_eval_return_at_every_eval_every_th_update_and_nan_elsewhere(trained):
     assert not summary.diverged.any()  # NaN between evaluations is by design, not divergence
 
 
-def test_eval_return_equals_artifacts_evaluate_of_the_same_params_and_keys(trained):
+def test_eval_return_equals_saved_policies_evaluate_of_the_same_params_and_keys(trained):
     result = trained[0]
     state = result.final_state
-    saved = artifacts.SavedPolicies(
+    saved = policies.SavedPolicies(
         job_dir=None, algo="ppo", config=CONFIG, settings=list(result.settings), seeds=list(result.seeds),
         params=state.params, obs_stats=state.obs_stats, fingerprint=None,
     )
     last = CONFIG.num_updates - 1
     with jax.default_matmul_precision("highest"):
-        returns, finished = artifacts.evaluate(saved, CONFIG.eval_episodes, evaluation.evaluation_key(last))[
+        returns, finished = evaluation.evaluate(saved, CONFIG.eval_episodes, evaluation.evaluation_key(last))[
             "deterministic"
         ]
     assert finished.all()

@@ -3,45 +3,27 @@
 Evaluates every policy a job saved (`save_policies=true`, the default of `purerl-train`)
 over N episodes (any N: evaluation runs its own envs, independent of the training
 budget), acting deterministically (the distribution's mode) and stochastically
-(a sample), in one vmapped program per job (purerl.artifacts.evaluate). Writes
+(a sample), in one vmapped program per job (purerl.rl.evaluation.evaluate). Writes
 `JOB_DIR/evaluation.parquet` (atomically) and prints a Markdown table: setting, the
 setting's grid values, seed, mode, mean return, std over episodes, episodes.
 
 `--gif` also writes `JOB_DIR/episode_setting<S>_seed<K>.gif`: one deterministic episode of
-the policy with the best deterministic mean return, drawn by gymnax's visualizer.
-Catch and MinAtar draw with matplotlib alone; classic control (CartPole, Acrobot,
-Pendulum, MountainCar) draws through Gymnasium, which needs pygame:
-`pip install 'purerl[render]'`. Without it the evaluation is still written and the GIF
+the policy with the best deterministic mean return, drawn by gymnax's visualizer
+(purerl.rendering.write_gif). Catch and MinAtar draw with matplotlib alone; classic
+control (CartPole, Acrobot, Pendulum, MountainCar) draws through Gymnasium, which needs
+pygame: `pip install 'purerl[render]'`. Without it the evaluation is still written and the GIF
 is skipped with a message saying so.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 EVALUATION = "evaluation.parquet"
-# Envs whose states gymnax's Visualizer can draw, and what that needs beyond purerl.
-CLASSIC_CONTROL = ("Acrobot-v1", "CartPole-v1", "Pendulum-v1", "MountainCar-v0", "MountainCarContinuous-v0")
-MATPLOTLIB_ONLY = (
-    "Catch-bsuite",
-    "Asterix-MinAtar",
-    "Breakout-MinAtar",
-    "Freeway-MinAtar",
-    "SpaceInvaders-MinAtar",
-    "Pong-misc",
-    "PointRobot-misc",
-    "MetaMaze-misc",
-    "FourRooms-misc",
-)
-
-
-class RenderUnavailable(RuntimeError):
-    """The env cannot be drawn here; the message says why and what to install."""
 
 
 def _cell(value: Any) -> str:
@@ -63,47 +45,12 @@ def markdown(table: Any) -> str:
     return markdown_table(headers, rows, numeric)
 
 
-def check_renderable(env_name: str) -> None:
-    """Raise RenderUnavailable naming the env and what is missing."""
-    if env_name in CLASSIC_CONTROL:
-        if importlib.util.find_spec("pygame") is None:
-            raise RenderUnavailable(
-                f"rendering {env_name} needs pygame (Gymnasium's classic-control renderer), which is "
-                "not installed: pip install 'purerl[render]'"
-            )
-    elif env_name not in MATPLOTLIB_ONLY:
-        raise RenderUnavailable(
-            f"gymnax has no renderer for {env_name}; renderable: {', '.join(CLASSIC_CONTROL + MATPLOTLIB_ONLY)}"
-        )
-
-
-def write_gif(saved: Any, setting: int, seed: int, path: Path, key_seed: int = 0) -> int:
-    """One deterministic episode of (setting, seed) as a GIF; returns its number of frames."""
-    import jax
-    import matplotlib
-
-    from purerl import artifacts
-
-    check_renderable(saved.config.env)
-    matplotlib.use("Agg")  # headless: draw to files only
-    from gymnax.visualize import Visualizer
-
-    states, returns = artifacts.record_episode(saved, setting, seed, jax.random.PRNGKey(key_seed))
-    env, env_params = saved.config.make_env()
-    tmp = path.with_name(f".{path.name}.tmp.gif")  # PillowWriter picks the format from the suffix
-    try:
-        Visualizer(env, env_params, states, returns).animate(str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(states)
-
-
 def evaluate_job(job_dir: Path, episodes: int, seed: int, max_steps: int | None, gif: bool) -> Any:
-    from purerl import artifacts, results
+    from purerl import policies, rendering, results
+    from purerl.rl import evaluation
 
-    saved = artifacts.load_policies(job_dir)
-    table = artifacts.evaluation_table(saved, episodes=episodes, seed=seed, max_steps=max_steps)
+    saved = policies.load_policies(job_dir)
+    table = evaluation.evaluation_table(saved, episodes=episodes, seed=seed, max_steps=max_steps)
     results.atomic_write_parquet(job_dir / EVALUATION, table)
     print(f"{job_dir}: {saved.algo} on {saved.config.env}, {episodes} episodes per policy and mode")
     print(markdown(table), flush=True)
@@ -113,9 +60,12 @@ def evaluate_job(job_dir: Path, episodes: int, seed: int, max_steps: int | None,
         best = deterministic.loc[deterministic["mean_return"].fillna(-math.inf).idxmax()]
         setting, run_seed = int(best["setting"]), int(best["seed"])
         path = job_dir / f"episode_setting{setting}_seed{run_seed}.gif"
+        import matplotlib
+
+        matplotlib.use("Agg")  # headless: draw to files only
         try:
-            frames = write_gif(saved, setting, run_seed, path, key_seed=seed)
-        except RenderUnavailable as e:
+            frames = rendering.write_gif(saved, setting, run_seed, path, key_seed=seed)
+        except rendering.RenderUnavailable as e:
             print(f"purerl-eval: no GIF: {e}", file=sys.stderr)
         else:
             print(f"wrote {path} ({frames} frames, setting {setting}, seed {run_seed}, deterministic)")
@@ -143,22 +93,22 @@ def _seed(text: str) -> int:
 
 
 def has_policies(job_dir: Path) -> bool:
-    from purerl import artifacts
+    from purerl import policies
 
-    return (job_dir / artifacts.POLICIES / artifacts.INDEX).is_file()
+    return (job_dir / policies.POLICIES / policies.INDEX).is_file()
 
 
 def expand_job_dirs(paths: list[Path]) -> tuple[list[Path], list[str]]:
     """Job folders to evaluate: each path that holds saved policies, or every job below a
     path that does not (a multirun folder); plus the paths under which none was found."""
-    from purerl import artifacts
+    from purerl import policies
 
     jobs, missing = [], []
     for path in paths:
         if has_policies(path):
             jobs.append(path)
             continue
-        below = sorted(index.parent.parent for index in path.glob(f"**/{artifacts.POLICIES}/{artifacts.INDEX}"))
+        below = sorted(index.parent.parent for index in path.glob(f"**/{policies.POLICIES}/{policies.INDEX}"))
         jobs.extend(below)
         if not below:
             missing.append(str(path))
@@ -184,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    from purerl import artifacts
+    from purerl import policies
 
     job_dirs, missing = expand_job_dirs(args.job_dirs)
     if missing:  # every argument checked before anything runs
@@ -194,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     for job_dir in job_dirs:
         try:
             evaluate_job(job_dir, args.episodes, args.seed, args.max_steps, args.gif)
-        except (ValueError, artifacts.PoliciesNotFound) as e:
+        except (ValueError, policies.PoliciesNotFound) as e:
             parser.exit(2, f"purerl-eval: error: {' '.join(str(e).split())}\n")
 
 

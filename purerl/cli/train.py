@@ -407,8 +407,8 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
 
     Everything is validated before the job's status is touched, and a complete job is never
     marked failed by a rerun that does not validate."""
-    from purerl import artifacts, results
     from purerl import checkpoint as checkpoints
+    from purerl import policies, results
     from purerl.algos import return_metric
 
     job_dir = Path(job_dir)
@@ -433,7 +433,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
 
     if action == "skip":
         log.info("skipping %s: results exist (force=true redoes it)", job_dir)
-        if cfg.save_policies and artifacts.supports(plan.config) and not (job_dir / "policies").is_dir():
+        if cfg.save_policies and policies.supports(plan.config) and not (job_dir / "policies").is_dir():
             log.info("%s has no saved policies (trained with save_policies=false); force=true retrains it", job_dir)
         if cfg.print_table:
             import pandas as pd
@@ -449,9 +449,9 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
         from purerl import sweep as sweeps
 
         if writer:
-            artifacts.remove_policies(job_dir)  # an earlier run's policies must not outlive its results
+            policies.remove_policies(job_dir)  # an earlier run's policies must not outlive its results
             shutil.rmtree(job_dir / TENSORBOARD, ignore_errors=True)  # nor its curves
-        save = cfg.save_policies and artifacts.supports(plan.config)
+        save = cfg.save_policies and policies.supports(plan.config)
         if cfg.save_policies and not save:
             log.info("%s: saved policies are not supported for %s; none will be saved", job_dir, plan.algo)
 
@@ -487,7 +487,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
 
             write_tensorboard(job_dir / TENSORBOARD, result.metrics, result.settings, result.seeds)
         if save:  # before write_job: a complete job has its policies
-            artifacts.save_policies(
+            policies.save_policies(
                 job_dir, result.final_state, algo=plan.algo, config=plan.config,
                 settings=result.settings, seeds=result.seeds, fingerprint=plan.fingerprint,
             )
@@ -496,7 +496,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> str:
             tidy,
             summary,
             config_text,
-            extra_files=[artifacts.POLICIES] if save else [],
+            extra_files=[policies.POLICIES] if save else [],
             **meta,
             compile_seconds=result.compile_seconds,
             run_seconds=result.run_seconds,

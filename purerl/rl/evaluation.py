@@ -1,21 +1,29 @@
-"""Evaluation episodes of an actor-critic policy: the one episode loop that both the
-periodic evaluation during training (`eval_every`, metric `eval_return`) and the
-evaluation of saved policies (`purerl.artifacts.evaluate`, purerl-eval) run.
+"""Evaluation episodes of an actor-critic policy: the one episode loop (`make_episode_runner`)
+that both the periodic evaluation during training (`with_periodic_evaluation`: `eval_every`,
+metric `eval_return`) and the evaluation of saved policies (`evaluate`, `evaluation_table`:
+purerl-eval) run.
 
 An evaluation plays `episodes` separate envs from fresh resets for `max_steps` steps (by
 default the env's time limit, by which every episode has ended) and keeps the return of
 each env's first episode. Actions are the distribution's mode (deterministic: argmax for
 discrete actions, the mean for Gaussian ones) or samples; observations are normalised
 with the agent's own statistics.
+
+`evaluate` and `evaluation_table` take the saved policies of a job as
+`purerl.policies.load_policies` returns them, and read only their fields (config, algo,
+settings, seeds, params, obs_stats, all arrays with leading [setting, seed] axes), so this
+module does not depend on how policies are stored.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from purerl import envs
@@ -86,7 +94,7 @@ def mean_finished(returns: jax.Array, finished: jax.Array) -> jax.Array:
 # Evaluation during training: the key of the evaluation after update u is
 # fold_in(EVAL_KEY, u), the same for every run, so that at a given update all runs meet the
 # same start states and env randomness (differences are the policies', as in
-# `purerl.artifacts.evaluate`), and the training's own random stream is untouched.
+# `evaluate` of saved policies), and the training's own random stream is untouched.
 EVAL_KEY = 0
 
 
@@ -108,25 +116,109 @@ def with_periodic_evaluation(update_step: Callable, config: Any, network: Any) -
     env, env_params = evaluation_env(config, config.eval_episodes)
     run = make_episode_runner(env, env_params, network, config.eval_episodes, episode_limit(config))
 
-    def evaluate(state: Any, update_index: jax.Array) -> jax.Array:
+    def periodic_return(state: Any, update_index: jax.Array) -> jax.Array:
         returns, finished = run(True, state.params, state.obs_stats, evaluation_key(update_index))
         return mean_finished(returns, finished)
 
     def step(state: Any, key: jax.Array, update_index: jax.Array):
         state, metrics = update_step(state, key, update_index)
         due = (update_index + 1) % config.eval_every == 0
-        value = lax.cond(due, evaluate, lambda *_: jnp.float32(jnp.nan), state, update_index)
+        value = lax.cond(due, periodic_return, lambda *_: jnp.float32(jnp.nan), state, update_index)
         return state, {**metrics, "eval_return": value}
 
     return step
 
 
+# ---------------------------------------------------------------- saved policies
+MODES = ("deterministic", "stochastic")
+
+
+def check_episode_counts(episodes: Any, max_steps: Any) -> None:
+    """ValueError naming the field unless both are positive integers."""
+    for name, value in (("episodes", episodes), ("max_steps", max_steps)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{name}: got {value!r}; allowed: a positive integer")
+
+
+@functools.lru_cache(maxsize=8)
+def _saved_policies_program(config: Any, episodes: int, max_steps: int) -> Any:
+    """jit(program(deterministic [M], params [P, ...], obs_stats [P, ...], key)) ->
+    (returns, finished) [M, P, episodes]; cached per Config, so jobs alike share it."""
+    from purerl.rl.agent import build_env_and_network
+
+    env, env_params = evaluation_env(config, episodes)
+    network = build_env_and_network(config)[2]
+    run_episodes = make_episode_runner(env, env_params, network, episodes, max_steps)
+    over_policies = jax.vmap(run_episodes, in_axes=(None, 0, 0, None))
+    return jax.jit(jax.vmap(over_policies, in_axes=(0, None, None, None)))
+
+
+def evaluate(
+    saved: Any, episodes: int, key: Any, max_steps: int | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Returns of the first episode of `episodes` envs, for every saved policy of a job
+    (`purerl.policies.SavedPolicies`), acting deterministically and stochastically.
+
+    One compiled program, vmapped over mode × policy × `episodes` envs, with `lax.scan`
+    over `max_steps` (default: the env's time limit, by which every episode has ended).
+    Every policy and both modes meet the same env randomness (same key), so differences
+    are the policies'. Returns {mode: (returns [S, K, episodes], finished [S, K, episodes])}."""
+    max_steps = episode_limit(saved.config) if max_steps is None else max_steps
+    check_episode_counts(episodes, max_steps)
+    num_settings, num_seeds = len(saved.settings), len(saved.seeds)
+    flat = lambda x: x.reshape((num_settings * num_seeds,) + x.shape[2:])  # noqa: E731
+    params = jax.tree.map(flat, saved.params)
+    stats = None if saved.obs_stats is None else jax.tree.map(flat, saved.obs_stats)
+    deterministic = jnp.asarray([mode == "deterministic" for mode in MODES])
+    program = _saved_policies_program(saved.config, int(episodes), int(max_steps))
+    returns, finished = jax.device_get(program(deterministic, params, stats, key))
+    shape = (num_settings, num_seeds, episodes)
+    return {
+        mode: (np.asarray(returns[m]).reshape(shape), np.asarray(finished[m]).reshape(shape))
+        for m, mode in enumerate(MODES)
+    }
+
+
+def evaluation_table(saved: Any, episodes: int = 10, seed: int = 0, max_steps: int | None = None) -> Any:
+    """pandas DataFrame of `evaluate(saved, ...)`, one row per setting × seed × mode
+    (deterministic, stochastic): setting, seed, mode, mean_return, std_return (over
+    episodes), episodes (finished within max_steps), then the env, the algorithm and the
+    setting's grid values."""
+    import pandas as pd
+
+    outcomes = evaluate(saved, episodes, jax.random.PRNGKey(seed), max_steps)
+    rows = []
+    for s, setting in enumerate(saved.settings):
+        for k, run_seed in enumerate(saved.seeds):
+            for mode in MODES:
+                returns, finished = outcomes[mode]
+                done = returns[s, k][finished[s, k]].astype(np.float64)
+                rows.append(
+                    {
+                        "setting": s,
+                        "seed": run_seed,
+                        "mode": mode,
+                        "mean_return": float(done.mean()) if done.size else float("nan"),
+                        "std_return": float(done.std()) if done.size else float("nan"),
+                        "episodes": int(done.size),
+                        "env": saved.config.env,
+                        "algo": saved.algo,
+                        **setting,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
 __all__ = [
     "EVAL_KEY",
+    "MODES",
     "act",
+    "check_episode_counts",
     "episode_limit",
+    "evaluate",
     "evaluation_env",
     "evaluation_key",
+    "evaluation_table",
     "make_episode_runner",
     "mean_finished",
     "with_periodic_evaluation",

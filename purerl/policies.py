@@ -1,5 +1,15 @@
-"""Trained policies as artifacts: save the final parameters and observation statistics of
-every run of a job, load one back as a callable policy, and evaluate saved policies.
+"""Saved policies: store the final parameters and observation statistics of every run of
+a job, and load them back as callable policies.
+
+- storage: `save_policies`, `remove_policies`, `load_policies` -> `SavedPolicies` (every
+  run of a job, arrays with leading [setting, seed] axes), `PoliciesNotFound`, and
+  `supports` (which Configs can save policies);
+- acting: `load_policy` / `SavedPolicies.policy` -> `Policy`, one run's policy as a
+  jittable function `policy(obs, key=None, deterministic=True) -> action`.
+
+Evaluating saved policies is `purerl.rl.evaluation.evaluate` / `evaluation_table` (the
+episode runner training's periodic evaluation uses); drawing an episode of one is
+`purerl.rendering`.
 
 A job directory with saved policies holds
 
@@ -21,24 +31,27 @@ directory next to `policies/` (`.policies.tmp-*`), and only a finished one is re
 `policies/`. A process killed while saving leaves at most a hidden temporary directory,
 which nothing reads (and the next save removes); `load_policies` only ever opens
 `policies/`.
+
+JAX and orbax are imported when a policy is saved or loaded, not with this module, so
+`import purerl` stays cheap.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from purerl import orbax_io
 
 POLICIES = "policies"
 INDEX = "index.json"
@@ -50,47 +63,6 @@ _OLD_PREFIX = f".{POLICIES}.old-"
 
 class PoliciesNotFound(FileNotFoundError):
     """The directory holds no complete saved policies."""
-
-
-# ---------------------------------------------------------------- orbax
-@contextlib.contextmanager
-def _orbax_path(path: Path) -> Iterator[Path]:
-    """`path`, or a link to it without glob characters. orbax 0.12.8 finds the per-process
-    parts of a checkpoint with `directory.glob(...)`; in a folder named like a grid job
-    (`grid.lr=[0.001,0.01]`) that finds nothing, so the parts are never merged and the
-    checkpoint cannot be read. Saving (and reading) through a plain-named link avoids it."""
-    if not any(c in str(path) for c in "*?["):
-        yield path
-        return
-    link_dir = Path(tempfile.mkdtemp(prefix="purerl-orbax-"))
-    try:
-        (link_dir / "link").symlink_to(path.parent, target_is_directory=True)
-        yield link_dir / "link" / path.name
-    finally:
-        shutil.rmtree(link_dir, ignore_errors=True)  # removes the link, not its target
-
-
-@contextlib.contextmanager
-def _checkpointer() -> Iterator[Any]:
-    """orbax's StandardCheckpointer, its INFO logs (a dozen lines per save) kept out of the
-    job's log."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    options = {}
-    if jax.process_count() > 1:
-        # Under jax.distributed one process writes the (host, already gathered) policies;
-        # orbax would otherwise wait at barriers for processes that never save.
-        me = jax.process_index()
-        options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(max(level, logging.WARNING))
-    try:
-        with ocp.StandardCheckpointer(**options) as checkpointer:
-            yield checkpointer
-    finally:
-        absl.setLevel(level)
 
 
 # ---------------------------------------------------------------- saving
@@ -172,7 +144,7 @@ def save_policies(
 
     tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=job_dir))
     try:
-        with _checkpointer() as checkpointer, _orbax_path(tmp / STATE) as state_path:
+        with orbax_io.checkpointer() as checkpointer, orbax_io.orbax_path(tmp / STATE) as state_path:
             checkpointer.save(state_path, tree)
             checkpointer.wait_until_finished()
         index = {
@@ -281,7 +253,7 @@ def load_policies(job_dir: str | os.PathLike) -> SavedPolicies:
     module = get_algorithm(index["algo"])
     config = module.Config(**{k: _tuples(v) for k, v in index["config"].items()})
     try:
-        with _checkpointer() as checkpointer, _orbax_path(directory / STATE) as state_path:
+        with orbax_io.checkpointer() as checkpointer, orbax_io.orbax_path(directory / STATE) as state_path:
             tree = checkpointer.restore(state_path)
     except (FileNotFoundError, ValueError) as e:
         raise PoliciesNotFound(f"{directory}: the checkpoint cannot be read ({e})") from None
@@ -308,20 +280,15 @@ def load_policy(job_dir: str | os.PathLike, setting: int = 0, seed: int = 0) -> 
 
 
 # ---------------------------------------------------------------- acting
-def act(network: Any, params: Any, obs_stats: Any, obs: Any, key: Any, deterministic: Any) -> Any:
-    """The action of the policy network for raw observations (`purerl.rl.evaluation.act`)."""
-    from purerl.rl import evaluation
-
-    return evaluation.act(network, params, obs_stats, obs, key, deterministic)
-
-
 @functools.lru_cache(maxsize=16)
 def _jitted_act(network: Any) -> Any:
-    """One jitted `act` per network (flax modules hash by their fields): every policy of a
-    job shares its executables."""
+    """One jitted `purerl.rl.evaluation.act` per network (flax modules hash by their
+    fields): every policy of a job shares its executables."""
     import jax
 
-    return jax.jit(functools.partial(act, network), static_argnames="deterministic")
+    from purerl.rl import evaluation
+
+    return jax.jit(functools.partial(evaluation.act, network), static_argnames="deterministic")
 
 
 # eq=False: a policy hashes by identity, so `jax.jit(policy)` works; comparing weights is
@@ -345,11 +312,12 @@ class Policy:
     seed: int
 
     def __post_init__(self) -> None:
+        from purerl.rl import evaluation
         from purerl.rl.agent import observation_shape
 
         env, env_params = self.config.make_env()
         self.env_observation_shape = tuple(env.observation_space(env_params).shape)
-        vec_env, vec_params, _ = _env_stack(self.config, 1)
+        vec_env, vec_params = evaluation.evaluation_env(self.config, 1)
         self.observation_shape = observation_shape(vec_env, vec_params)
         self._act = _jitted_act(self.network)
 
@@ -380,190 +348,15 @@ class Policy:
                          deterministic=bool(deterministic))
 
 
-# ---------------------------------------------------------------- evaluation
-def _env_stack(config: Any, num_envs: int) -> tuple[Any, Any, Any]:
-    from purerl.rl.agent import build_env_and_network
-
-    # Not `dataclasses.replace(config, num_envs=...)`: that would validate the evaluation's
-    # episode count against the training budget (num_envs × num_steps ≤ total_timesteps).
-    return build_env_and_network(config, num_envs=num_envs)
-
-
-def episode_limit(config: Any) -> int:
-    """The env's time limit (steps after which gymnax truncates an episode)."""
-    from purerl.rl import evaluation
-
-    return evaluation.episode_limit(config)
-
-
-MODES = ("deterministic", "stochastic")
-
-
-@functools.lru_cache(maxsize=8)
-def _evaluation_program(config: Any, episodes: int, max_steps: int) -> Any:
-    """jit(program(deterministic [M], params [P, ...], obs_stats [P, ...], key)) ->
-    (returns, finished) [M, P, episodes]; cached per Config, so jobs alike share it."""
-    import jax
-
-    from purerl.rl import evaluation
-    from purerl.rl.agent import build_env_and_network
-
-    env, env_params = evaluation.evaluation_env(config, episodes)
-    network = build_env_and_network(config)[2]
-    run_episodes = evaluation.make_episode_runner(env, env_params, network, episodes, max_steps)
-    over_policies = jax.vmap(run_episodes, in_axes=(None, 0, 0, None))
-    return jax.jit(jax.vmap(over_policies, in_axes=(0, None, None, None)))
-
-
-def _check_counts(episodes: Any, max_steps: Any) -> None:
-    for name, value in (("episodes", episodes), ("max_steps", max_steps)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{name}: got {value!r}; allowed: a positive integer")
-
-
-def evaluate(
-    saved: SavedPolicies, episodes: int, key: Any, max_steps: int | None = None
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Returns of the first episode of `episodes` envs, for every saved policy, acting
-    deterministically and stochastically.
-
-    One compiled program, vmapped over mode × policy × `episodes` envs, with `lax.scan`
-    over `max_steps` (default: the env's time limit, by which every episode has ended).
-    Every policy and both modes meet the same env randomness (same key), so differences
-    are the policies'. Returns {mode: (returns [S, K, episodes], finished [S, K, episodes])}."""
-    import jax
-    import jax.numpy as jnp
-
-    max_steps = episode_limit(saved.config) if max_steps is None else max_steps
-    _check_counts(episodes, max_steps)
-    num_settings, num_seeds = len(saved.settings), len(saved.seeds)
-    flat = lambda x: x.reshape((num_settings * num_seeds,) + x.shape[2:])  # noqa: E731
-    params = jax.tree.map(flat, saved.params)
-    stats = None if saved.obs_stats is None else jax.tree.map(flat, saved.obs_stats)
-    deterministic = jnp.asarray([mode == "deterministic" for mode in MODES])
-    program = _evaluation_program(saved.config, int(episodes), int(max_steps))
-    returns, finished = jax.device_get(program(deterministic, params, stats, key))
-    shape = (num_settings, num_seeds, episodes)
-    return {
-        mode: (np.asarray(returns[m]).reshape(shape), np.asarray(finished[m]).reshape(shape))
-        for m, mode in enumerate(MODES)
-    }
-
-
-def evaluation_table(
-    saved: SavedPolicies, episodes: int = 10, seed: int = 0, max_steps: int | None = None
-) -> Any:
-    """pandas DataFrame, one row per setting × seed × mode (deterministic, stochastic):
-    setting, seed, mode, mean_return, std_return (over episodes), episodes (finished
-    within max_steps), then the env, the algorithm and the setting's grid values."""
-    import jax
-    import pandas as pd
-
-    outcomes = evaluate(saved, episodes, jax.random.PRNGKey(seed), max_steps)
-    rows = []
-    for s, setting in enumerate(saved.settings):
-        for k, run_seed in enumerate(saved.seeds):
-            for mode in MODES:
-                returns, finished = outcomes[mode]
-                done = returns[s, k][finished[s, k]].astype(np.float64)
-                rows.append(
-                    {
-                        "setting": s,
-                        "seed": run_seed,
-                        "mode": mode,
-                        "mean_return": float(done.mean()) if done.size else float("nan"),
-                        "std_return": float(done.std()) if done.size else float("nan"),
-                        "episodes": int(done.size),
-                        "env": saved.config.env,
-                        "algo": saved.algo,
-                        **setting,
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
-def _with_successor_states(vec_env: Any) -> Any:
-    """The env stack with its gymnax env wrapped so that every step also reports the
-    successor state before gymnax's auto-reset (`info["next_state"]`): the last frame of a
-    rendered episode is then its real end, not the next episode's start."""
-    import jax
-
-    from purerl.envs import Wrapper
-
-    class SuccessorState(Wrapper):
-        def step(self, key, state, action, params=None):
-            params = self.default_params if params is None else params
-            # gymnax's step: key_step, key_reset = split(key); the successor is step_env's.
-            _, successor, *_ = self._env.step_env(jax.random.split(key)[0], state, action, params)
-            obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
-            return obs, state, reward, terminated, truncated, {**info, "next_state": successor}
-
-    innermost = vec_env
-    while isinstance(innermost._env, Wrapper):
-        innermost = innermost._env
-    innermost._env = SuccessorState(innermost._env)
-    return vec_env
-
-
-@functools.lru_cache(maxsize=8)
-def _episode_program(config: Any, max_steps: int) -> Any:
-    """jit(program(deterministic, params, obs_stats, key)) -> one env's trajectory:
-    (first gymnax state, gymnax state after each step, episode_done, reward), [max_steps]."""
-    import jax
-
-    env, env_params, network = _env_stack(config, 1)
-    env = _with_successor_states(env)
-
-    def rollout(deterministic, params, obs_stats, key):
-        reset_key, steps_key = jax.random.split(key)
-        obs, state = env.reset(reset_key, env_params)
-
-        def step(carry, step_key):
-            obs, state = carry
-            act_key, env_key = jax.random.split(step_key)
-            action = act(network, params, obs_stats, obs, act_key, deterministic)
-            next_obs, next_state, reward, _, _, info = env.step(env_key, state, action, env_params)
-            return (next_obs, next_state), (info["next_state"], info["episode_done"][0], reward[0])
-
-        _, trajectory = jax.lax.scan(step, (obs, state), jax.random.split(steps_key, max_steps))
-        return (state.env_state, *trajectory)
-
-    return jax.jit(rollout)
-
-
-def record_episode(
-    saved: SavedPolicies, setting: int, seed: int, key: Any, deterministic: bool = True, max_steps: int | None = None
-) -> tuple[list[Any], np.ndarray]:
-    """One episode of one saved policy, for rendering: (the gymnax env states s_0 .. s_T
-    of an episode of T steps, as a list; the return collected up to each of them)."""
-    import jax
-
-    policy = saved.policy(setting, seed)
-    max_steps = episode_limit(saved.config) if max_steps is None else max_steps
-    _check_counts(1, max_steps)
-    program = _episode_program(saved.config, int(max_steps))
-    first, successors, done, rewards = jax.device_get(
-        program(bool(deterministic), policy.params, policy.obs_stats, key)
-    )
-    length = int(np.argmax(done)) + 1 if done.any() else max_steps
-    # Leaves are [1] (VecEnv of one env) and [max_steps, 1].
-    frames = [jax.tree.map(lambda x: x[0], first)]
-    frames += [jax.tree.map(lambda x, t=t: x[t, 0], successors) for t in range(length)]
-    return frames, np.concatenate([[0.0], np.cumsum(rewards[:length], dtype=np.float64)])
-
-
 __all__ = [
-    "MODES",
+    "INDEX",
+    "POLICIES",
     "Policy",
     "PoliciesNotFound",
     "SavedPolicies",
-    "act",
-    "evaluate",
-    "evaluation_table",
     "load_policies",
     "load_policy",
-    "record_episode",
     "remove_policies",
-    "supports",
     "save_policies",
+    "supports",
 ]

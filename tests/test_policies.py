@@ -1,6 +1,7 @@
-"""Trained policies as artifacts: saving with orbax from a Hydra job, loading
-back as a callable policy, atomic saves, `purerl-eval` end to end, and a trained CartPole
-policy that evaluates at the env's ceiling."""
+"""Saved policies (purerl.policies): saving with orbax from a Hydra job, loading back
+as a callable policy, atomic saves; `purerl-eval` end to end (evaluation of saved policies,
+purerl.rl.evaluation; a recorded episode drawn as a GIF, purerl.rendering); and a trained
+CartPole policy that evaluates at the env's ceiling."""
 
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import purerl
-from purerl import artifacts, results, sweep
+from purerl import policies, rendering, results, sweep
 from purerl.algos import ppo
 from purerl.cli import evaluate as purerl_eval
 from purerl.cli import schema
 from purerl.cli.train import build_plan, run_job
 from purerl.nets import ActorCritic
-from purerl.rl import normalization
+from purerl.rl import evaluation, normalization
 from purerl.rl.agent import build_env_and_network, init_params
 from purerl.rl.normalization import RunningStats
 from purerl.rl.on_policy import TrainState
@@ -68,10 +69,10 @@ pytestmark = pytest.mark.xdist_group(__name__)
 def cartpole_job(tmp_path_factory):
     """A tiny PPO CartPole job (2 settings × seeds 3, 4, normalised observations) run by
     purerl-train's run_job, with the SweepResult it trained (final states included)."""
-    # Named like a real grid job: orbax must cope with the brackets (see artifacts._orbax_path).
-    job = tmp_path_factory.mktemp("artifacts") / "algo.config.normalize_obs=true,grid.lr=[0.001,0.0003]"
-    (job / artifacts.POLICIES).mkdir(parents=True)  # an earlier run's files: must not survive
-    (job / artifacts.POLICIES / artifacts.INDEX).write_text("{stale")
+    # Named like a real grid job: orbax must cope with the brackets (see orbax_io.orbax_path).
+    job = tmp_path_factory.mktemp("policies") / "algo.config.normalize_obs=true,grid.lr=[0.001,0.0003]"
+    (job / policies.POLICIES).mkdir(parents=True)  # an earlier run's files: must not survive
+    (job / policies.POLICIES / policies.INDEX).write_text("{stale")
     (job / ".policies.tmp-killed").mkdir()
     cfg = compose_cfg(*JOB_OVERRIDES)
     seen = []
@@ -129,13 +130,13 @@ def test_job_saves_params_and_stats_only_indexed_by_setting_and_seed(cartpole_jo
     job, result, plan = cartpole_job
     assert results.is_complete(job)
     assert not list(job.glob(".policies.*")), "a killed save's leftovers are removed"
-    index = json.loads((job / artifacts.POLICIES / artifacts.INDEX).read_text())
+    index = json.loads((job / policies.POLICIES / policies.INDEX).read_text())
     assert index["algo"] == "ppo" and index["seeds"] == [3, 4]
     assert index["settings"] == [{"lr": 0.001}, {"lr": 0.0003}]
     assert index["fingerprint"] == results.read_status(job)["fingerprint"]
-    saved = artifacts.load_policies(job)
+    saved = policies.load_policies(job)
     assert saved.config == plan.config  # the network is rebuilt from the saved Config
-    assert set(os.listdir(job / artifacts.POLICIES)) == {artifacts.INDEX, artifacts.STATE}
+    assert set(os.listdir(job / policies.POLICIES)) == {policies.INDEX, policies.STATE}
     for name in ("mean", "var", "count"):
         np.testing.assert_array_equal(getattr(saved.obs_stats, name), getattr(result.final_state.obs_stats, name))
     jax.tree.map(np.testing.assert_array_equal, saved.params, jax.device_get(result.final_state.params))
@@ -153,14 +154,14 @@ def test_save_policies_false_saves_nothing(cartpole_job, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "run", fake_run)
     assert run_job(compose_cfg(*JOB_OVERRIDES, "save_policies=false"), tmp_path) == "complete"
     assert asked == [False] and results.is_complete(tmp_path)
-    assert not (tmp_path / artifacts.POLICIES).exists()
-    with pytest.raises(artifacts.PoliciesNotFound, match="save_policies=true"):
+    assert not (tmp_path / policies.POLICIES).exists()
+    with pytest.raises(policies.PoliciesNotFound, match="save_policies=true"):
         purerl.load_policy(tmp_path)
     # Algorithms whose states load_policy cannot rebuild do not ask for them (and keep the
     # exported-program cache); their jobs run as before.
     dqn_job = tmp_path / "dqn"
     assert run_job(compose_cfg("algo=dqn", "seeds=2", "compile_cache.enabled=false", "print_table=false"), dqn_job)
-    assert asked == [False, False] and not (dqn_job / artifacts.POLICIES).exists()
+    assert asked == [False, False] and not (dqn_job / policies.POLICIES).exists()
 
 
 def test_a_variant_state_saves_its_agent(tmp_path):
@@ -170,8 +171,8 @@ def test_a_variant_state_saves_its_agent(tmp_path):
 
     config = stale_ppo.Config(num_envs=2, num_steps=8, total_timesteps=16, max_stale=2)
     agent = untrained_state(config, 1, 2)
-    state = stale_ppo.StaleState(agent=agent, buffer=None, filled=np.zeros((1, 2), np.int32))
-    artifacts.save_policies(tmp_path, state, algo="stale_ppo", config=config, settings=[{}], seeds=[0, 1])
+    state = stale_ppo.StaleState(agent=agent, buffer=None, filled=np.zeros((1, 2), np.int32), history=None)
+    policies.save_policies(tmp_path, state, algo="stale_ppo", config=config, settings=[{}], seeds=[0, 1])
     policy = purerl.load_policy(tmp_path, setting=0, seed=1)
     for loaded, saved in zip(jax.tree.leaves(policy.params), jax.tree.leaves(agent.params)):
         np.testing.assert_array_equal(loaded, saved[0, 1])
@@ -180,7 +181,7 @@ def test_a_variant_state_saves_its_agent(tmp_path):
 def test_policies_are_supported_for_the_on_policy_actor_critics():
     from purerl.algos import ALGORITHMS, get_algorithm
 
-    supported = {name for name in ALGORITHMS if artifacts.supports(get_algorithm(name).Config())}
+    supported = {name for name in ALGORITHMS if policies.supports(get_algorithm(name).Config())}
     assert supported == {"ppo", "stale_ppo", "a2c", "trpo", "reinforce"}
 
 
@@ -195,7 +196,7 @@ def test_load_errors_name_what_is_allowed(cartpole_job, tmp_path):
         policy(jnp.zeros(4), deterministic=False)
     with pytest.raises(ValueError, match=r"obs: got shape \(3,\); allowed: \[\.\.\., 4\]"):
         policy(jnp.zeros(3))
-    with pytest.raises(artifacts.PoliciesNotFound, match="no complete saved policies"):
+    with pytest.raises(policies.PoliciesNotFound, match="no complete saved policies"):
         purerl.load_policy(tmp_path)
     # Policies of another run of the job (e.g. copied in by hand) are refused.
     copy = tmp_path / "copy"
@@ -231,23 +232,23 @@ KILLED_SAVE = textwrap.dedent(
     import os, signal, sys
     import orbax.checkpoint as ocp
     sys.path.insert(0, {tests!r})
-    from test_artifacts import synthetic_state
-    from purerl import artifacts
+    from test_policies import synthetic_state
+    from purerl import policies
     from purerl.algos import ppo
 
     kill_at, old_dir, new_dir = sys.argv[1:]
     config = ppo.Config(num_envs=2, num_steps=8, total_timesteps=16, normalize_obs=True)
     if old_dir != "-":
-        artifacts.save_policies(old_dir, synthetic_state(1, 2, key=1), algo="ppo", config=config,
-                                settings=[{{}}], seeds=[0, 1])
+        policies.save_policies(old_dir, synthetic_state(1, 2, key=1), algo="ppo", config=config,
+                               settings=[{{}}], seeds=[0, 1])
     die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
     if kill_at == "orbax":  # mid-write: the async checkpoint has started, nothing is committed
         save = ocp.StandardCheckpointer.save
         ocp.StandardCheckpointer.save = lambda self, *a, **k: (save(self, *a, **k), die())
     else:  # everything written to the temporary directory, not yet renamed
-        artifacts._publish = die
-    artifacts.save_policies(new_dir, synthetic_state(1, 2, key=2), algo="ppo", config=config,
-                            settings=[{{}}], seeds=[0, 1])
+        policies._publish = die
+    policies.save_policies(new_dir, synthetic_state(1, 2, key=2), algo="ppo", config=config,
+                           settings=[{{}}], seeds=[0, 1])
     print("not killed")
     """
 )
@@ -273,15 +274,15 @@ def test_a_killed_save_is_never_loadable(kill_at, tmp_path):
     assert out.returncode == -9, (out.returncode, out.stdout, out.stderr[-2000:])
     assert list(target.glob(".policies.tmp-*")), "the kill happened while the save was in flight"
     if kill_at == "orbax":  # the earlier complete save is intact and unchanged
-        assert_same_tree(artifacts.load_policies(old).params, synthetic_state(1, 2, key=1).params)
+        assert_same_tree(policies.load_policies(old).params, synthetic_state(1, 2, key=1).params)
     else:
-        with pytest.raises(artifacts.PoliciesNotFound):
-            artifacts.load_policies(fresh)
+        with pytest.raises(policies.PoliciesNotFound):
+            policies.load_policies(fresh)
     # The next save cleans the leftovers up and is complete.
-    artifacts.save_policies(target, synthetic_state(1, 2, key=3), algo="ppo", config=config,
-                            settings=[{}], seeds=[0, 1])
+    policies.save_policies(target, synthetic_state(1, 2, key=3), algo="ppo", config=config,
+                           settings=[{}], seeds=[0, 1])
     assert not list(target.glob(".policies.*"))
-    saved = artifacts.load_policies(target)
+    saved = policies.load_policies(target)
     assert_same_tree(saved.params, synthetic_state(1, 2, key=3).params)
     np.testing.assert_array_equal(saved.obs_stats.var, synthetic_state(1, 2, key=3).obs_stats.var)
 
@@ -290,7 +291,7 @@ def test_a_failed_save_leaves_the_earlier_one(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
 
     config = ppo.Config(num_envs=2, num_steps=8, total_timesteps=16)
-    save = lambda state: artifacts.save_policies(  # noqa: E731
+    save = lambda state: policies.save_policies(  # noqa: E731
         tmp_path, state, algo="ppo", config=config, settings=[{}], seeds=[0]
     )
     save(synthetic_state(1, 1, key=1, stats=False))
@@ -302,12 +303,12 @@ def test_a_failed_save_leaves_the_earlier_one(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save(synthetic_state(1, 1, key=2, stats=False))
     assert not list(tmp_path.glob(".policies.*"))
-    saved = artifacts.load_policies(tmp_path)
+    saved = policies.load_policies(tmp_path)
     assert_same_tree(saved.params, synthetic_state(1, 1, key=1).params)
     assert saved.obs_stats is None  # normalize_obs=False stores no statistics
     with pytest.raises(ValueError, match=r"leading shape \(1, 1\); allowed: \[setting, seed\] = \(1, 2\)"):
-        artifacts.save_policies(tmp_path, synthetic_state(1, 1, key=1), algo="ppo", config=config,
-                                settings=[{}], seeds=[0, 1])
+        policies.save_policies(tmp_path, synthetic_state(1, 1, key=1), algo="ppo", config=config,
+                               settings=[{}], seeds=[0, 1])
 
 
 # ---------------------------------------------------------------- purerl-eval
@@ -361,7 +362,7 @@ def test_purerl_eval_catch_gif_and_errors(tmp_path, capsys):
 
     config = ppo.Config(env="Catch-bsuite", num_envs=2, num_steps=8, total_timesteps=16)
     job = tmp_path / "env=catch"
-    artifacts.save_policies(job, untrained_state(config, 1, 2), algo="ppo", config=config, settings=[{}], seeds=[0, 1])
+    policies.save_policies(job, untrained_state(config, 1, 2), algo="ppo", config=config, settings=[{}], seeds=[0, 1])
     # More episodes than the training budget's envs (2 envs × 8 steps = total_timesteps 16), and
     # the multirun folder above the job instead of the job: every job below is evaluated.
     purerl_eval.main([str(tmp_path), "--episodes", "5", "--gif"])
@@ -373,8 +374,8 @@ def test_purerl_eval_catch_gif_and_errors(tmp_path, capsys):
     assert gif.name in printed
     with Image.open(gif) as image:
         assert image.n_frames == 10  # the ball falls from row 0 to row 9: nine steps, ten states
-    saved = artifacts.load_policies(job)
-    frames, returns = artifacts.record_episode(saved, 0, 0, jax.random.PRNGKey(0))
+    saved = policies.load_policies(job)
+    frames, returns = rendering.record_episode(saved, 0, 0, jax.random.PRNGKey(0))
     assert [int(f.ball_y) for f in frames] == list(range(10))  # the last frame is the real end
     assert returns[-1] in (-1.0, 1.0) and np.all(returns[:-1] == 0)
     assert returns[-1] == (1.0 if int(frames[-1].ball_x) == int(frames[-1].paddle_x) else -1.0)
@@ -396,9 +397,9 @@ def test_trained_cartpole_policy_evaluates_at_the_ceiling(tmp_path):
     # deterministically, and so did seeds 0-7 of this exact call (one sweep.run, seeds=8).
     config = ppo.Config()
     result = sweep.run(ppo.make_train(config), ppo.Hyper(), seeds=1, return_state=True)
-    artifacts.save_policies(tmp_path, result.final_state, algo="ppo", config=config,
-                            settings=result.settings, seeds=result.seeds)
-    table = artifacts.evaluation_table(artifacts.load_policies(tmp_path), episodes=10)
+    policies.save_policies(tmp_path, result.final_state, algo="ppo", config=config,
+                           settings=result.settings, seeds=result.seeds)
+    table = evaluation.evaluation_table(policies.load_policies(tmp_path), episodes=10)
     deterministic = table[table["mode"] == "deterministic"]
     assert deterministic["episodes"].item() == 10
     assert deterministic["mean_return"].item() >= 475
