@@ -15,6 +15,9 @@ from purerl import sweep
 from purerl.algos import dqn, ppo, sac
 from purerl.rl.loop import NotSegmentable, Segmented
 
+# The PPO tests share module fixtures and compiled programs: one worker runs them.
+pytestmark = pytest.mark.xdist_group(__name__)
+
 PPO = ppo.Config(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 6)  # 6 updates
 
 
@@ -121,6 +124,7 @@ def test_resume_across_chunks(ppo_train, tmp_path):
     (sac, sac.Config(num_envs=2, num_steps=8, total_timesteps=2 * 8 * 6, learning_starts=32, buffer_size=128,
                      batch_size=16, actor_hidden=(16,), critic_hidden=(16,))),
 ], ids=["dqn", "sac"])
+@pytest.mark.xdist_group("checkpoint-off-policy")
 def test_off_policy_segments_equal_one_run(module, config):
     """Segments that cross the collect-only -> learning boundary (update 2)."""
     train = module.make_train(config)
@@ -132,6 +136,7 @@ def test_off_policy_segments_equal_one_run(module, config):
     assert_same(seg_state, state)
 
 
+@pytest.mark.xdist_group("checkpoint-grpo")
 def test_grpo_segments_equal_one_run():
     from purerl.llm import grpo
 

@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 from conftest import tol
 
+# The tests share module fixtures (one training run): one worker builds them once.
+pytestmark = pytest.mark.xdist_group(__name__)
+
 from purerl import artifacts, results, sweep
 from purerl.algos import a2c, ppo
 from purerl.rl import evaluation
