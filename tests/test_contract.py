@@ -108,7 +108,10 @@ def test_bad_hyper_is_refused_on_construction_naming_the_field(name, monkeypatch
             module.Hyper().replace(**{field: value})
 
 
-@pytest.fixture(scope="module", params=sorted(ALGORITHMS))
+# One xdist group per algorithm: the tests that share its runs go to one worker, which builds
+# them once, and the algorithms still spread over the workers.
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.xdist_group(f"contract-{n}"))
+                                        for n in sorted(ALGORITHMS)])
 def runs(request):
     """One algorithm's tiny config trained as a vmapped batch of two runs (seed 1 with good
     hyperparameters, seed 2 with the probe field out of range, both traced) and run 0 alone."""

@@ -18,6 +18,9 @@ from purerl import policies, results, sweep
 from purerl.algos import a2c, ppo
 from purerl.rl import evaluation
 
+# The tests share module fixtures (one training run): one worker builds them once.
+pytestmark = pytest.mark.xdist_group(__name__)
+
 CONFIG = ppo.Config(
     num_envs=2, num_steps=16, total_timesteps=2 * 16 * 4, update_epochs=1, num_minibatches=1,
     normalize_obs=True, eval_every=2, eval_episodes=3,

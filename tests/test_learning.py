@@ -10,6 +10,8 @@ from scipy.stats import trim_mean
 from purerl import sweep
 from purerl.algos import a2c, ppo, reinforce, trpo
 
+pytestmark = pytest.mark.learning
+
 SEEDS = list(range(8))
 
 

@@ -391,6 +391,7 @@ def test_purerl_eval_catch_gif_and_errors(tmp_path, capsys):
 
 # ---------------------------------------------------------------- a trained policy
 @pytest.mark.slow
+@pytest.mark.learning
 def test_trained_cartpole_policy_evaluates_at_the_ceiling(tmp_path):
     # One PPO-defaults run (PureJaxRL's CartPole settings, 500k steps). Measured: all 8
     # policies of the docs/hydra.md table (seeds 0-3 × ent_coef 0, 0.01) evaluate at 500

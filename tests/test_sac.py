@@ -82,11 +82,12 @@ FAST_PENDULUM = dict(total_timesteps=6000, num_steps=200, actor_hidden=(64, 64),
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_sac_learns_pendulum():
     """8 vmapped seeds, 6,000 env steps (5,000 gradient steps). Measured finals (mean return
     over the last 10% of updates): [−162, −204, −155, −209, −204, −80, −163, −45], IQM −171;
-    a random policy scores about −1,200. 244 s on the shared 2-core CPU under a load
-    average of 14 (the 8-seed program is compute-bound: 5,000 sequential gradient steps)."""
+    a random policy scores about −1,200. The 8-seed program is compute-bound: 5,000 sequential
+    gradient steps."""
     config = sac.Config(**FAST_PENDULUM)
     hyper = sac.Hyper(tau=0.02, actor_lr=1e-3, critic_lr=1e-3)
     result = sweep.run(sac.make_train(config), hyper, seeds=8)

@@ -56,42 +56,41 @@ def test_reinforce_keeps_observation_statistics_across_updates():
 HANG_REPRODUCER = textwrap.dedent(
     """
     import json
-    import purerl, jax
+    import jax
     from purerl import sweep
     from purerl.algos import ppo
     # The sizes that hung in about 9 of 10 tries before the fix (num_steps=64, 2 epochs).
     config = ppo.Config(num_envs=4, num_steps=64, total_timesteps=256, update_epochs=2)
-    result = sweep.run(ppo.make_train(config), sweep.grid(ppo.Hyper(), clip_eps=[0.1, 0.3]), seeds=3)
-    single = sweep.run(ppo.make_train(config), ppo.Hyper(clip_eps=0.3), seeds=[2])
+    train, grid = ppo.make_train(config), sweep.grid(ppo.Hyper(), clip_eps=[0.1, 0.3])
+    two = sweep.run(train, grid, seeds=3)
+    one = sweep.run(train, grid, seeds=3, devices=jax.devices()[:1])
+    single = sweep.run(train, ppo.Hyper(clip_eps=0.3), seeds=[2])
     print(json.dumps({"devices": jax.local_device_count(),
-                      "value_loss": result.metrics["value_loss"].tolist(),
+                      "two": two.metrics["value_loss"].tolist(),
+                      "one": one.metrics["value_loss"].tolist(),
                       "single": single.metrics["value_loss"].tolist(),
                       "program_devices": sorted(len(key[3]) for key in sweep._EXECUTABLES)}))
     """
 )
 
 
-def _run_reproducer(device_count: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={device_count}", JAX_PLATFORMS="cpu")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="simulated host devices are a CPU feature")
+def test_sweep_over_two_cpu_devices_finishes_and_matches_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     try:
         out = subprocess.run(
             [sys.executable, "-c", HANG_REPRODUCER], env=env, capture_output=True, text=True, timeout=420
         )
     except subprocess.TimeoutExpired:
-        pytest.fail(f"sweep over {device_count} CPU devices hung (no result in 420 s)")
+        pytest.fail("sweep over 2 CPU devices hung (no result in 420 s)")
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="simulated host devices are a CPU feature")
-def test_sweep_over_two_cpu_devices_finishes_and_matches_one_device():
-    two, one = _run_reproducer(2), _run_reproducer(1)
-    assert (two["devices"], one["devices"]) == (2, 1)
-    np.testing.assert_allclose(two["value_loss"], one["value_loss"], rtol=1e-5, atol=1e-5)
-    # A 1-run sweep uses one device, not a padded copy on the second one; same numbers as
-    # that run (clip 0.3, seed 2) inside the 6-run sweep.
-    assert (two["program_devices"], one["program_devices"]) == ([1, 2], [1, 1])
-    np.testing.assert_allclose(two["single"][0][0], two["value_loss"][1][2], rtol=1e-5, atol=1e-5)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["devices"] == 2
+    np.testing.assert_allclose(got["two"], got["one"], rtol=1e-5, atol=1e-5)
+    # The 6-run sweep on 2 devices and on 1; a 1-run sweep uses one device, not a padded copy
+    # on the second one: same numbers as that run (clip 0.3, seed 2) inside the 6-run sweep.
+    assert got["program_devices"] == [1, 1, 2]
+    np.testing.assert_allclose(got["single"][0][0], got["two"][1][2], rtol=1e-5, atol=1e-5)
 
 
 def test_training_programs_call_no_lapack_kernels():
