@@ -1,7 +1,8 @@
 """The asynchronous actor–learner (purerl.rl.async_runner) on two CPU devices: the actor's and the
 learner's outputs live on different devices, the staleness bound holds in every update under both
 policies, the synchronous mode is stale PPO's single program at staleness 0 (and repeats itself),
-async with fresh parameters every update is the sync run, and bad settings are refused by name."""
+async with fresh parameters every update is the sync run, GRPO on the tiny LM runs through the same
+runner, and bad settings are refused by name."""
 
 import json
 import os
@@ -49,6 +50,23 @@ TWO_DEVICES = textwrap.dedent(
     _, single = jax.device_get(train(key, hyper))
     runs["single"] = {k: np.asarray(v, np.float64).tolist() for k, v in single.items()}
     runs["devices"] = [d.id for d in jax.local_devices()]
+
+    from purerl.llm import grpo
+    lm = grpo.Config(d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, sft_steps=4, num_updates=3,
+                     eval_prompts=8, num_prompts=4, group_size=2, task_kwargs={"num_digits": 1})
+    lm_hyper = grpo.Hyper(lr=0.01)
+    lm_programs = ar.grpo_programs(lm)
+    lm_runs = {}
+    for name, settings in (("sync", dict(mode="sync")),
+                           ("block", dict(mode="async", queue_size=2, max_staleness=1))):
+        result = ar.run(lm_programs, ar.Settings(**settings), key, lm_hyper, lm.num_updates, compiler_options=fast)
+        lm_runs[name] = {k: np.asarray(v, np.float64).tolist() for k, v in result.metrics.items()}
+        lm_runs[name]["devices"] = [sorted({d.id for x in jax.tree.leaves(part) for d in x.devices()})
+                                    for part in (result.actor_state, result.state)]
+    train = jax.jit(grpo.make_train(lm)).lower(key, lm_hyper).compile(compiler_options=fast)
+    _, single = jax.device_get(train(key, lm_hyper))
+    lm_runs["single"] = {k: np.asarray(v, np.float64).tolist() for k, v in single.items()}
+    runs["grpo"] = lm_runs
     print(json.dumps(runs))
     """
 )
@@ -61,6 +79,21 @@ def runs():
     out = subprocess.run([sys.executable, "-c", TWO_DEVICES], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_grpo_through_the_runner(runs):
+    """GRPO on the tiny LM: sync is the single program (same SFT start, prompts, samples and
+    steps); async keeps the actor on device 0, the learner on 1 and the lag within its bound."""
+    lm = runs["grpo"]
+    updates = slice(None) if ON_CPU else slice(0, 1)
+    for name in ("policy_loss", "kl_loss", "sample_reward", "completion_length", "accuracy", "sft_accuracy"):
+        np.testing.assert_allclose(lm["sync"][name][updates], lm["single"][name][updates], **tol(vmapped=True),
+                                   err_msg=name)
+    assert lm["sync"]["devices"] == lm["block"]["devices"] == [[0], [1]]
+    lag = np.asarray(lm["block"]["behaviour_lag"])
+    assert np.all((lag >= 0) & (lag <= 1)), lag
+    for name in ("policy_loss", "kl_loss"):
+        assert np.all(np.isfinite(lm["block"][name])), name
 
 
 def test_actor_and_learner_outputs_live_on_different_devices(runs):

@@ -87,16 +87,20 @@ class Settings:
 class Programs(NamedTuple):
     """The two sides of one algorithm, as pure functions (the runner jits and places them).
 
-    `init(key, hyper) -> (learner_state, actor_state)`; `act(params, actor_state, key) ->
-    (actor_state, rollout)`; `learn(learner_state, rollout, lag, key, update_index, hyper) ->
-    (learner_state, metrics)`; `params_of(learner_state)` -> the parameters the actor acts with;
-    `samples` the env steps (or completions) in one rollout."""
+    `init(key, hyper) -> (learner_state, actor_state, loop_key)` (jitted; loop_key: the key the
+    single-program trainer's update loop starts from); `act(params, actor_state, key) ->
+    (actor_state, rollout)` and `learn(learner_state, rollout, lag, key, update_index, hyper) ->
+    (learner_state, metrics)`, both given the update's key (rollout i: update i's), each splitting
+    it as the single-program update does; `params_of(learner_state)` -> the parameters the actor
+    acts with; `samples` the env steps (or completions) in one rollout; `check_hyper(hyper)` refuses
+    concrete settings the programs cannot serve (before anything compiles)."""
 
-    init: Callable[[jax.Array, Any], tuple[Any, Any]]
+    init: Callable[[jax.Array, Any], tuple[Any, Any, jax.Array]]
     act: Callable[[Any, Any, jax.Array], tuple[Any, Any]]
     learn: Callable[..., tuple[Any, dict[str, jax.Array]]]
     params_of: Callable[[Any], Any]
     samples: int
+    check_hyper: Callable[[Any], None] | None = None
 
 
 @dataclasses.dataclass
@@ -123,17 +127,17 @@ class RunResult:
 
 
 class _Keys:
-    """Per-index keys of `run_updates`' chain: index i gets (rollout key, learner key) = split(key_i),
-    with (chain, key_i) = split(chain) — what update i gets in a single-program trainer."""
+    """Per-index keys of `run_updates`' chain: index i gets key_i, (chain, key_i) = split(chain) —
+    what update i gets in a single-program trainer, which both programs split as it does."""
 
     def __init__(self, key: jax.Array):
         self._chain, self._keys, self._lock = key, [], threading.Lock()  # both threads extend the chain
 
-    def __call__(self, index: int) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, index: int) -> jax.Array:
         with self._lock:
             while len(self._keys) <= index:
                 self._chain, update_key = jax.random.split(self._chain)
-                self._keys.append(tuple(jax.random.split(update_key)))
+                self._keys.append(update_key)
             return self._keys[index]
 
 
@@ -190,19 +194,22 @@ def run(programs: Programs, settings: Settings, key: jax.Array, hyper: Any, num_
         local = jax.local_devices()
         devices = (local[0], local[1 if len(local) > 1 else 0])
     actor_device, learner_device = devices
-    init_key, loop_key = jax.random.split(key)
+    if programs.check_hyper is not None:
+        programs.check_hyper(hyper)
+    if programs.init not in _EXECUTABLES:
+        _EXECUTABLES[programs.init] = jax.jit(programs.init)
+    learner_state, actor_state, loop_key = _EXECUTABLES[programs.init](key, hyper)
     keys = _Keys(loop_key)
-    learner_state, actor_state = programs.init(init_key, hyper)
     learner_state, hyper_b = _on(learner_device, learner_state), _on(learner_device, hyper)
     actor_state = _on(actor_device, actor_state)
     params_a = _on(actor_device, programs.params_of(learner_state))
 
-    act = _compile(programs.act, (params_a, actor_state, _on(actor_device, keys(0)[0])), devices, compiler_options)
+    act = _compile(programs.act, (params_a, actor_state, _on(actor_device, keys(0))), devices, compiler_options)
     rollout_spec = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(learner_device)),
-        jax.eval_shape(programs.act, params_a, actor_state, keys(0)[0])[1])
+        jax.eval_shape(programs.act, params_a, actor_state, keys(0))[1])
     index_b = _on(learner_device, np.int32(0))
-    learn = _compile(programs.learn, (learner_state, rollout_spec, index_b, _on(learner_device, keys(0)[1]),
+    learn = _compile(programs.learn, (learner_state, rollout_spec, index_b, _on(learner_device, keys(0)),
                                       index_b, hyper_b), devices, compiler_options)
 
     records: list[dict[str, float]] = []
@@ -211,14 +218,14 @@ def run(programs: Programs, settings: Settings, key: jax.Array, hyper: Any, num_
 
     def act_once(params: Any, state: Any, index: int) -> tuple[Any, Any, float]:
         start = time.perf_counter()
-        state, rollout = act(params, state, _on(actor_device, keys(index)[0]))
+        state, rollout = act(params, state, _on(actor_device, keys(index)))
         rollout = jax.block_until_ready(_on(learner_device, rollout))  # sent once it is on B
         return state, rollout, time.perf_counter() - start
 
     def update(state: Any, rollout: Any, lag: int, u: int) -> tuple[Any, float]:
         start = time.perf_counter()
         ints = _on(learner_device, np.asarray([lag, u], np.int32))
-        state, m = learn(state, rollout, ints[0], _on(learner_device, keys(u)[1]), ints[1], hyper_b)
+        state, m = learn(state, rollout, ints[0], _on(learner_device, keys(u)), ints[1], hyper_b)
         jax.block_until_ready(state)
         metrics.append(m)
         return state, time.perf_counter() - start
@@ -343,22 +350,54 @@ def ppo_programs(config: Any) -> Programs:
     learner = stale_ppo.make_learner(config)
     network = learner.network
 
-    def init(key: jax.Array, hyper: Any) -> tuple[Any, Any]:
-        stale_ppo.check_hyper(config, hyper)
-        state = learner.init(key, hyper)
+    def init(key: jax.Array, hyper: Any) -> tuple[Any, Any, jax.Array]:
+        init_key, loop_key = jax.random.split(key)  # as stale_ppo's train splits it
+        state = learner.init(init_key, hyper)
         runner = state.agent.runner
-        return state.replace(agent=state.agent.replace(runner=None)), runner
+        return state.replace(agent=state.agent.replace(runner=None)), runner, loop_key
 
     def act(params: Any, runner: Any, key: jax.Array) -> tuple[Any, PPORollout]:
+        rollout_key, _ = jax.random.split(key)
         policy = make_policy_sampler(network, params, None)
-        runner, raw, episodes = collect(learner.env, learner.env_params, policy, runner, key, config.num_steps)
+        runner, raw, episodes = collect(learner.env, learner.env_params, policy, runner, rollout_key,
+                                        config.num_steps)
         return runner, PPORollout(raw, runner.obs, episodes)
 
     def learn(state: Any, rollout: PPORollout, lag: jax.Array, key: jax.Array, update_index: jax.Array,
               hyper: Any) -> tuple[Any, dict[str, jax.Array]]:
+        _, epoch_key = jax.random.split(key)
         agent = state.agent
         valued = on_policy.critic_pass(network, agent.params, agent.obs_stats, rollout.raw, rollout.last_obs,
                                        rollout.episodes)
-        return learner.learn(state, valued, lag, key, update_index, hyper)
+        return learner.learn(state, valued, lag, epoch_key, update_index, hyper)
 
-    return Programs(init, act, learn, lambda state: state.agent.params, config.batch_size)
+    return Programs(init, act, learn, lambda state: state.agent.params, config.batch_size,
+                    lambda hyper: stale_ppo.check_hyper(config, hyper))
+
+
+# ------------------------------------------------------------------------------------------ GRPO
+def grpo_programs(config: Any, stop_early: bool = True) -> Programs:
+    """GRPO on the tiny LM (`purerl.llm.grpo.make_learner`): the actor samples each update's prompts
+    and completions (per-sequence EOS; with `stop_early` decoding ends when the batch's longest
+    completion does, so the actor's time follows the completion lengths), the learner scores
+    them, takes the group-relative advantages and GRPO's clipped step against the behaviour
+    log-probs, and evaluates. The actor's state is the Hyper (it samples at `Hyper.temperature`)."""
+    from purerl.llm import grpo
+
+    learner = grpo.make_learner(config, stop_early=stop_early)
+
+    def init(key: jax.Array, hyper: Any) -> tuple[Any, Any, jax.Array]:
+        state, start, loop_key = learner.begin(key, hyper)
+        return (state, start), hyper, loop_key
+
+    def act(params: Any, hyper: Any, key: jax.Array) -> tuple[Any, Any]:
+        return hyper, learner.act(params, key, hyper)
+
+    def learn(state: Any, generated: Any, lag: jax.Array, key: jax.Array, update_index: jax.Array,
+              hyper: Any) -> tuple[Any, dict[str, jax.Array]]:
+        del lag  # GRPO's ratio is against the behaviour log-probs the rollout carries
+        train_state, start = state
+        train_state, metrics = learner.learn(train_state, start, generated, key, update_index, hyper)
+        return (train_state, start), metrics
+
+    return Programs(init, act, learn, lambda state: state[0].params, config.batch_size)
