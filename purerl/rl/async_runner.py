@@ -25,7 +25,7 @@ the update's index (rollout i and update u use the keys update i and u would get
 run the thread timing decides which parameter version each rollout is collected with (and under
 "drop" which rollouts are discarded), so two runs with one seed differ. Every run records the
 realised versions and lags (`metrics["behaviour_version"]`, `metrics["behaviour_lag"]`), so any run
-can be analysed, and replayed in one program with the same lags.
+can be analysed.
 
 Recorded per update (`RunResult.metrics`, with the learner's own metrics): `behaviour_version`,
 `behaviour_lag`, `rollout_index`, `learner_idle_s` (waiting on the queue, including for rollouts
