@@ -18,8 +18,9 @@ rollout than the actor (4 epochs × 4 minibatches), so sync's learner idles whil
 collects and async overlaps the two. GRPO: the preference task with up to 16 letters, whose SFT
 policy's completion lengths are spread over 1..16 (the demonstrations' uniform lengths), and
 generation that stops when the batch's longest completion ends (`stop_early`), so the actor's time
-varies from rollout to rollout with the lengths; the script also reports the lengths' spread and
-the actor time's coefficient of variation.
+varies from rollout to rollout with the lengths (more so with few completions per update and a
+longer warm-up, whose policy ends its completions: `--num-prompts 1 --group-size 4 --sft-steps
+300`); the script also reports the lengths' spread and the actor time's coefficient of variation.
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ def ppo_setup(updates: int):
     return ar.ppo_programs(config), hyper, learning, "final-third return"
 
 
-def grpo_setup(updates: int):
+def grpo_setup(updates: int, num_prompts: int = 4, group_size: int = 4, sft_steps: int = 100):
     from purerl.llm import grpo
 
-    config = grpo.Config(task="preference", task_kwargs={"max_letters": 16}, num_updates=updates, num_prompts=4,
-                         group_size=4, eval_prompts=32, sft_steps=100)
+    config = grpo.Config(task="preference", task_kwargs={"max_letters": 16}, num_updates=updates,
+                         num_prompts=num_prompts, group_size=group_size, eval_prompts=32, sft_steps=sft_steps)
     hyper = grpo.Hyper(lr=3e-3, kl_coef=0.0)
     return ar.grpo_programs(config, stop_early=True), hyper, lambda m: float(m["accuracy"][-1]), "final accuracy"
 
@@ -77,8 +78,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--updates", type=int, default=30)
     parser.add_argument("--json", type=Path, help="write the per-seed rows here")
+    parser.add_argument("--num-prompts", type=int, default=4, help="grpo: prompts per update")
+    parser.add_argument("--group-size", type=int, default=4, help="grpo: completions per prompt")
+    parser.add_argument("--sft-steps", type=int, default=100, help="grpo: supervised warm-up steps")
     args = parser.parse_args()
-    programs, hyper, learning, learning_name = (ppo_setup if args.algo == "ppo" else grpo_setup)(args.updates)
+    if args.algo == "ppo":
+        programs, hyper, learning, learning_name = ppo_setup(args.updates)
+    else:
+        programs, hyper, learning, learning_name = grpo_setup(args.updates, args.num_prompts, args.group_size,
+                                                              args.sft_steps)
     print(f"devices: {jax.devices()}", flush=True)
     for settings in MODES.values():  # compiles, and the first calls' one-off costs, off the clock
         ar.run(programs, settings, jax.random.PRNGKey(args.seeds), hyper, 2)
