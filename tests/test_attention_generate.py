@@ -185,6 +185,21 @@ def test_eos_ends_each_sequence_and_masks_the_rest():
     assert mask[0, PROMPT:].sum() <= 3  # row 0 samples the EOS at completion step 2 at latest
 
 
+def test_stopping_early_gives_the_scans_outputs():
+    """`stop_early` ends decoding once every row has sampled EOS: the same outputs as the scan,
+    whether every row ends early (EOS = a token each row samples soon) or some never do."""
+    cfg, params, prompt = setup("softmax-GQA")
+    free = generate(params, cfg, prompt, jax.random.PRNGKey(5), steps=STEPS, temperature=1.5)
+    for eos in {int(t) for t in np.asarray(free.tokens)[:, PROMPT]} | {int(free.tokens[0, PROMPT + 2])}:
+        runs = [generate(params, cfg, prompt, jax.random.PRNGKey(5), steps=STEPS, temperature=1.5, eos_token=eos,
+                         stop_early=stop) for stop in (False, True)]
+        for name in ("tokens", "completion_mask", "attention_mask"):
+            np.testing.assert_array_equal(getattr(runs[1], name), getattr(runs[0], name), err_msg=name)
+        np.testing.assert_allclose(runs[1].log_probs, runs[0].log_probs, **tol(np.float32))
+    ended = np.asarray(runs[0].completion_mask)[:, PROMPT:].sum(axis=1)
+    assert ended.min() < STEPS  # some row did stop before the last step
+
+
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [

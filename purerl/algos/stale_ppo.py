@@ -42,7 +42,8 @@ clip fraction over the first epoch; `behaviour_lag` — the k used (k is capped 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -146,10 +147,29 @@ def check_hyper(config: Config, hyper: Hyper) -> None:
             raise ValueError(f"Hyper.{field}: got {bad[0]:g}; allowed: {allowed}")
 
 
-def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
+class Learner(NamedTuple):
+    """Stale PPO's learner, apart from collection: `init(key, hyper)` -> the state before update 0;
+    `learn(state, rollout, lag, key, update_index, hyper)` -> (state, metrics) of one update on a
+    rollout whose actions a policy `lag` updates old chose (`state.agent` is the learner's, with the
+    envs and observation statistics already advanced by that rollout; `rollout` carries the
+    learner's critic values). `make_train` collects in the same program; `purerl.rl.async_runner`
+    feeds it rollouts from an actor program on another device."""
+
+    network: ActorCritic
+    env: Any
+    env_params: Any
+    init: Callable[[jax.Array, Hyper], StaleState]
+    learn: Callable[..., tuple[StaleState, dict[str, jax.Array]]]
+
+
+def make_learner(config: Config) -> Learner:
     env, env_params, network = build_env_and_network(config)
     steps_per_update = config.update_epochs * config.num_minibatches
     rollouts = config.max_stale + 1
+
+    def optimizer_of(hyper: Hyper):
+        lr_schedule = on_policy.learning_rate(hyper.lr, config.anneal_lr, steps_per_update, config.num_updates)
+        return lr_schedule, adam_clipped(lr_schedule, hyper.max_grad_norm, eps=hyper.adam_eps)
 
     def log_prob(params: Any, obs: jax.Array, action: jax.Array) -> jax.Array:
         return network.apply(params, obs, method=ActorCritic.policy).log_prob(action)
@@ -167,12 +187,9 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
         total = policy_loss - hyper.ent_coef * entropy + hyper.vf_coef * value_loss
         return total, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, **stats}
 
-    def train(key: jax.Array, hyper: Hyper) -> tuple[StaleState, dict[str, jax.Array]]:
-        check_hyper(config, hyper)
-        init_key, key = jax.random.split(key)
-        lr_schedule = on_policy.learning_rate(hyper.lr, config.anneal_lr, steps_per_update, config.num_updates)
-        optimizer = adam_clipped(lr_schedule, hyper.max_grad_norm, eps=hyper.adam_eps)
-        agent = on_policy.init_state(config, env, env_params, network, optimizer.init, init_key)
+    def init(key: jax.Array, hyper: Hyper) -> StaleState:
+        _, optimizer = optimizer_of(hyper)
+        agent = on_policy.init_state(config, env, env_params, network, optimizer.init, key)
         shape = (config.max_stale, config.num_steps, config.num_envs)
         obs = jnp.zeros(shape + tuple(env.observation_space(env_params).shape))
         action = env.action_space(env_params).sample(jax.random.PRNGKey(0))
@@ -183,14 +200,107 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             value=zeros, advantage=zeros, target=zeros,
         )
         history = jax.tree.map(lambda p: jnp.broadcast_to(p, (config.max_staleness,) + p.shape), agent.params)
+        return StaleState(agent, empty, jnp.int32(0), history)
 
-        def push(newest: jax.Array, stack: jax.Array) -> jax.Array:
-            """`newest` in front of a fixed-capacity stack, dropping its oldest entry (if any)."""
-            return jnp.concatenate([newest[None], stack])[: stack.shape[0]]
+    def push(newest: jax.Array, stack: jax.Array) -> jax.Array:
+        """`newest` in front of a fixed-capacity stack, dropping its oldest entry (if any)."""
+        return jnp.concatenate([newest[None], stack])[: stack.shape[0]]
+
+    def learn(state: StaleState, rollout: on_policy.Rollout, lag: jax.Array, key: jax.Array,
+              update_index: jax.Array, hyper: Hyper) -> tuple[StaleState, dict[str, jax.Array]]:
+        lr_schedule, optimizer = optimizer_of(hyper)
+        agent = state.agent
 
         def sgd_step(carry, mb: Batch):
             params, opt_state, step = gradient_step(optimizer, loss_fn, *carry, mb, hyper)
             return (params, opt_state), {**step.aux, "grad_norm": step.grad_norm}
+
+        advantages, targets = on_policy.gae(rollout, hyper.gamma, hyper.gae_lambda)
+        fresh = Kept(rollout.batch, rollout.values, advantages, targets)
+        # Batch: the fresh rollout (age 0) and the buffer (ages 1..max_stale); ages beyond K or
+        # not filled yet are masked out.
+        kept = jax.tree.map(lambda f, b: jnp.concatenate([f[None], b]), fresh, state.buffer)
+        age = jnp.arange(rollouts)[:, None, None]
+        valid = (age <= hyper.stale_rollouts) & (age <= state.filled)
+        mask = jnp.broadcast_to(valid, kept.value.shape).astype(jnp.float32)
+        transitions = kept.transition
+        off_policy = mask * ((age > 0) | (lag > 0))
+
+        # The current critic on the older rollouts (the fresh one's values are already θ_u's).
+        start_values, start_next_values = rollout.values[None], rollout.next_values[None]
+        if config.max_stale:
+            older = evaluate_values(make_value_fn(network, agent.params), state.buffer.transition)
+            start_values = jnp.concatenate([start_values, older[0]])
+            start_next_values = jnp.concatenate([start_next_values, older[1]])
+        start_log_prob = log_prob(agent.params, transitions.obs, transitions.action)
+        # The corrections run along time: [R, T, N] -> [T, R, N] and back.
+        corrected = opc.correct(
+            hyper.correction, *(jnp.moveaxis(x, 0, 1) for x in (
+                start_log_prob, transitions.log_prob, transitions.reward, start_values, start_next_values,
+                transitions.terminated, transitions.truncated)),
+            hyper.gamma, hyper.gae_lambda, hyper.rho_bar, hyper.c_bar,
+        )
+        corrected = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), corrected)
+        # `none` keeps each rollout's advantages and targets from when it was collected.
+        uncorrected = jnp.round(hyper.correction) == opc.NONE
+        reference = jnp.where(uncorrected & (hyper.naive_ratio <= 0.5), transitions.log_prob, start_log_prob)
+        batch = Batch(
+            obs=transitions.obs, action=transitions.action, reference_log_prob=reference,
+            value=jnp.where(uncorrected, kept.value, start_values),
+            advantage=jnp.where(uncorrected, kept.advantage, corrected.advantages),
+            target=jnp.where(uncorrected, kept.target, corrected.targets),
+            weight=corrected.weights, mask=mask,
+        )
+
+        log_r = start_log_prob - transitions.log_prob
+        any_off = jnp.sum(off_policy) > 0
+        off_ratio = jnp.where(off_policy > 0, jnp.exp(log_r), jnp.nan)
+        loss_ratio = jnp.exp(start_log_prob - reference)
+        advantage = losses.masked_normalize(batch.advantage, mask)
+        pushed_out = ((advantage > 0) & (loss_ratio > 1 + hyper.clip_eps)) | (
+            (advantage < 0) & (loss_ratio < 1 - hyper.clip_eps))
+        diagnostics = {
+            "behaviour_kl": losses.masked_mean(jnp.expm1(log_r) - log_r, off_policy),
+            "ratio_p05": jnp.where(any_off, jnp.nanquantile(off_ratio, 0.05), 1.0),
+            "ratio_p95": jnp.where(any_off, jnp.nanquantile(off_ratio, 0.95), 1.0),
+            "zero_gradient_frac": losses.masked_mean(pushed_out.astype(jnp.float32), mask),
+            "rho_truncated_frac": losses.masked_mean((log_r > jnp.log(hyper.rho_bar)).astype(jnp.float32), mask),
+            "stale_samples": jnp.sum(off_policy),
+            "behaviour_lag": jnp.asarray(lag, jnp.float32),
+        }
+
+        (params, opt_state), per_epoch = shuffled_minibatch_epochs(
+            key, (agent.params, agent.opt_state), flatten_time(flatten_time(batch)),
+            config.update_epochs, config.num_minibatches, sgd_step,
+        )
+        buffer = jax.tree.map(push, fresh, state.buffer)
+        history = jax.tree.map(push, agent.params, state.history)
+        metrics = {
+            "env_steps_in_update": jnp.int32(config.batch_size),
+            **rollout.episodes.metrics(),
+            **{name: jnp.mean(values) for name, values in per_epoch.items()},
+            "approx_kl": per_epoch["approx_kl"][-1],
+            "approx_kl_first_epoch": per_epoch["approx_kl"][0],
+            "clip_frac_first_epoch": per_epoch["clip_frac"][0],
+            "update_kl": on_policy.policy_kl(network, agent.params, params, rollout.batch.obs),
+            **diagnostics,
+            "lr": lr_schedule(update_index * steps_per_update),
+        }
+        agent = agent.replace(params=params, opt_state=opt_state)
+        filled = jnp.minimum(state.filled + 1, config.max_stale)
+        return StaleState(agent, buffer, filled, history), metrics
+
+    return Learner(network, env, env_params, init, learn)
+
+
+def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
+    learner = make_learner(config)
+    env, env_params, network = learner.env, learner.env_params, learner.network
+
+    def train(key: jax.Array, hyper: Hyper) -> tuple[StaleState, dict[str, jax.Array]]:
+        check_hyper(config, hyper)
+        init_key, key = jax.random.split(key)
+        state = learner.init(init_key, hyper)
 
         def update_step(state: StaleState, key: jax.Array, update_index: jax.Array):
             rollout_key, epoch_key = jax.random.split(key)
@@ -200,82 +310,8 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
                                      state.agent.params, state.history)
             agent, rollout = on_policy.collect_rollout(env, env_params, network, state.agent, rollout_key,
                                                        config.num_steps, behaviour_params=behaviour)
-            advantages, targets = on_policy.gae(rollout, hyper.gamma, hyper.gae_lambda)
-            fresh = Kept(rollout.batch, rollout.values, advantages, targets)
-            # Batch: the fresh rollout (age 0) and the buffer (ages 1..max_stale); ages beyond K or
-            # not filled yet are masked out.
-            kept = jax.tree.map(lambda f, b: jnp.concatenate([f[None], b]), fresh, state.buffer)
-            age = jnp.arange(rollouts)[:, None, None]
-            valid = (age <= hyper.stale_rollouts) & (age <= state.filled)
-            mask = jnp.broadcast_to(valid, kept.value.shape).astype(jnp.float32)
-            transitions = kept.transition
-            off_policy = mask * ((age > 0) | (lag > 0))
+            return learner.learn(state.replace(agent=agent), rollout, lag, epoch_key, update_index, hyper)
 
-            # The current critic on the older rollouts (the fresh one's values are already θ_u's).
-            start_values, start_next_values = rollout.values[None], rollout.next_values[None]
-            if config.max_stale:
-                older = evaluate_values(make_value_fn(network, agent.params), state.buffer.transition)
-                start_values = jnp.concatenate([start_values, older[0]])
-                start_next_values = jnp.concatenate([start_next_values, older[1]])
-            start_log_prob = log_prob(agent.params, transitions.obs, transitions.action)
-            # The corrections run along time: [R, T, N] -> [T, R, N] and back.
-            corrected = opc.correct(
-                hyper.correction, *(jnp.moveaxis(x, 0, 1) for x in (
-                    start_log_prob, transitions.log_prob, transitions.reward, start_values, start_next_values,
-                    transitions.terminated, transitions.truncated)),
-                hyper.gamma, hyper.gae_lambda, hyper.rho_bar, hyper.c_bar,
-            )
-            corrected = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), corrected)
-            # `none` keeps each rollout's advantages and targets from when it was collected.
-            uncorrected = jnp.round(hyper.correction) == opc.NONE
-            reference = jnp.where(uncorrected & (hyper.naive_ratio <= 0.5), transitions.log_prob, start_log_prob)
-            batch = Batch(
-                obs=transitions.obs, action=transitions.action, reference_log_prob=reference,
-                value=jnp.where(uncorrected, kept.value, start_values),
-                advantage=jnp.where(uncorrected, kept.advantage, corrected.advantages),
-                target=jnp.where(uncorrected, kept.target, corrected.targets),
-                weight=corrected.weights, mask=mask,
-            )
-
-            log_r = start_log_prob - transitions.log_prob
-            any_off = jnp.sum(off_policy) > 0
-            off_ratio = jnp.where(off_policy > 0, jnp.exp(log_r), jnp.nan)
-            loss_ratio = jnp.exp(start_log_prob - reference)
-            advantage = losses.masked_normalize(batch.advantage, mask)
-            pushed_out = ((advantage > 0) & (loss_ratio > 1 + hyper.clip_eps)) | (
-                (advantage < 0) & (loss_ratio < 1 - hyper.clip_eps))
-            diagnostics = {
-                "behaviour_kl": losses.masked_mean(jnp.expm1(log_r) - log_r, off_policy),
-                "ratio_p05": jnp.where(any_off, jnp.nanquantile(off_ratio, 0.05), 1.0),
-                "ratio_p95": jnp.where(any_off, jnp.nanquantile(off_ratio, 0.95), 1.0),
-                "zero_gradient_frac": losses.masked_mean(pushed_out.astype(jnp.float32), mask),
-                "rho_truncated_frac": losses.masked_mean((log_r > jnp.log(hyper.rho_bar)).astype(jnp.float32), mask),
-                "stale_samples": jnp.sum(off_policy),
-                "behaviour_lag": lag.astype(jnp.float32),
-            }
-
-            (params, opt_state), per_epoch = shuffled_minibatch_epochs(
-                epoch_key, (agent.params, agent.opt_state), flatten_time(flatten_time(batch)),
-                config.update_epochs, config.num_minibatches, sgd_step,
-            )
-            buffer = jax.tree.map(push, fresh, state.buffer)
-            history = jax.tree.map(push, agent.params, state.history)
-            metrics = {
-                "env_steps_in_update": jnp.int32(config.batch_size),
-                **rollout.episodes.metrics(),
-                **{name: jnp.mean(values) for name, values in per_epoch.items()},
-                "approx_kl": per_epoch["approx_kl"][-1],
-                "approx_kl_first_epoch": per_epoch["approx_kl"][0],
-                "clip_frac_first_epoch": per_epoch["clip_frac"][0],
-                "update_kl": on_policy.policy_kl(network, agent.params, params, rollout.batch.obs),
-                **diagnostics,
-                "lr": lr_schedule(update_index * steps_per_update),
-            }
-            agent = agent.replace(params=params, opt_state=opt_state)
-            filled = jnp.minimum(state.filled + 1, config.max_stale)
-            return StaleState(agent, buffer, filled, history), metrics
-
-        state = StaleState(agent, empty, jnp.int32(0), history)
         return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

@@ -227,11 +227,11 @@ def _check(config: LMConfig, prompt: Any, steps: Any, temperature: Any, eos_toke
 
 
 @partial(jax.jit, static_argnames=("config", "steps", "eos_token", "cache_len", "min_new_tokens",
-                                   "pad_token"))
+                                   "pad_token", "stop_early"))
 def _generate(params: Any, prompt: jax.Array, key: jax.Array, temperature: jax.Array,
               prompt_mask: jax.Array | None, top_k: jax.Array | None, top_p: jax.Array | None, *,
               config: LMConfig, steps: int, eos_token: int | None, cache_len: int,
-              min_new_tokens: int, pad_token: int | None) -> Generation:
+              min_new_tokens: int, pad_token: int | None, stop_early: bool = False) -> Generation:
     model = TinyLM(config)
     batch, prompt_len = prompt.shape
     vocab = config.vocab_size
@@ -265,8 +265,26 @@ def _generate(params: Any, prompt: jax.Array, key: jax.Array, temperature: jax.A
             counts = jnp.ones((batch,), bool)
         return (caches, new_token, done), (new_token, log_prob, counts)
 
-    _, (tokens, log_probs, counts) = jax.lax.scan(
-        decode_and_sample, (caches, first, first_done), (step_keys[1:], jnp.arange(1, steps)))
+    if stop_early and eos_token is not None:
+        # The same steps in a while loop that ends once every row is done: the rows' later tokens
+        # would all be padding, so the outputs are the scan's, and the time follows the longest row.
+        def unfinished(carry):
+            i, (_, _, done), _ = carry
+            return (i < steps) & ~jnp.all(done)
+
+        def one_step(carry):
+            i, inner, (tokens, log_probs, counts) = carry
+            inner, (token, log_prob, count) = decode_and_sample(inner, (step_keys[i], i))
+            return i + 1, inner, (tokens.at[i - 1].set(token), log_probs.at[i - 1].set(log_prob),
+                                  counts.at[i - 1].set(count))
+
+        empty = (jnp.full((steps - 1, batch), pad_token, first.dtype), jnp.zeros((steps - 1, batch), jnp.float32),
+                 jnp.zeros((steps - 1, batch), bool))
+        _, _, (tokens, log_probs, counts) = jax.lax.while_loop(
+            unfinished, one_step, (jnp.int32(1), (caches, first, first_done), empty))
+    else:
+        _, (tokens, log_probs, counts) = jax.lax.scan(
+            decode_and_sample, (caches, first, first_done), (step_keys[1:], jnp.arange(1, steps)))
     sampled = jnp.concatenate([first[:, None], tokens.T], axis=1)
     sampled_log_probs = jnp.concatenate([first_log_prob[:, None], log_probs.T], axis=1)
     sampled_mask = jnp.concatenate([jnp.ones((batch, 1), bool), counts.T], axis=1)
@@ -300,12 +318,15 @@ def generate(
     top_k: int | jax.Array | None = None,
     top_p: float | jax.Array | None = None,
     pad_token: int | None = None,
+    stop_early: bool = False,
 ) -> Generation:
     """Sample up to `steps` tokens after each prompt [B, T0] in one compiled program.
 
     See the module doc for `prompt_mask` (left-padded prompts), `min_new_tokens`, `top_k`,
     `top_p` and `pad_token`. `cache_len`: slots of the KV cache (default: prompt + steps − 1,
-    all that is needed). A server allocates its cache at a fixed maximum length and every
+    all that is needed). `stop_early`: with an `eos_token`, decoding ends once every row has sampled
+    it (a `lax.while_loop` instead of the scan; same outputs, time set by the longest row). A
+    server allocates its cache at a fixed maximum length and every
     decode step attends over the whole buffer (masked by length); pass that length (<=
     max_len) to generate — or time — the same way. The tokens do not depend on it."""
     _check(config, prompt, steps, temperature, eos_token, prompt_mask, min_new_tokens, top_k,
@@ -321,7 +342,7 @@ def generate(
                      _optional(prompt_mask, bool), _optional(top_k, jnp.int32),
                      _optional(top_p, jnp.float32), config=config, steps=steps,
                      eos_token=eos_token, cache_len=int(cache_len),
-                     min_new_tokens=int(min_new_tokens), pad_token=pad_token)
+                     min_new_tokens=int(min_new_tokens), pad_token=pad_token, stop_early=bool(stop_early))
 
 
 def token_log_probs(

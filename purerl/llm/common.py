@@ -156,9 +156,9 @@ class LMSetup:
         return next_token_log_probs(self.policy.apply(params, tokens), tokens, temperature)
 
     def sample(self, params: Any, problems: Problems, key: jax.Array, temperature: float | jax.Array,
-               greedy: bool = False) -> Completions:
+               greedy: bool = False, stop_early: bool = False) -> Completions:
         return sample(self.config.lm_config, params, problems.prompt, key, temperature, self.completion_len,
-                      greedy)
+                      greedy, stop_early=stop_early)
 
     def assemble(self, problems: Problems, completions: Completions) -> Sequences:
         return assemble(problems.prompt, completions.tokens, completions.mask)

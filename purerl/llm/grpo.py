@@ -17,14 +17,16 @@ env_steps), accuracy (the headline: mean task reward —
 accuracy on addition — of one completion sampled at T per held-out prompt, after the update),
 greedy_accuracy, kl_to_ref (mean over those completions of Σ_t k3), sample_reward (mean task
 reward of this update's training samples), policy_loss, kl_loss, entropy, approx_kl, clip_frac,
-grad_norm, completion_length, zero_std_groups (fraction of groups whose rewards are all equal: no
-learning signal), sft_accuracy and sft_greedy_accuracy (the start, repeated), sft_loss.
+grad_norm, completion_length (mean) and completion_length_max (the update's longest),
+zero_std_groups (fraction of groups whose rewards are all equal: no learning signal),
+sft_accuracy and sft_greedy_accuracy (the start, repeated), sft_loss.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +34,9 @@ from flax import struct
 
 from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
-from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, TrainState, check_epochs_and_minibatches
-from purerl.llm.rollout import to_targets
+from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, Start, TrainState, check_epochs_and_minibatches
+from purerl.llm.rollout import Completions, to_targets
+from purerl.llm.tasks import Problems
 from purerl.rl.group import group_relative_advantages
 from purerl.rl.loop import run_updates
 from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
@@ -93,8 +96,30 @@ def group_advantages(rewards: jax.Array, group_size: int, scale: bool) -> jax.Ar
     return (grouped - jnp.mean(grouped, axis=1, keepdims=True)).reshape(-1)
 
 
-def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = None
-               ) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
+@struct.dataclass
+class Generated:
+    """One update's samples as the actor hands them over: the prompts (each repeated group_size
+    times) and the completions, with the behaviour log-probs."""
+
+    problems: Problems
+    completions: Completions
+
+
+class Learner(NamedTuple):
+    """GRPO split at the rollout: `begin(key, hyper)` -> (state, start, loop key);
+    `act(params, key, hyper)` -> `Generated` (key: the update's key); `learn(state, start,
+    generated, key, update_index, hyper)` -> (state, metrics) with the same update key.
+    `make_train` runs both in one program; `purerl.rl.async_runner` on two devices."""
+
+    setup: LMSetup
+    begin: Callable[[jax.Array, Hyper], tuple[TrainState, Start, jax.Array]]
+    act: Callable[[Any, jax.Array, Hyper], Generated]
+    learn: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+
+
+def make_learner(config: Config, stop_early: bool = False) -> Learner:
+    """`stop_early`: generation stops once every completion has ended (its time then follows the
+    longest completion of the batch); the samples are the same."""
     setup = LMSetup(config)
     task = setup.task
 
@@ -114,44 +139,68 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
         return total, {"policy_loss": policy_loss, "kl_loss": kl_loss,
                        "entropy": losses.masked_mean(entropy, batch.mask), **stats}
 
-    def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
+    def begin(key: jax.Array, hyper: Hyper) -> tuple[TrainState, Start, jax.Array]:
         start = setup.begin(key, hyper)
+        optimizer = adam_clipped(hyper.lr, hyper.max_grad_norm)
+        return TrainState(start.params, optimizer.init(start.params), start.params), start, start.key
+
+    def act(params: Any, key: jax.Array, hyper: Hyper) -> Generated:
+        prompt_key, sample_key, _, _ = jax.random.split(key, 4)
+        problems = task.sample(prompt_key, config.num_prompts)
+        problems = jax.tree.map(lambda x: jnp.repeat(x, config.group_size, axis=0), problems)
+        completions = setup.sample(params, problems, sample_key, hyper.temperature, stop_early=stop_early)
+        return Generated(problems, completions)
+
+    def learn(state: TrainState, start: Start, generated: Generated, key: jax.Array, update_index: jax.Array,
+              hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
+        del update_index  # GRPO's learning rate is constant
+        _, _, epoch_key, eval_key = jax.random.split(key, 4)
         optimizer = adam_clipped(hyper.lr, hyper.max_grad_norm)
 
         def sgd_step(carry, batch: Batch):
             params, opt_state, step = gradient_step(optimizer, loss_fn, *carry, batch, hyper)
             return (params, opt_state), {**step.aux, "grad_norm": step.grad_norm}
 
+        problems, completions = generated.problems, generated.completions
+        sequences = setup.assemble(problems, completions)
+        score, reward = setup.rewards(start, problems, completions, sequences)
+        advantage = group_advantages(reward, config.group_size, config.scale_rewards)
+        old_log_prob = to_targets(completions.log_probs, setup.prompt_len)
+        ref_log_prob, _ = setup.log_probs(state.reference, sequences.tokens, hyper.temperature)
+        batch = Batch(sequences.tokens, sequences.target_mask, old_log_prob, ref_log_prob, advantage)
+
+        (params, opt_state), stats = shuffled_minibatch_epochs(
+            epoch_key, (state.params, state.opt_state), batch, config.update_epochs,
+            config.num_minibatches, sgd_step)
+
+        grouped = reward.reshape(-1, config.group_size)
+        scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
+        metrics = {
+            "accuracy": scores["accuracy"],
+            "greedy_accuracy": scores["greedy_accuracy"],
+            "sample_reward": jnp.mean(score),
+            "kl_to_ref": scores["kl_to_ref"],
+            "completion_length": jnp.mean(completions.lengths.astype(jnp.float32)),
+            "completion_length_max": jnp.max(completions.lengths).astype(jnp.float32),
+            "zero_std_groups": jnp.mean(jnp.all(grouped == grouped[:, :1], axis=1).astype(jnp.float32)),
+            **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
+        }
+        return state.replace(params=params, opt_state=opt_state), setup.update_metrics(metrics, start)
+
+    return Learner(setup, begin, act, learn)
+
+
+def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = None
+               ) -> Callable[[jax.Array, Hyper], tuple[TrainState, dict[str, jax.Array]]]:
+    learner = make_learner(config)
+
+    def train(key: jax.Array, hyper: Hyper) -> tuple[TrainState, dict[str, jax.Array]]:
+        state, start, loop_key = learner.begin(key, hyper)
+
         def update_step(state: TrainState, key: jax.Array, update_index: jax.Array):
-            prompt_key, sample_key, epoch_key, eval_key = jax.random.split(key, 4)
-            problems = task.sample(prompt_key, config.num_prompts)
-            problems = jax.tree.map(lambda x: jnp.repeat(x, config.group_size, axis=0), problems)
-            completions = setup.sample(state.params, problems, sample_key, hyper.temperature)
-            sequences = setup.assemble(problems, completions)
-            score, reward = setup.rewards(start, problems, completions, sequences)
-            advantage = group_advantages(reward, config.group_size, config.scale_rewards)
-            old_log_prob = to_targets(completions.log_probs, setup.prompt_len)
-            ref_log_prob, _ = setup.log_probs(state.reference, sequences.tokens, hyper.temperature)
-            batch = Batch(sequences.tokens, sequences.target_mask, old_log_prob, ref_log_prob, advantage)
+            generated = learner.act(state.params, key, hyper)
+            return learner.learn(state, start, generated, key, update_index, hyper)
 
-            (params, opt_state), stats = shuffled_minibatch_epochs(
-                epoch_key, (state.params, state.opt_state), batch, config.update_epochs,
-                config.num_minibatches, sgd_step)
-
-            grouped = reward.reshape(-1, config.group_size)
-            scores = setup.evaluate(params, start.eval_problems, eval_key, hyper.temperature, state.reference)
-            metrics = {
-                "accuracy": scores["accuracy"],
-                "greedy_accuracy": scores["greedy_accuracy"],
-                "sample_reward": jnp.mean(score),
-                "kl_to_ref": scores["kl_to_ref"],
-                "completion_length": jnp.mean(completions.lengths.astype(jnp.float32)),
-                "zero_std_groups": jnp.mean(jnp.all(grouped == grouped[:, :1], axis=1).astype(jnp.float32)),
-                **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
-            }
-            return state.replace(params=params, opt_state=opt_state), setup.update_metrics(metrics, start)
-
-        state = TrainState(start.params, optimizer.init(start.params), start.params)
-        return run_updates(update_step, state, start.key, config.num_updates, hyper, on_update)
+        return run_updates(update_step, state, loop_key, config.num_updates, hyper, on_update)
 
     return train

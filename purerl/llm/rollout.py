@@ -40,13 +40,15 @@ class Completions:
 
 
 def sample(config: LMConfig, params: Any, prompts: jax.Array, key: jax.Array, temperature: float | jax.Array,
-           num_tokens: int, greedy: bool | jax.Array = False, prompt_mask: jax.Array | None = None) -> Completions:
+           num_tokens: int, greedy: bool | jax.Array = False, prompt_mask: jax.Array | None = None,
+           stop_early: bool = False) -> Completions:
     """`num_tokens` completion tokens for prompts [B, P]; `greedy` (bool or [B]) picks argmax rows;
-    `prompt_mask` [B, P] (True = real token; left padding) masks the padding (module doc)."""
+    `prompt_mask` [B, P] (True = real token; left padding) masks the padding (module doc);
+    `stop_early`: decoding ends once every completion has sampled EOS (same tokens)."""
     batch, prompt_len = prompts.shape
     temperatures = jnp.where(greedy, 0.0, jnp.broadcast_to(temperature, (batch,)))
     out = generate(params, config, prompts, key, steps=num_tokens, temperature=temperatures, eos_token=EOS,
-                   prompt_mask=prompt_mask)
+                   prompt_mask=prompt_mask, stop_early=stop_early)
     mask = out.completion_mask[:, prompt_len:]
     return Completions(tokens=jnp.where(mask, out.tokens[:, prompt_len:], PAD),
                        log_probs=out.log_probs[:, prompt_len:], mask=mask.astype(jnp.float32))

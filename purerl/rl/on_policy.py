@@ -107,11 +107,22 @@ def collect_rollout(
     acting = state.params if behaviour_params is None else behaviour_params
     policy_fn = make_policy_sampler(network, acting, state.obs_stats)
     runner, raw, episodes = collect(env, env_params, policy_fn, state.runner, key, num_steps)
-    batch = normalize_observations(state.obs_stats, raw)
-    last_obs = normalization.normalize(state.obs_stats, runner.obs)
-    values, next_values = evaluate_values(make_value_fn(network, state.params), batch, last_obs)
+    rollout = critic_pass(network, state.params, state.obs_stats, raw, runner.obs, episodes)
     state = state.replace(runner=runner, obs_stats=normalization.update(state.obs_stats, raw.obs))
-    return state, Rollout(batch, values, next_values, episodes)
+    return state, rollout
+
+
+def critic_pass(
+    network: nn.Module, params: Any, obs_stats: RunningStats | None, raw: Transition, last_raw_obs: jax.Array,
+    episodes: EpisodeTotals,
+) -> Rollout:
+    """A collected rollout (raw observations; the envs ended at `last_raw_obs`) as the networks see
+    it: observations normalised with `obs_stats`, and the critic `params`' values on it. Separate
+    from collection so that another program (a learner on another device) can run it."""
+    batch = normalize_observations(obs_stats, raw)
+    last_obs = normalization.normalize(obs_stats, last_raw_obs)
+    values, next_values = evaluate_values(make_value_fn(network, params), batch, last_obs)
+    return Rollout(batch, values, next_values, episodes)
 
 
 def collect_episodes(
