@@ -207,14 +207,7 @@ def growth(ratio: tuple[float, float, float]) -> str:
     return "not resolved"
 
 
-def verdict(diff: tuple[float, float, float], lower: str, higher: str, n: int) -> str:
-    """A claim only when the paired CI of the difference excludes 0."""
-    _, low, high = diff
-    if high < 0:
-        return lower
-    if low > 0:
-        return higher
-    return f"not resolved at {n} seeds"
+verdict = lab.verdict
 
 
 def settings(plan: DictConfig, seeds: pd.DataFrame) -> pd.DataFrame:

@@ -446,6 +446,16 @@ def bootstrap_ci(
     return float(statistic(stat)(values)), float(low), float(high)
 
 
+def verdict(diff: tuple[float, float, float], lower: str, higher: str, n: int) -> str:
+    """A claim only when the paired CI (estimate, low, high) of a difference excludes 0."""
+    _, low, high = diff
+    if high < 0:
+        return lower
+    if low > 0:
+        return higher
+    return f"not resolved at {n} seeds"
+
+
 def curve_ci(
     matrix: np.ndarray, stat: str = "mean", ci: float = 0.95, resamples: int = 1000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
