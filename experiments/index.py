@@ -12,7 +12,8 @@ from experiments import lab
 
 REPORTS = lab.REPO_ROOT / "experiments" / "reports"
 INDEX = lab.REPO_ROOT / "docs" / "experiments.md"
-ORDER = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo", "on_vs_off_policy", "exploration_bandits")
+ORDER = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo", "on_vs_off_policy", "exploration_bandits",
+         "sync_vs_async")
 
 HEADER = """# Experiments
 
