@@ -8,7 +8,7 @@ blocking for fresher ones, or the learner drops too-stale rollouts). Arms: sync 
 modes of the plan; PPO on CartPole once per off-policy correction (stale PPO's learner), GRPO on
 the tiny LM (its ratio is against the behaviour log-probs the rollout carries). Every seed runs
 every arm, so comparisons are paired; both programs are compiled (and a 2-update run of each
-mode made) before the clock starts. One measurement per algorithm × seed (every arm of that seed,
+mode made, once per process) before the clock starts. One measurement per algorithm × seed (every arm of that seed,
 run back to back), resumable one by one; the per-seed numbers and per-update curves are kept beside the report and
 `rebuild=true` remakes it from them.
 """
@@ -33,6 +33,7 @@ WINDOW = 1 / 3  # learning figure: the mean over the last third of the updates (
 
 # ---------------------------------------------------------------- measurement
 _PROGRAMS: dict[str, Any] = {}  # built once per process, so the runner's compiled programs are shared
+_WARMED: set[tuple[str, str]] = set()  # (algo, mode) whose 2-update warm-up run this process has made
 
 
 def setup(plan: DictConfig, algo: str) -> tuple[Any, Any]:
@@ -49,6 +50,7 @@ def setup(plan: DictConfig, algo: str) -> tuple[Any, Any]:
             config = stale_ppo.Config(**tuples, total_timesteps=config_kwargs["num_envs"]
                                       * config_kwargs["num_steps"] * int(spec.updates), max_stale=0, max_staleness=0)
             _PROGRAMS[algo] = (config_kwargs, ar.ppo_programs(config))
+            _WARMED.difference_update({w for w in _WARMED if w[0] == algo})
 
         def hyper(correction: str) -> Any:
             return stale_ppo.Hyper(lr=float(spec.lr), correction=float(stale_ppo.correction_code(correction)))
@@ -58,6 +60,7 @@ def setup(plan: DictConfig, algo: str) -> tuple[Any, Any]:
         if algo not in _PROGRAMS or _PROGRAMS[algo][0] != config_kwargs:
             config = grpo.Config(**config_kwargs, num_updates=int(spec.updates))
             _PROGRAMS[algo] = (config_kwargs, ar.grpo_programs(config, stop_early=True))
+            _WARMED.difference_update({w for w in _WARMED if w[0] == algo})
 
         def hyper(correction: str) -> Any:
             return grpo.Hyper(**OmegaConf.to_container(spec.hyper, resolve=True))
@@ -94,8 +97,9 @@ def measure_seed(plan: DictConfig, algo: str, seed: int) -> dict[str, pd.DataFra
     rows, curves = [], []
     for _, mode, correction in arms(plan, [algo]):
         hyper, settings = hyper_of(correction), settings_of(plan, mode)
-        # compiles (once per process) and the mode's first calls, off the clock
-        ar.run(programs, settings, jax.random.PRNGKey(10_000), hyper, 2, compiler_options=options)
+        if (algo, mode) not in _WARMED:  # compiles and the mode's first calls, off the clock, once per process
+            ar.run(programs, settings, jax.random.PRNGKey(10_000), hyper, 2, compiler_options=options)
+            _WARMED.add((algo, mode))
         result = ar.run(programs, settings, jax.random.PRNGKey(seed), hyper, updates, compiler_options=options)
         curve = learning_curve(algo, result.metrics)
         window = curve[-max(1, round(updates * WINDOW)):]
