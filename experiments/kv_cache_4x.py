@@ -277,7 +277,8 @@ def paired_delta(scratch: pd.DataFrame, pairs: int, name: str, metric: str, base
     part = scratch[scratch.mqar_pairs == pairs]
     a = part[part.variant == name].set_index("seed")[metric]
     b = part[part.variant == base].set_index("seed")[metric]
-    return lab.bootstrap_ci((a - b).dropna().to_numpy())
+    # Rounded: equal float32 accuracies differ by rounding noise, which would print as 1e-9.
+    return lab.bootstrap_ci((a - b).dropna().round(6).to_numpy())
 
 
 def method_delta(conversions: pd.DataFrame, target: str, uptrain: float, a: str, b: str) -> tuple[float, float, float]:
@@ -285,7 +286,7 @@ def method_delta(conversions: pd.DataFrame, target: str, uptrain: float, a: str,
     part = conversions[(conversions.target == target) & np.isclose(conversions.uptrain, uptrain)]
     x = part[part.method == a].set_index("seed").mqar_accuracy
     y = part[part.method == b].set_index("seed").mqar_accuracy
-    return lab.bootstrap_ci((x - y).dropna().to_numpy())
+    return lab.bootstrap_ci((x - y).dropna().round(6).to_numpy())
 
 
 def verdict(estimate: float, low: float, high: float, more: str, less: str) -> str:
@@ -667,8 +668,10 @@ def conversion_bullet(conversions: pd.DataFrame) -> str:
                 reversals.append(f"{target}: {who}")
     order = ("Reversals of the GQA paper's ordering (mean-pool > first head > random) with a CI excluding 0: "
              + ("; ".join(reversals) + "." if reversals else "none."))
+    comparisons = 3 * conversions.uptrain.nunique()
     return ("- **Conversion (MQAR accuracy, mean-pool / first head / random K/V by uptraining fraction; "
-            "6 method comparisons per target in the conversion table):** " + ". ".join(parts) + ". " + order)
+            f"{comparisons} paired method comparisons per target in the table of differences):** "
+            + ". ".join(parts) + ". " + order)
 
 
 def memory_bullet(memory: pd.DataFrame, reference: pd.DataFrame, plan: DictConfig, config) -> str:
