@@ -21,11 +21,14 @@ CONFIGS = {
     "linear-MQA": LMConfig(vocab_size=VOCAB, max_len=16, d_model=16, num_layers=2, num_heads=4,
                            num_kv_heads=1, attention="linear", chunk_size=4),
 }
+# Token shift: decode carries the previous token beside the caches (checked against the reference).
+SHIFT = {"softmax-MQA-shift": LMConfig(vocab_size=VOCAB, max_len=16, d_model=16, num_layers=2, num_heads=4,
+                                       num_kv_heads=1, token_shift=True)}
 
 
 @cache  # one init compile per (model, batch), shared by the tests
 def setup(name, batch=3, seed=0):
-    cfg = CONFIGS[name]
+    cfg = {**CONFIGS, **SHIFT}[name]
     prompt = jnp.asarray(np.random.default_rng(seed).integers(0, VOCAB, (batch, PROMPT)),
                          jnp.int32)
     params = jax.jit(TinyLM(cfg).init)(jax.random.PRNGKey(seed), prompt)
@@ -51,6 +54,8 @@ def lm_logits_reference(params, cfg, tokens):
     tokens = np.asarray(tokens)
     h = p["token_embed"]["embedding"][tokens] + p["position_embed"]["embedding"][
         np.arange(tokens.shape[1])]
+    if cfg.token_shift:  # each position also sees its predecessor's shift embedding
+        h[:, 1:] += p["shift_embed"]["embedding"][tokens[:, :-1]]
     for layer in range(cfg.num_layers):
         block = p[f"blocks_{layer}"]
         x = rms_norm(h, block["attn_norm"]["scale"])
@@ -122,7 +127,7 @@ def test_cached_sampling_equals_full_forward_sampling(name, temperature):
         np.testing.assert_array_equal(out.log_probs, 0.0)  # greedy: a point mass
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", [*CONFIGS, *SHIFT])
 def test_log_probs_match_float64_reference(name):
     cfg, params, prompt = setup(name, seed=1)
     temperature = 0.8

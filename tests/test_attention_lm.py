@@ -145,11 +145,12 @@ def test_mqar_bad_config(kwargs, pattern):
 # ----------------------------------------------------------------------------- tiny LM
 
 
-@pytest.mark.parametrize("attention,kv_heads,tie", [("softmax", 2, False), ("linear", 2, True)])
-def test_lm_decode_matches_forward(attention, kv_heads, tie):
+@pytest.mark.parametrize("attention,kv_heads,tie,shift", [("softmax", 2, False, False), ("linear", 2, True, False),
+                                                         ("linear", 1, True, True)])
+def test_lm_decode_matches_forward(attention, kv_heads, tie, shift):
     cfg = LMConfig(vocab_size=32, max_len=12, d_model=MODEL_DIM, num_layers=2, num_heads=4,
                    num_kv_heads=kv_heads, attention=attention, tie_embeddings=tie,
-                   chunk_size=4)
+                   chunk_size=4, token_shift=shift)
     model = TinyLM(cfg)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 12)), jnp.int32)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens)
@@ -160,9 +161,12 @@ def test_lm_decode_matches_forward(attention, kv_heads, tie):
     logits, caches = prefill(params, tokens[:, :5], model.init_cache(2))
     steps = [logits]
     for t in range(5, 12):
-        step_logits, caches = decode(params, tokens[:, t], caches)
+        step_logits, caches = decode(params, tokens[:, t], caches, tokens[:, t - 1])
         steps.append(step_logits[:, None])
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, **tol())
+    if shift:  # the previous token is part of the decode state: without it, a clear error
+        with pytest.raises(ValueError, match="TinyLM.decode.previous"):
+            model.apply(params, tokens[:, 5], caches, method="decode")
 
 
 @cache  # shared by the tests below: one init and one prefill compile per attention kind

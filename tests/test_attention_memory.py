@@ -72,6 +72,16 @@ def test_table_max_batch_fits_budget():
     for r in rows:
         assert r["max_batch"] * r["per_sequence"] <= 80 * 2**30 < (r["max_batch"] + 1) * r[
             "per_sequence"]
+    # The linear state is held in float32 whatever the cache dtype: S [f, d] and z [f] per head.
+    assert by_name["linear (f=128)"]["per_sequence"] == 32 * 32 * (128 * 128 + 128) * 4
+    # After the weights, the cache gets what is left of the budget.
+    weights = 14 * 2**30
+    after = {r["attention"]: r for r in memory_table(32, 32, 128, 8192, "bf16", [32, 8, 1], 80 * 2**30,
+                                                      weight_bytes=weights)}
+    assert after["MHA"]["max_batch"] == (80 - 14) * 2**30 // (4 * 2**30) == 16
+    assert after["GQA-8"]["max_batch"] == 66 and after["MQA"]["max_batch"] == 528
+    with pytest.raises(ValueError, match="weight_bytes: got 81"):
+        memory_table(32, 32, 128, 8192, "bf16", [32], 80, weight_bytes=81)
 
 
 def test_cli_prints_table(capsys):

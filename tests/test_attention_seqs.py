@@ -37,6 +37,8 @@ CONFIGS = {
     "rope": LMConfig(**SMALL, num_kv_heads=2, position="rope", tie_embeddings=False),
     "learned": LMConfig(**SMALL, num_kv_heads=2),
     "linear": LMConfig(**SMALL, num_kv_heads=1, attention="linear", chunk_size=4),
+    # token shift: a sequence's first real token (after padding, or a packed segment start) has no predecessor
+    "shift": LMConfig(**SMALL, num_kv_heads=2, token_shift=True),
 }
 LENGTHS = [3, 11, 7, 2, 6, 5]
 PAD_ID = 0
@@ -105,7 +107,7 @@ def test_padded_rows_give_each_sequence_its_logits_alone(name):
     assert np.all(np.isfinite(logits))  # padding rows too (they see themselves, nothing else)
 
 
-@pytest.mark.parametrize("name", ["rope", "learned"])
+@pytest.mark.parametrize("name", ["rope", "learned", "shift"])
 def test_packed_rows_give_each_sequence_its_logits_and_loss_alone(name):
     cfg, params = setup(name)
     seqs = sequences()

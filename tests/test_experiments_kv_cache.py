@@ -87,35 +87,64 @@ def test_lm_pretrain_config_errors_name_the_field(kwargs, message):
 
 
 @pytest.mark.slow
-def test_kv_cache_4x_smoke(tmp_path):
+def test_kv_cache_4x_smoke_and_rebuild_from_kept_results(tmp_path):
+    """The smoke report's tables, then `rebuild=true` from its kept results: the same report, byte
+    for byte, with nothing trained or measured."""
+    import json
+
     from experiments import kv_cache_4x, lab
 
     # workers=2: the training jobs run two at a time in spawned processes (lab.train_jobs).
     assert kv_cache_4x.main(["scale=smoke", "workers=2", f"out_dir={tmp_path / 'out'}",
                              f"report_dir={tmp_path / 'report'}"]) == 0
     report = (tmp_path / "report" / "kv_cache_4x.md").read_text()
-    plan = lab.load_plan("kv_cache_4x", ["scale=smoke"])
-    timed = [kv_cache_4x.variant("softmax", h) for h in plan.timing.kv_heads] + ["linear"]
-    assert [row[0] for row in table_under(report, "Decision table")] == ["MHA-32", "GQA-8", "linear"]
+    assert [row[0] for row in table_under(report, "Decision table")] == ["MHA-8", "GQA-2 (4× cut)", "linear"]
     memory = table_under(report, "The trained model")
-    assert [row[0] for row in memory] == timed
+    assert [row[0] for row in memory] == ["MHA-8", "GQA-2 (4× cut)", "linear"]
     assert all(row[5] == "yes" for row in memory)  # formula == nbytes of the real caches
-    assert [row[0] for row in table_under(report, "The same family at a realistic size")] == [
-        "MHA", "GQA-8", "linear (f=128)"]
-    assert [row[0] for row in table_under(report, "Per-token decode and prefill time")] == timed
-    assert [row[0] for row in table_under(report, "Final held-out quality")] == ["MHA-32", "GQA-8", "linear"]
+    reference = table_under(report, "The 32-query-head family at a realistic size")
+    assert [row[0] for row in reference] == ["MHA", "GQA-8", "MQA", "linear (f=128)"]
+    # 80 GiB less Llama-2-7B's bf16 weights (12.55 GiB) over 4 GiB of MHA cache per 8k sequence.
+    assert [row[5] for row in reference[:3]] == ["16", "67", "539"] and reference[0][4] == "20"
+    assert [row[0] for row in table_under(report, "Per-token decode and prefill time")] == ["MHA-8", "GQA-2", "linear"]
+    quality = table_under(report, "Final held-out quality per pair count and variant")
+    assert [(row[0], row[1]) for row in quality] == [("4", "MHA-8"), ("8", "MHA-8"), ("8", "GQA-2 (4× cut)"),
+                                                     ("8", "linear")]
     conversion = table_under(report, "MQAR accuracy and language excess after conversion")
     assert [(row[0], row[1], row[2]) for row in conversion[:-2]] == [
-        ("GQA-8", init, uptrain) for init in ("mean-pool", "first head", "random K/V")
+        ("GQA-2", init, uptrain) for init in ("mean-pool", "first head", "random K/V")
         for uptrain in ("0%", "50%", "100%")]
     assert [row[1] for row in conversion[-2:]] == ["(the pretrained model)", "from scratch (100% steps)"]
-    for png in ("memory", "timing", "quality", "conversion"):
-        assert (tmp_path / "report" / "kv_cache_4x" / f"{png}.png").stat().st_size > 0
-    # A job trained in this process gives the same numbers as the worker did.
-    import pandas as pd
+    assert len(table_under(report, "Paired differences between initialisations")) == 3
+    assert "## Closing note" in report and "5 training jobs" in report
+    for png in ("memory", "timing", "recall_vs_bytes", "curves", "conversion"):
+        assert (tmp_path / "report" / "kv_cache_4x" / f"{png}.png").stat().st_size > 10_000
+    kept = tmp_path / "report" / "kv_cache_4x"
+    provenance = json.loads((kept / lab.PROVENANCE).read_text())
+    assert provenance["scale"] == "smoke" and lab.changed_measures(provenance["measures"]) == []
 
-    serial = lab.load_plan("kv_cache_4x", ["scale=smoke", f"out_dir={tmp_path / 'serial'}"])
-    lab.train_jobs(serial, {"kv8": plan.jobs.kv8})
-    columns = ["seed", "update", "mqar_accuracy", "language_loss"]
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "serial" / "kv8" / "results.parquet")[columns],
-                                  pd.read_parquet(tmp_path / "out" / "kv8" / "results.parquet")[columns])
+    argv = ["scale=smoke", "rebuild=true", f"kept_from={kept}", f"out_dir={tmp_path / 'nothing'}",
+            f"report_dir={tmp_path / 'rebuilt'}"]
+    assert kv_cache_4x.main(argv) == 0
+    assert (tmp_path / "rebuilt" / "kv_cache_4x.md").read_text() == report
+    assert not (tmp_path / "nothing").exists()  # nothing trained or measured
+
+
+def test_kv_cache_4x_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    """scale=full is the committed report: rebuilt from the committed kept results, its tables equal
+    the committed report's, and MHA reaches the 0.95 recall bar at the headline pair count."""
+    from test_experiments import tables
+
+    from experiments import kv_cache_4x, lab
+
+    committed = lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'kv_cache_4x'}", f"out_dir={tmp_path / 'out'}",
+            f"report_dir={tmp_path}"]
+    assert kv_cache_4x.main(argv) == 0
+    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "kv_cache_4x.md", committed / "kv_cache_4x.md"))
+    assert rebuilt == original and len(original) >= 7
+    assert not (tmp_path / "out").exists()
+    quality = table_under((committed / "kv_cache_4x.md").read_text(), "Final held-out quality per pair count")
+    plan = lab.load_plan("kv_cache_4x", ["scale=full"])
+    mha = [row for row in quality if row[0] == str(plan.headline_pairs) and row[1] == "MHA-8"]
+    assert float(mha[0][3].split()[0]) >= 0.95

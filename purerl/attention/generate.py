@@ -253,8 +253,8 @@ def _generate(params: Any, prompt: jax.Array, key: jax.Array, temperature: jax.A
 
     def decode_and_sample(carry, inputs):
         step_key, i = inputs
-        caches, token, done = carry
-        logits, caches = model.apply(params, token, caches, method="decode")
+        caches, token, previous, done = carry
+        logits, caches = model.apply(params, token, caches, previous, method="decode")
         new_token, log_prob = sample(step_key, logits, i)
         if eos_token is not None:
             new_token = jnp.where(done, pad_token, new_token)
@@ -263,13 +263,14 @@ def _generate(params: Any, prompt: jax.Array, key: jax.Array, temperature: jax.A
             done = done | (new_token == eos_token)
         else:
             counts = jnp.ones((batch,), bool)
-        return (caches, new_token, done), (new_token, log_prob, counts)
+        return (caches, new_token, token, done), (new_token, log_prob, counts)
 
+    previous = prompt[:, -1].astype(jnp.int32)  # the token before `first`, for the token shift
     if stop_early and eos_token is not None:
         # The same steps in a while loop that ends once every row is done: the rows' later tokens
         # would all be padding, so the outputs are the scan's, and the time follows the longest row.
         def unfinished(carry):
-            i, (_, _, done), _ = carry
+            i, (_, _, _, done), _ = carry
             return (i < steps) & ~jnp.all(done)
 
         def one_step(carry):
@@ -281,10 +282,10 @@ def _generate(params: Any, prompt: jax.Array, key: jax.Array, temperature: jax.A
         empty = (jnp.full((steps - 1, batch), pad_token, first.dtype), jnp.zeros((steps - 1, batch), jnp.float32),
                  jnp.zeros((steps - 1, batch), bool))
         _, _, (tokens, log_probs, counts) = jax.lax.while_loop(
-            unfinished, one_step, (jnp.int32(1), (caches, first, first_done), empty))
+            unfinished, one_step, (jnp.int32(1), (caches, first, previous, first_done), empty))
     else:
         _, (tokens, log_probs, counts) = jax.lax.scan(
-            decode_and_sample, (caches, first, first_done), (step_keys[1:], jnp.arange(1, steps)))
+            decode_and_sample, (caches, first, previous, first_done), (step_keys[1:], jnp.arange(1, steps)))
     sampled = jnp.concatenate([first[:, None], tokens.T], axis=1)
     sampled_log_probs = jnp.concatenate([first_log_prob[:, None], log_probs.T], axis=1)
     sampled_mask = jnp.concatenate([jnp.ones((batch, 1), bool), counts.T], axis=1)

@@ -63,6 +63,13 @@ class LMConfig:
     # "learned": a position embedding added to the tokens; "rope": no position parameters,
     # q and k rotated by position (softmax attention only; cached keys are stored rotated).
     position: Literal["learned", "rope"] = "learned"
+    # Token shift: the previous token, embedded by a second table, is added to each position's
+    # input (zero at a sequence's first position), so every position sees the pair (x_{t-1}, x_t).
+    # The cheapest form of the short convolution that H3, Based and Mamba put before their token
+    # mixers (Zoology, Arora et al. 2023): it makes an MQAR value carry its key into the first
+    # layer, which a model with position embeddings alone forms slowly. Decoding keeps the
+    # previous token id (one int per sequence, whatever the attention) beside the caches.
+    token_shift: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "num_layers", "num_heads",
@@ -149,6 +156,9 @@ class TinyLM(nn.Module):
         if cfg.position == "learned":
             self.position_embed = nn.Embed(cfg.max_len, cfg.d_model,
                                            embedding_init=nn.initializers.normal(0.02))
+        if cfg.token_shift:
+            self.shift_embed = nn.Embed(cfg.vocab_size, cfg.d_model,
+                                        embedding_init=nn.initializers.normal(0.02))
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
         self.final_norm = nn.RMSNorm()
         if not cfg.tie_embeddings:
@@ -169,11 +179,19 @@ class TinyLM(nn.Module):
                 f"{self.config.max_len}"
             )
 
-    def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-        """tokens [B, T] or [B], positions of the same shape -> [..., d_model]."""
+    def _embed(self, tokens: jax.Array, positions: jax.Array, previous: jax.Array | None = None) -> jax.Array:
+        """tokens [B, T] or [B], positions of the same shape -> [..., d_model].
+
+        `previous`: each token's predecessor (token shift); default, for [B, T] rows, the row
+        shifted right. Ignored at position 0 (a sequence's first token, after left padding or a
+        packed row's segment start, has none)."""
         h = self.token_embed(tokens)
         if self.config.position == "learned":
             h = h + self.position_embed(positions)
+        if self.config.token_shift:
+            if previous is None:
+                previous = jnp.concatenate([jnp.zeros_like(tokens[:, :1]), tokens[:, :-1]], axis=1)
+            h = h + jnp.where((positions > 0)[..., None], self.shift_embed(previous), 0.0)
         return h
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array | None = None, *,
@@ -248,20 +266,25 @@ class TinyLM(nn.Module):
             new_caches.append(cache)
         return self._logits(h), tuple(new_caches)
 
-    def decode(self, token: jax.Array, caches: tuple[LayerCache, ...]
+    def decode(self, token: jax.Array, caches: tuple[LayerCache, ...], previous: jax.Array | None = None
                ) -> tuple[jax.Array, tuple[LayerCache, ...]]:
         """token [B] at position caches[0].lengths - start -> logits [B, vocab].
+
+        `previous` [B]: the token before `token` (required with LMConfig.token_shift).
 
         Positions must be < LMConfig.max_len (and < the KV cache's max_len): checked when the
         lengths are concrete; under jit a token past the end is read at the last position,
         not stored, and flagged in every layer's `overflow` — a clamped, flagged result.
         """
         self._check_tokens(token, 1)
+        if self.config.token_shift and previous is None:
+            raise ValueError("TinyLM.decode.previous: got None with LMConfig.token_shift=True; allowed: the "
+                             "token before `token`, shape [B]")
         max_len = self.config.max_len
         position = cache_positions(caches[0])
         check_room("TinyLM.decode", position, max_len)
         past_end = position >= max_len
-        h = self._embed(token, jnp.minimum(position, max_len - 1))
+        h = self._embed(token, jnp.minimum(position, max_len - 1), previous)
         new_caches = []
         for block, cache in zip(self.blocks, caches, strict=True):
             h, cache = block.decode(h, cache)

@@ -98,9 +98,20 @@ def memory_table(
     kv_heads: Sequence[int],
     budget_bytes: int,
     feature_dim: int | None = None,
+    state_dtype: Any = "float32",
+    weight_bytes: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row per softmax variant (H_kv) plus linear attention with one state per head."""
+    """One row per softmax variant (H_kv) plus linear attention with one state per head.
+
+    The KV cache is counted in `dtype`, the linear state in `state_dtype` (float32: the dtype
+    `init_linear_state` holds it in, since its running sums accumulate over the whole context).
+    `max_batch` counts the sequences whose cache fits in what the budget leaves after
+    `weight_bytes` (0: the whole budget); `cache_budget` is that remainder."""
     check_positive_int("purerl-memory", "heads", num_heads)
+    if isinstance(weight_bytes, bool) or not isinstance(weight_bytes, int) or not 0 <= weight_bytes <= budget_bytes:
+        raise ValueError(f"purerl-memory.weight_bytes: got {weight_bytes!r}; allowed: an integer in "
+                         f"[0, budget={budget_bytes}]")
+    budget_bytes -= weight_bytes
     rows = []
     for h_kv in kv_heads:
         check_kv_heads("purerl-memory", num_heads, h_kv, name="kv_heads", heads_name="heads")
@@ -109,9 +120,9 @@ def memory_table(
         per_seq = kv_cache_bytes(layers, h_kv, head_dim, seq_len, 1, dtype)
         rows.append(dict(attention=f"{name}-{h_kv}" if name == "GQA" else name, kv_heads=h_kv,
                          per_token=per_token, per_sequence=per_seq,
-                         max_batch=budget_bytes // per_seq))
+                         max_batch=budget_bytes // per_seq, cache_budget=budget_bytes))
     width = feature_dim or head_dim
-    state = linear_state_bytes(layers, num_heads, width, head_dim, 1, dtype)
+    state = linear_state_bytes(layers, num_heads, width, head_dim, 1, state_dtype)
     rows.append(dict(attention=f"linear (f={width})", kv_heads=num_heads, per_token=0,
-                     per_sequence=state, max_batch=budget_bytes // state))
+                     per_sequence=state, max_batch=budget_bytes // state, cache_budget=budget_bytes))
     return rows

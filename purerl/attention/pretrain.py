@@ -75,6 +75,7 @@ class Config:
     mlp_ratio: int = 4
     attention: str = "softmax"  # or "linear" (one state per KV head)
     feature_map: str = "elu"  # linear attention only
+    token_shift: bool = False  # LMConfig.token_shift: the previous token's embedding added at each position
     seq_len: int = 64
     mqar_vocab: int = 64
     mqar_pairs: int = 8
@@ -139,7 +140,8 @@ class Config:
         return LMConfig(vocab_size=self.mqar_vocab + self.language_vocab, max_len=self.seq_len,
                         d_model=self.d_model, num_layers=self.num_layers, num_heads=self.num_heads,
                         num_kv_heads=num_kv_heads or self.num_kv_heads, head_dim=self.head_dim,
-                        mlp_ratio=self.mlp_ratio, attention=self.attention, feature_map=self.feature_map)
+                        mlp_ratio=self.mlp_ratio, attention=self.attention, feature_map=self.feature_map,
+                        token_shift=self.token_shift)
 
     @property
     def sequences_per_update(self) -> int:
