@@ -111,6 +111,7 @@ def per_seed(plan: DictConfig, curves: pd.DataFrame) -> pd.DataFrame:
     last = curves[curves["update"] > curves["update"].max() - int(plan.final_updates)]
     final = last.groupby(["label", "seed"]).mean(numeric_only=True)
     whole = curves.groupby(["label", "seed"]).mean(numeric_only=True)
+    first = curves[curves["update"] == curves["update"].min()].groupby(["label", "seed"]).mean(numeric_only=True)
     out = pd.DataFrame({
         "start": whole.sft_accuracy, "accuracy": final.accuracy, "greedy_accuracy": final.greedy_accuracy,
         "kl_to_ref": final.kl_to_ref, "true_reward": final.sample_reward, "proxy_reward": final.proxy_reward,
@@ -118,6 +119,9 @@ def per_seed(plan: DictConfig, curves: pd.DataFrame) -> pd.DataFrame:
         "rm_true_accuracy": whole.get("rm_true_accuracy", np.nan),
     }).reset_index()
     out["gain"] = out.accuracy - out.start
+    # the training samples' true and proxy rewards, from the first update to the final ones
+    out["true_change"] = (final.sample_reward - first.sample_reward).to_numpy()
+    out["proxy_change"] = (final.proxy_reward - first.proxy_reward).to_numpy()
     return out
 
 
@@ -176,8 +180,8 @@ def overoptimisation(seeds: pd.DataFrame, arm: str) -> pd.DataFrame:
         s = seeds[seeds.label == label]
         rows.append({"β": label.split("=")[-1], "KL to ref": ci_cell(s.kl_to_ref, 2),
                      "true reward (task)": ci_cell(s.true_reward), "proxy (RM score)": ci_cell(s.proxy_reward),
-                     "held-out accuracy": ci_cell(s.accuracy),
-                     "true − SFT start": ci_cell(s.true_reward - s.start)})
+                     "Δ true since update 1": ci_cell(s.true_change), "Δ proxy since update 1": ci_cell(s.proxy_change),
+                     "held-out accuracy": ci_cell(s.accuracy), "held-out gain": ci_cell(s.gain)})
     return pd.DataFrame(rows)
 
 
@@ -316,7 +320,26 @@ def answer(plan: DictConfig, seeds: pd.DataFrame, comp: pd.DataFrame, n: int) ->
                         or lab.bootstrap_ci(s.gain.to_numpy())[2] < 0 else f"(not resolved at {n} seeds)."))
     for row in comp.itertuples():
         lines.append(f"- {row.A} vs {row.B}: {row.verdict} (gain difference {row._3}).")
+    for label in dict.fromkeys(seeds.label):
+        s = seeds[seeds.label == label]
+        if label.startswith(plan.overoptimisation_arm + " "):
+            true, proxy = (lab.bootstrap_ci(s[c].to_numpy()) for c in ("true_change", "proxy_change"))
+            lines.append(f"- {label}: from the first update to the last, the reward model's score of the samples "
+                         f"{direction(proxy, n)} ({lab.fmt_ci(*proxy)}) and their true reward {direction(true, n)} "
+                         f"({lab.fmt_ci(*true)})" + ("; over-optimisation: the proxy rose while the true reward fell."
+                                                      if proxy[1] > 0 and true[2] < 0 else "."))
+        elif s.zero_std_groups.notna().any():
+            lines.append(f"- {label}: {ci_cell(s.zero_std_groups, 2)} of its groups per update had all-equal rewards "
+                         "(no learning signal), mean over updates.")
     return "\n".join(lines)
+
+
+def direction(ci: tuple[float, float, float], n: int) -> str:
+    if ci[1] > 0:
+        return "rose"
+    if ci[2] < 0:
+        return "fell"
+    return f"did not change resolvably at {n} seeds"
 
 
 def main(argv: list[str] | None = None) -> int:

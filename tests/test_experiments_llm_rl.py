@@ -71,6 +71,7 @@ def test_report_from_synthetic_curves_and_its_rebuild(plan, tmp_path, monkeypatc
     headline = table_under(report, "Headline: final held-out accuracy")
     assert [r[0] for r in headline] == ["GRPO"]
     over = table_under(report, "The reward model")
+    assert len(over[0]) == 8
     assert [r[0] for r in over] == ["0", "0.2"]
     comparisons = table_under(report, "1 comparisons")
     assert comparisons[0][:2] == ["GRPO", "PPO + RM kl_coef=0"]
