@@ -1,540 +1,363 @@
-"""RL for language models on the tiny LM, measured: one command writes experiments/reports/llm_rl.md.
+"""RL for language models on the tiny LM, measured: PPO (critic) vs GRPO (group mean) vs RLOO
+(leave-one-out) vs GSPO (sequence ratio) vs DPO at equal budgets, and reward over-optimisation of
+PPO on a learned reward model over a β sweep (the reward model's score next to the true reward,
+both against KL to the reference).
 
-    python -m experiments.llm_rl --scale ci        # ≤ 10 min on 2 quiet CPU cores
-    python -m experiments.llm_rl --report-only     # rebuild the report from llm_rl.json
+`python -m experiments.llm_rl [scale=ci|full|paper|smoke] [rebuild=true] [key=value ...]`
 
-Every run starts from the same SFT policy per seed (1-digit addition, ~30% sampled accuracy) and
-trains `seeds` seeds vmapped in one program (`purerl.sweep.run`). Sections:
-
-1. PPO (critic, KL in the reward), PPO on a Bradley-Terry reward model, GRPO and DPO: sampled
-   accuracy on held-out prompts vs completions sampled and vs wall-clock; KL to the reference.
-2. Token-level gradient variance of the policy gradient with a critic vs with the group baseline
-   (vs no baseline), at the policies PPO ended with, same number of completions per batch.
-3. GRPO with token-level ratios vs GSPO's sequence-level ratio.
-4. H_kv ∈ {4, 2, 1}: rollout time and final accuracy.
-5. Peak memory XLA allocates for each set-up next to the model-count arithmetic.
-
-Statistics: IQM over seeds with 95% stratified-bootstrap CIs (`analysis.aggregate`).
+Every arm trains `seeds` seeds vmapped in one program (`purerl.sweep.run`), each arm one
+resumable measurement (`lab.measured`). The same seed gives every arm the same SFT start and the
+same held-out problems, which the policy never trains on (the task's `heldout` split). Per-seed,
+per-update numbers are kept beside the report; `rebuild=true` remakes it from them.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import platform
-import time
-from functools import partial
-from pathlib import Path
+import sys
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
-from analysis.aggregate import iqm
+from experiments import lab
 
-REPORTS = Path(__file__).resolve().parent / "reports"
-DATA = REPORTS / "llm_rl.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Scale:
-    seeds: int
-    num_updates: int
-    sft_steps: int
-    eval_prompts: int
-    rm_steps: int
-    grad_batches: int  # independent batches per gradient-variance estimate
-    rollout_batch: int
-    memory_widths: tuple[int, ...]
+NAME = "llm_rl"
+METRICS = ("accuracy", "greedy_accuracy", "kl_to_ref", "sample_reward", "proxy_reward", "zero_std_groups",
+           "clip_frac", "approx_kl", "sft_accuracy", "rm_true_accuracy", "env_steps")
 
 
-SCALES = {
-    "ci": Scale(seeds=8, num_updates=30, sft_steps=100, eval_prompts=64, rm_steps=150, grad_batches=16,
-                rollout_batch=256, memory_widths=(256,)),
-    "full": Scale(seeds=16, num_updates=80, sft_steps=100, eval_prompts=128, rm_steps=300, grad_batches=64,
-                  rollout_batch=512, memory_widths=(32, 256)),
-}
-
-REPORTED_METRICS = ("accuracy", "greedy_accuracy", "sft_accuracy", "kl_to_ref", "env_steps", "clip_frac",
-                    "approx_kl", "rm_true_accuracy", "sft_loss")
-MODEL = dict(d_model=32, num_layers=2, num_heads=4, num_kv_heads=4, task="addition", task_kwargs={"num_digits": 1})
-
-
-def common(scale: Scale) -> dict[str, Any]:
-    return dict(MODEL, sft_steps=scale.sft_steps, num_updates=scale.num_updates, eval_prompts=scale.eval_prompts,
-                rm_steps=scale.rm_steps)
-
-
-# ------------------------------------------------------------------------ 1, 3, 4: training runs
-def run_specs(scale: Scale) -> list[dict[str, Any]]:
-    """name, algorithm, static config, traced hyper (+ grid). Equal completions per update (128)."""
-    base = common(scale)
-    grpo_config = dict(base, num_prompts=16, group_size=8, num_minibatches=4, update_epochs=3)
-    ppo_config = dict(base, num_prompts=128, num_minibatches=4, update_epochs=3)
-    return [
-        dict(name="GRPO", algo="grpo", config=grpo_config, hyper=dict(lr=1e-3)),
-        dict(name="PPO", algo="llm_ppo", config=ppo_config, hyper=dict(lr=1e-3)),
-        dict(name="PPO + reward model", algo="llm_ppo", config=dict(ppo_config, reward="model"), hyper=dict(lr=1e-3),
-             extra_samples=2 * scale.rm_steps * base.get("rm_batch", 64)),
-        dict(name="DPO", algo="dpo", config=dict(base, num_prompts=64, num_minibatches=4),
-             hyper=dict(lr=3e-4), grid=dict(beta=[0.1, 0.5])),
-        dict(name="GSPO", algo="grpo", config=dict(grpo_config, ratio="sequence"), hyper=dict(lr=1e-3),
-             grid=dict(clip_eps=[0.2, 0.02])),
-        dict(name="GRPO H_kv=2", algo="grpo", config=dict(grpo_config, num_kv_heads=2), hyper=dict(lr=1e-3)),
-        dict(name="GRPO H_kv=1", algo="grpo", config=dict(grpo_config, num_kv_heads=1), hyper=dict(lr=1e-3)),
-    ]
-
-
-def train_runs(scale: Scale, keep_state: str) -> tuple[dict[str, Any], Any]:
+# ---------------------------------------------------------------- measurement
+def arm_config(plan: DictConfig, arm: DictConfig) -> tuple[Any, Any, Any]:
+    """(algorithm module, Config, Hyper or Sweep) of one arm: the plan's shared model, task and
+    budget (PPO and GRPO: `prompts` × `group_size` completions per update; DPO: the same number
+    of completions as prompts × group_size / 2 pairs), then the arm's own settings."""
     from purerl import sweep
     from purerl.algos import get_algorithm
 
-    out, kept = {}, None
-    for spec in run_specs(scale):
-        module = get_algorithm(spec["algo"])
-        config = module.Config(**spec["config"])
-        hyper = module.Hyper(**spec["hyper"])
-        grid = sweep.grid(hyper, **spec["grid"]) if "grid" in spec else hyper
-        start = time.perf_counter()
-        result = sweep.run(module.make_train(config), grid, seeds=scale.seeds, return_state=spec["name"] == keep_state)
-        print(f"{spec['name']:22s} compile {result.compile_seconds:6.1f}s run {result.run_seconds:6.1f}s "
-              f"(wall {time.perf_counter() - start:.0f}s)", flush=True)
-        if spec["name"] == keep_state:
-            kept = (config, result.final_state)
-        settings = result.settings if "grid" in spec else [{}]
-        for s, setting in enumerate(settings):
-            label = spec["name"] + "".join(f" {k}={v:g}" for k, v in setting.items())
-            out[label] = {
-                "algo": spec["algo"], "config": repr(config), "hyper": {**spec["hyper"], **setting},
-                "compile_seconds": result.compile_seconds, "run_seconds": result.run_seconds,
-                "batch_runs": len(settings) * scale.seeds, "extra_samples": spec.get("extra_samples", 0),
-                "metrics": {k: np.round(np.asarray(v[s]), 5).tolist() for k, v in result.metrics.items()
-                            if k in REPORTED_METRICS},
-            }
-    return out, kept
+    module = get_algorithm(arm.algo)
+
+    def part(key: str) -> dict[str, Any]:
+        return OmegaConf.to_container(arm[key], resolve=True) if key in arm else {}
+
+    shared = OmegaConf.to_container(plan.model, resolve=True) | {
+        "task": plan.task.name, "task_kwargs": OmegaConf.to_container(plan.task.kwargs, resolve=True),
+        **OmegaConf.to_container(plan.counts, resolve=True)}
+    completions = plan.budget.prompts * plan.budget.group_size
+    if arm.algo == "dpo":
+        shared |= {"num_prompts": completions // 2, "num_minibatches": plan.budget.minibatches}
+    else:
+        shared |= {"num_prompts": plan.budget.prompts, "group_size": plan.budget.group_size,
+                   "num_minibatches": plan.budget.minibatches, "update_epochs": plan.budget.epochs}
+    config = module.Config(**(shared | part("config")))
+    hyper = module.Hyper(**(OmegaConf.to_container(plan.hyper, resolve=True) | part("hyper")))
+    grid = part("grid")
+    return module, config, sweep.grid(hyper, **grid) if grid else hyper
 
 
-# ------------------------------------------------------------------------ 2: gradient variance
-ESTIMATORS = ("no baseline", "no baseline, 16 prompts × 8", "group mean (G=8)", "critic, λ=1",
-              "critic, GAE λ=0.95")
-GROUPED = ("group mean (G=8)", "no baseline, 16 prompts × 8")
+def train_arm(plan: DictConfig, name: str) -> pd.DataFrame:
+    """One row per (setting, seed, update) of an arm, with its per-update metrics."""
+    from purerl import sweep
+
+    arm = plan.arms[name]
+    module, config, hypers = arm_config(plan, arm)
+    result = sweep.run(module.make_train(config), hypers, seeds=int(plan.seeds))
+    settings = result.settings if isinstance(hypers, sweep.Sweep) else ({},)
+    frames = []
+    for s, setting in enumerate(settings):
+        label = name + "".join(f" {k}={v:g}" for k, v in setting.items())
+        first = next(iter(result.metrics.values()))
+        seeds, updates = first.shape[1], first.shape[2]
+        frame = pd.DataFrame({"arm": name, "label": label, "seed": np.repeat(np.arange(seeds), updates),
+                              "update": np.tile(np.arange(1, updates + 1), seeds)})
+        for key, value in setting.items():
+            frame[key] = value
+        for metric in METRICS:
+            if metric in result.metrics:
+                frame[metric] = np.asarray(result.metrics[metric][s], np.float64).reshape(-1)
+        frame["compile_seconds"] = result.compile_seconds
+        frame["run_seconds"] = result.run_seconds
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
-def gradient_variance(scale: Scale, ppo_config: Any, states: Any) -> dict[str, Any]:
-    """Per estimator and seed: E||g − ḡ||², ||ḡ||² over `grad_batches` batches of 128 completions,
-    each g = ∇ −(1/N) Σ_i Σ_t A_it log π(y_it | ·) at the policy (and critic) PPO ended with."""
-    import jax
-    import jax.numpy as jnp
+def measuring_code() -> list[Any]:
+    """What decides the numbers (docs/experiments.md flags the report when any of it changes)."""
+    from purerl.llm import common, dpo, grpo, losses, ppo, reward_model, rollout, tasks
 
-    from purerl.llm.common import LMSetup
-    from purerl.llm.ppo import token_advantages
+    return [common, dpo, grpo, losses, ppo, reward_model, rollout, tasks, arm_config, train_arm]
 
-    setup = LMSetup(ppo_config)
-    task, group, completions_per_batch = setup.task, 8, 128
 
-    def flat_gradient(params, critic, key, estimator):
-        prompts_key, sample_key = jax.random.split(key)
-        if estimator in GROUPED:
-            problems = task.sample(prompts_key, completions_per_batch // group)
-            problems = jax.tree.map(lambda x: jnp.repeat(x, group, axis=0), problems)
-        else:
-            problems = task.sample(prompts_key, completions_per_batch)
-        completions = setup.sample(params, problems, sample_key, 1.0)
-        sequences = setup.assemble(problems, completions)
-        reward = task.reward(problems, completions.tokens)
-        mask = sequences.target_mask
-        if estimator.startswith("no baseline"):
-            advantages = reward[:, None] * mask
-        elif estimator == "group mean (G=8)":
-            grouped = reward.reshape(-1, group)
-            advantages = (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1)[:, None] * mask
-        else:
-            values = setup.scalar_values(critic, sequences.tokens)[:, :-1]
-            rewards = reward[:, None] * sequences.last_target
-            lam = 1.0 if estimator == "critic, λ=1" else 0.95
-            advantages, _ = token_advantages(rewards, values, mask, 1.0, lam)
-        advantages = jax.lax.stop_gradient(advantages)
+SHARED = ("seeds", "task", "model", "counts", "budget", "hyper")
 
-        def objective(params):
-            log_prob, _ = setup.log_probs(params, sequences.tokens, 1.0)
-            return -jnp.sum(jnp.where(mask > 0, advantages * log_prob, 0.0)) / completions_per_batch
 
-        grads = jax.grad(objective)(params)
-        return jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
+def compute(plan: DictConfig) -> dict[str, pd.DataFrame]:
+    """Every arm, each its own resumable measurement: its identity is the shared settings and its
+    own, so adding or changing one arm leaves the others' results valid."""
+    code = measuring_code()
+    shared = {key: OmegaConf.to_container(plan[key], resolve=True) if OmegaConf.is_config(plan[key]) else plan[key]
+              for key in SHARED}
+    curves = [lab.measured(plan, "arm_" + "".join(c if c.isalnum() else "_" for c in name),
+                           {**shared, "arm": name, "spec": OmegaConf.to_container(plan.arms[name], resolve=True)},
+                           lambda name=name: train_arm(plan, name), code=code)
+              for name in plan.arms]
+    return {"curves": pd.concat(curves, ignore_index=True)}
 
-    out = {}
-    num_seeds = jax.tree.leaves(states.params)[0].shape[1]
-    for estimator in ESTIMATORS:
-        @jax.jit
-        def stats(params, critic, key, estimator=estimator):
-            keys = jax.random.split(key, scale.grad_batches)
-            grads = jax.vmap(lambda k: flat_gradient(params, critic, k, estimator))(keys)
-            mean = grads.mean(axis=0)
-            variance = jnp.sum(jnp.square(grads - mean)) / (scale.grad_batches - 1)
-            return variance, jnp.sum(jnp.square(mean))
 
-        rows = []
-        for seed in range(num_seeds):
-            pick = lambda x, seed=seed: x[0, seed]  # noqa: E731
-            params, critic = jax.tree.map(pick, states.params), jax.tree.map(pick, states.critic)
-            variance, mean_sq = stats(params, critic, jax.random.PRNGKey(1000 + seed))
-            rows.append((float(variance), float(mean_sq)))
-        out[estimator] = {"variance": [r[0] for r in rows], "mean_sq": [r[1] for r in rows]}
-        print(f"gradient variance {estimator:22s} IQM {iqm(np.array(out[estimator]['variance'])):.3g}", flush=True)
+# ---------------------------------------------------------------- per-seed summaries
+def per_seed(plan: DictConfig, curves: pd.DataFrame) -> pd.DataFrame:
+    """Per label and seed: the SFT start, the final numbers (mean over the last `final_updates`
+    updates), the gain over the start, and run-mean zero-std groups and clip fraction."""
+    last = curves[curves["update"] > curves["update"].max() - int(plan.final_updates)]
+    final = last.groupby(["label", "seed"]).mean(numeric_only=True)
+    whole = curves.groupby(["label", "seed"]).mean(numeric_only=True)
+    first = curves[curves["update"] == curves["update"].min()].groupby(["label", "seed"]).mean(numeric_only=True)
+    out = pd.DataFrame({
+        "start": whole.sft_accuracy, "accuracy": final.accuracy, "greedy_accuracy": final.greedy_accuracy,
+        "kl_to_ref": final.kl_to_ref, "true_reward": final.sample_reward, "proxy_reward": final.proxy_reward,
+        "zero_std_groups": whole.get("zero_std_groups", np.nan), "clip_frac": whole.get("clip_frac", np.nan),
+        "rm_true_accuracy": whole.get("rm_true_accuracy", np.nan),
+    }).reset_index()
+    out["gain"] = out.accuracy - out.start
+    # the training samples' true and proxy rewards, from the first update to the final ones
+    out["true_change"] = (final.sample_reward - first.sample_reward).to_numpy()
+    out["proxy_change"] = (final.proxy_reward - first.proxy_reward).to_numpy()
     return out
 
 
-# ------------------------------------------------------------------------ 4: rollout time per H_kv
-def rollout_times(scale: Scale) -> dict[str, Any]:
-    import jax
-
-    from purerl.llm import grpo
-    from purerl.llm.common import LMSetup
-
-    out = {}
-    for kv_heads in (4, 2, 1):
-        setup = LMSetup(grpo.Config(**dict(MODEL, num_kv_heads=kv_heads)))
-        params = setup.init_policy(jax.random.PRNGKey(0))
-        problems = setup.task.sample(jax.random.PRNGKey(1), scale.rollout_batch)
-        run = jax.jit(lambda p, k, setup=setup, problems=problems: setup.sample(p, problems, k, 1.0).tokens)
-        jax.block_until_ready(run(params, jax.random.PRNGKey(2)))
-        times = []
-        for i in range(30):
-            start = time.perf_counter()
-            jax.block_until_ready(run(params, jax.random.PRNGKey(3 + i)))
-            times.append(time.perf_counter() - start)
-        cache_bytes = sum(x.nbytes for x in jax.tree.leaves(
-            setup.policy.init_cache(scale.rollout_batch, setup.seq_len)))
-        out[str(kv_heads)] = {"median_ms": 1e3 * float(np.median(times)), "cache_bytes": int(cache_bytes)}
-        print(f"rollout H_kv={kv_heads}: {out[str(kv_heads)]['median_ms']:.2f} ms", flush=True)
-    return out
+def ci_cell(values: np.ndarray, digits: int = 3) -> str:
+    return lab.fmt_ci(*lab.bootstrap_ci(np.asarray(values, np.float64)), digits=digits)
 
 
-# ------------------------------------------------------------------------ 5: memory
-MEMORY_SETUPS = [("DPO", "dpo", {}), ("GRPO", "grpo", {}), ("GRPO + RM", "grpo", {"reward": "model"}),
-                 ("PPO", "llm_ppo", {}), ("PPO + RM", "llm_ppo", {"reward": "model"})]
+def paired(seeds: pd.DataFrame, a: str, b: str, column: str = "gain") -> tuple[float, float, float, int]:
+    """Mean of the per-seed difference a − b (same seeds: same SFT start and held-out problems),
+    its 95% bootstrap CI, and the number of paired seeds."""
+    left = seeds[seeds.label == a].set_index("seed")[column]
+    right = seeds[seeds.label == b].set_index("seed")[column]
+    both = left.index.intersection(right.index)
+    diff = (left[both] - right[both]).to_numpy()
+    return (*lab.bootstrap_ci(diff), len(both))
 
 
-def memory(scale: Scale) -> list[dict[str, Any]]:
-    """What XLA allocates for one whole run (compiled, single seed) at small batches, the bytes of
-    the state carried between updates, and the model-count arithmetic (fp32)."""
-    import jax
+def verdict(ci: tuple[float, float, float, int], a: str, b: str) -> str:
+    estimate, low, high, n = ci
+    if low > 0:
+        return f"{a} higher"
+    if high < 0:
+        return f"{b} higher"
+    return f"not resolved at {n} seeds"
 
-    from purerl.algos import get_algorithm
-    from purerl.llm.common import LMSetup
-    from purerl.llm.memory import setup_memory
-    from purerl.llm.models import count_params, init_lm
 
+def summary_table(seeds: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     rows = []
-    for width in scale.memory_widths:
-        layers = 2 if width <= 64 else 4
-        for label, algo, extra in MEMORY_SETUPS:
-            module = get_algorithm(algo)
-            small = dict(MODEL, d_model=width, num_layers=layers, sft_steps=2, num_updates=2, eval_prompts=8,
-                         rm_steps=2, rm_batch=8, sft_batch=8, num_minibatches=1, update_epochs=1, **extra)
-            if algo == "grpo":
-                small.update(num_prompts=4, group_size=2)
-            else:
-                small.update(num_prompts=8)
-            config = module.Config(**small)
-            train = module.make_train(config)
-            key, hyper = jax.random.PRNGKey(0), module.Hyper()
-            stats = jax.jit(train).lower(key, hyper).compile().memory_analysis()
-            # Every buffer the executable is assigned: inputs, outputs (the final state) and the
-            # temp arena (gradients, activations, rollouts, in-program models such as the reward
-            # model), minus outputs aliased to inputs. (`peak_memory_in_bytes` on XLA:CPU leaves
-            # the temp arena out, so it is not used.)
-            allocated = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-                         - stats.alias_size_in_bytes)
-            state = jax.eval_shape(train, key, hyper)[0]
-            state_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
-            setup = LMSetup(config)
-            policy, scalar = (count_params(jax.eval_shape(partial(init_lm, model, seq_len=setup.seq_len), key))
-                              for model in (setup.policy, setup.scalar))
-            setup_name = {"llm_ppo": "ppo"}.get(algo, algo)
-            arithmetic = setup_memory(setup_name, policy, scalar, reward_model=extra.get("reward") == "model")
-            rows.append({"setup": label, "d_model": width, "layers": layers, "policy_params": policy,
-                         **{f"arith_{k}": v for k, v in arithmetic.items()},
-                         "state_bytes": state_bytes, "xla_temp_bytes": int(stats.temp_size_in_bytes),
-                         "xla_bytes": int(allocated)})
-            print(f"memory d={width} {label:10s} arithmetic {arithmetic['total'] / 2**20:7.2f} MiB  "
-                  f"state {state_bytes / 2**20:7.2f} MiB  XLA {allocated / 2**20:7.2f} MiB", flush=True)
-    return rows
+    for label in labels:
+        s = seeds[seeds.label == label]
+        rows.append({"method": label, "SFT start": ci_cell(s.start), "final accuracy": ci_cell(s.accuracy),
+                     "gain over start": ci_cell(s.gain), "greedy accuracy": ci_cell(s.greedy_accuracy),
+                     "Δ training-sample reward": ci_cell(s.true_change) if s.true_change.notna().any() else "-",
+                     "KL to ref (nats)": ci_cell(s.kl_to_ref, 2),
+                     "zero-std groups": ci_cell(s.zero_std_groups, 2) if s.zero_std_groups.notna().any() else "-",
+                     "clip fraction": ci_cell(s.clip_frac, 2) if s.clip_frac.notna().any() else "-"})
+    return pd.DataFrame(rows)
 
 
-# ------------------------------------------------------------------------ report
-def iqm_ci(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IQM over the first (seed) axis, with its 95% bootstrap CI; x [seeds, ...]."""
-    from analysis.aggregate import stratified_bootstrap_ci
-
-    samples = np.moveaxis(np.asarray(x, np.float64), 0, -1)
-    low, high = stratified_bootstrap_ci([samples], "iqm", n_resamples=1000)
-    return iqm(samples), low, high
-
-
-def fmt_ci(x: np.ndarray, digits: int = 3) -> str:
-    point, low, high = iqm_ci(np.asarray(x))
-    return f"{float(point):.{digits}f} [{float(low):.{digits}f}, {float(high):.{digits}f}]"
+def comparison_rows(plan: DictConfig, seeds: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for a, b in plan.comparisons:
+        if a in set(seeds.label) and b in set(seeds.label):
+            ci = paired(seeds, a, b)
+            rows.append({"A": a, "B": b, "gain A − B [95% CI]": lab.fmt_ci(*ci[:3]), "seeds": ci[3],
+                         "verdict": verdict(ci, a, b)})
+    return pd.DataFrame(rows)
 
 
-def final(run: dict[str, Any], metric: str = "accuracy", last: int = 5) -> np.ndarray:
-    return np.asarray(run["metrics"][metric])[:, -last:].mean(axis=1)
+def overoptimisation(seeds: pd.DataFrame, arm: str) -> pd.DataFrame:
+    """Per β of the reward-model arm: final KL, true reward, proxy score, and the paired change of
+    each against the smallest β (the one left furthest from the reference)."""
+    labels = sorted({lab_ for lab_ in seeds.label if lab_.startswith(arm + " ")},
+                    key=lambda s: float(s.split("=")[-1]))
+    rows = []
+    for label in labels:
+        s = seeds[seeds.label == label]
+        rows.append({"β": label.split("=")[-1], "KL to ref": ci_cell(s.kl_to_ref, 2),
+                     "true reward (task)": ci_cell(s.true_reward), "proxy (RM score)": ci_cell(s.proxy_reward),
+                     "Δ true since update 1": ci_cell(s.true_change), "Δ proxy since update 1": ci_cell(s.proxy_change),
+                     "held-out accuracy": ci_cell(s.accuracy), "held-out gain": ci_cell(s.gain)})
+    return pd.DataFrame(rows)
 
 
-def plot_curves(runs: dict[str, Any], names: list[str], seeds: int, path: Path) -> None:
+# ---------------------------------------------------------------- plots
+def plot_curves(curves: pd.DataFrame, labels: list[str], n: int):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for name in names:
-        run = runs[name]
-        accuracy = np.asarray(run["metrics"]["accuracy"])  # [seeds, updates]
-        start = np.asarray(run["metrics"]["sft_accuracy"])[:, :1]
-        curve = np.concatenate([start, accuracy], axis=1)
-        point, low, high = iqm_ci(curve)
-        samples = np.concatenate([[0], np.asarray(run["metrics"]["env_steps"])[0]])
-        # One program trains the whole batch; a batch of 2 settings × seeds is scaled to one setting.
-        seconds = np.arange(curve.shape[1]) * run["run_seconds"] * seeds / run["batch_runs"] / (curve.shape[1] - 1)
-        kl_point, kl_low, kl_high = iqm_ci(np.asarray(run["metrics"]["kl_to_ref"]))
-        label = name + (f" (+{run['extra_samples']:,} RM completions first)" if run["extra_samples"] else "")
-        for ax, x in ((axes[0], samples), (axes[1], seconds)):
-            (line,) = ax.plot(x, point, label=label)
-            ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
-        updates = np.arange(1, len(kl_point) + 1)
-        axes[2].plot(updates, kl_point, label=name, color=line.get_color())
-        axes[2].fill_between(updates, kl_low, kl_high, alpha=0.2, color=line.get_color())
-    axes[0].set(xlabel="completions sampled by the policy (DPO: pairs from the reference)",
-                ylabel="sampled accuracy, held-out (IQM, 95% CI)", title="Accuracy vs samples")
-    axes[1].set(xlabel=f"seconds of training ({seeds} seeds in one program, excl. compile)", ylabel="sampled accuracy",
-                title="Accuracy vs wall-clock")
-    axes[2].set(xlabel="update", ylabel="KL(π ‖ π_ref) per completion (k3)", title="KL to the reference")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, label in enumerate(labels):
+        c = curves[curves.label == label]
+        start = c[c["update"] == 1].set_index("seed").sft_accuracy
+        acc = c.pivot(index="seed", columns="update", values="accuracy")
+        matrix = np.concatenate([start.loc[acc.index].to_numpy()[:, None], acc.to_numpy()], axis=1)
+        steps = np.concatenate([[0], c[c.seed == c.seed.min()].sort_values("update").env_steps.to_numpy()])
+        point, low, high = lab.curve_ci(matrix)
+        axes[0].plot(steps, point, color=f"C{i}", label=label)
+        axes[0].fill_between(steps, low, high, color=f"C{i}", alpha=0.2)
+        kl = c.pivot(index="seed", columns="update", values="kl_to_ref").to_numpy()
+        point, low, high = lab.curve_ci(kl)
+        axes[1].plot(steps[1:], point, color=f"C{i}", label=label)
+        axes[1].fill_between(steps[1:], low, high, color=f"C{i}", alpha=0.2)
+    axes[0].set(xlabel="completions sampled (DPO: completions of its pairs, from the reference)",
+                ylabel=f"held-out accuracy (mean of {n} seeds, 95% CI)")
+    axes[1].set(xlabel="completions sampled", ylabel="KL(π ‖ π_ref) per completion (k3)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(labels), 7), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_overoptimisation(curves: pd.DataFrame, arm: str):
+    """True task reward and the reward model's score of the training samples against KL to the
+    reference, every update of every β (means over seeds): Gao et al. 2022's picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = curves[curves.arm == arm]
+    betas = sorted(c.kl_coef.unique())
+    cmap = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, beta in enumerate(betas):
+        mean = c[c.kl_coef == beta].groupby("update").mean(numeric_only=True)
+        colour = cmap(i / max(len(betas) - 1, 1))
+        axes[0].plot(mean.kl_to_ref, mean.sample_reward, "o-", ms=3, color=colour, label=f"β = {beta:g}")
+        axes[1].plot(mean.kl_to_ref, mean.proxy_reward, "o-", ms=3, color=colour, label=f"β = {beta:g}")
+    axes[0].set(xlabel="KL(π ‖ π_ref) per completion", ylabel="true reward of the samples (task)",
+                title="True reward vs KL")
+    axes[1].set(xlabel="KL(π ‖ π_ref) per completion", ylabel="reward model's score of the samples (proxy)",
+                title="Proxy reward vs KL")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(betas), fontsize=8,
+               frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def findings(data: dict[str, Any]) -> list[str]:
-    """Headline sentences, every number computed from `data`."""
-    runs, variance = data["runs"], data["gradient_variance"]
-    point = lambda name, metric="accuracy": float(iqm(final(runs[name], metric)))  # noqa: E731
-    start = float(iqm(np.asarray(runs["GRPO"]["metrics"]["sft_accuracy"])[:, 0]))
-    dpo = max((n for n in runs if n.startswith("DPO")), key=point)
-    rm = float(iqm(np.asarray(runs["PPO + reward model"]["metrics"]["rm_true_accuracy"])[:, 0]))
-    var = {k: float(iqm(np.asarray(v["variance"]))) for k, v in variance.items()}
-    timing = data["rollout"]
-    mem = [row["xla_bytes"] / row["arith_total"] for row in data["memory"]]
-    return [
-        f"- From the same SFT start ({start:.2f} sampled accuracy), with 128 completions per update: PPO "
-        f"reaches {point('PPO'):.2f}, GRPO {point('GRPO'):.2f}, the best DPO ({dpo}) {point(dpo):.2f}.",
-        f"- PPO on the learned reward model collapses to {point('PPO + reward model'):.2f} while its KL to the "
-        f"reference climbs to {point('PPO + reward model', 'kl_to_ref'):.1f} nats: the reward model orders only "
-        f"{rm:.2f} of held-out pairs correctly (judging a sum is as hard as computing it), and PPO exploits it.",
-        f"- Gradient variance at PPO's final policies, 128 completions per batch: no baseline "
-        f"{var['no baseline']:.2g}, critic (λ = 1) {var['critic, λ=1']:.2g}, group mean "
-        f"{var['group mean (G=8)']:.2g}. The group layout itself (16 prompts × 8) costs "
-        f"{var['no baseline, 16 prompts × 8'] / var['no baseline']:.1f}× variance; on that layout the group "
-        f"baseline changes it {var['group mean (G=8)'] / var['no baseline, 16 prompts × 8']:.2f}×. Neither "
-        "baseline lowers the variance here. A likely reason (not isolated here): with 0/1 rewards a baseline "
-        "gives the wrong, low-probability completions — whose ∇log π is large — non-zero weight; without a "
-        "baseline they get none.",
-        f"- Rollout time falls with H_kv: {timing['4']['median_ms']:.1f} ms (H_kv = 4) → "
-        f"{timing['1']['median_ms']:.1f} ms (H_kv = 1); the final accuracies of H_kv = 4, 2, 1 lie within "
-        "each other's seed CIs.",
-        f"- The model-count arithmetic is within {min(mem):.2f}–{max(mem):.2f}× of the bytes XLA assigns to a "
-        "whole run once weights dominate (d_model 256).",
-    ]
+# ---------------------------------------------------------------- report
+DISCUSSION = """\
+PPO with a learned critic, GRPO's group mean and RLOO's leave-one-out mean are three baselines for the
+same REINFORCE-style gradient (Williams 1992; Shao et al. 2024; Ahmadian et al. 2024). With a group of
+G the group mean contains the sample itself, which shrinks every advantage by (G − 1)/G; RLOO removes
+that shrinkage (`grpo.Config(baseline="leave_one_out")`), and with the std division on top the two
+differ only by that constant factor, which Adam largely absorbs. DPO (Rafailov et al. 2023) learns
+from pairs sampled once from the reference, so on a task whose reward is sparse at the start most
+pairs are ties and carry no signal. Gao et al. (2022) measured the proxy reward model's score rising
+monotonically with KL while the gold reward rises and then falls; the over-optimisation table and
+plot above put the same two curves side by side for PPO on a Bradley-Terry reward model of the
+addition task, over the KL coefficient β. GSPO's clip range (Zheng et al. 2025: 3e-4 / 4e-4 on the
+length-normalised sequence ratio) is two orders of magnitude below PPO's 0.2, because a sequence
+ratio averages the token log-ratios; its clip fraction is reported beside GRPO's. On 1-digit addition
+(100 problems) with a fifth held out, the training-sample reward of PPO, GRPO, RLOO and GSPO rises
+while held-out accuracy does not move: at this scale the tiny model learns the problems it sees
+rather than addition, so what an earlier edition (evaluated on the training problems) reported as
+gains measured memorisation; 2-digit addition (the `paper` preset) is where a generalising gain
+can show."""
 
 
-def write_report(data: dict[str, Any]) -> str:
-    runs, scale = data["runs"], data["scale"]
-    cpu = f", {data['cpu_minutes']:.1f} CPU-min" if data.get("cpu_minutes") else data.get("timing_note", "")
-    main = ["PPO", "PPO + reward model", "GRPO"] + [n for n in runs if n.startswith("DPO")]
-    plot_curves(runs, main, scale["seeds"], REPORTS / "llm_rl_curves.png")
-    plot_curves(runs, ["GRPO"] + [n for n in runs if n.startswith("GSPO")], scale["seeds"],
-                REPORTS / "llm_rl_ratios.png")
-    lines = [
-        "# RL for language models on the tiny LM",
-        "",
-        f"Generated by `python -m experiments.llm_rl --scale {data['scale_name']}` in {data['wall_minutes']:.1f} min "
-        f"wall{cpu} on {data['machine']} ({data['jax']}). Task: 1-digit addition (`a+b=` → the sum, reward 1 for the "
-        f"exact answer). Tiny decoder LM: d_model 32, 2 layers, 4 heads. Every run of a seed starts from the "
-        f"same SFT policy ({scale['sft_steps']} steps), which is also the frozen reference — in exact "
-        "arithmetic: rows trained in batches of 16 runs (two settings: DPO, GSPO) round differently from "
-        "batches of 8, 100 Adam steps amplify it, and their SFT starts differ (H_kv rows: another model); "
-        "the gain column compares each run with its own start. "
-        f"{scale['seeds']} seeds per row, vmapped in one program; {scale['num_updates']} updates of 128 completions "
-        "(DPO: 64 pairs = 128 completions from the reference). Accuracy = mean reward of one completion "
-        f"sampled at T = 1 for each of {scale['eval_prompts']} held-out prompts, after each update (IQM over "
-        "seeds, 95% stratified-bootstrap CI; final = mean of the last 5 updates).",
-        "",
-        "## Findings (this run)",
-        "",
-        *findings(data),
-        "",
-        "## 1. PPO vs GRPO vs DPO (and PPO on a learned reward model)",
-        "",
-        "| method | SFT start | final accuracy | gain over start | final greedy accuracy | KL to ref (final) "
-        "| compile s | run s |",
-        "|---|---|---|---|---|---|---:|---:|",
-    ]
-    for name in main + [n for n in runs if n not in main]:
-        run = runs[name]
-        start = np.asarray(run["metrics"]["sft_accuracy"])[:, 0]
-        lines.append(
-            f"| {name} | {fmt_ci(start)} | {fmt_ci(final(run))} | {fmt_ci(final(run) - start)} | "
-            f"{fmt_ci(final(run, 'greedy_accuracy'))} | {fmt_ci(final(run, 'kl_to_ref'), 2)} | "
-            f"{run['compile_seconds']:.0f} | {run['run_seconds']:.0f} |")
-    rm = runs["PPO + reward model"]["metrics"].get("rm_true_accuracy")
-    lines += [
-        "",
-        "![accuracy vs samples, vs wall-clock, and KL to the reference](llm_rl_curves.png)",
-        "",
-        "Wall-clock: the run time of the whole vmapped batch (one program; DPO and GSPO train 2 settings × "
-        "the seeds in theirs, plotted at half their time), spread evenly over the updates; \"run s\" is that "
-        "batch's time. PPO + reward model's includes training the reward model first "
-        f"({scale['rm_steps']} steps × 64 pairs sampled from the SFT policy, the completions named in the "
-        "legend).",
-    ]
-    if rm is not None:
-        lines.append(f"The reward model orders held-out pairs with different hidden scores correctly "
-                     f"{fmt_ci(np.asarray(rm)[:, 0])} of the time (IQM over seeds).")
-    variance = data["gradient_variance"]
-    lines += [
-        "",
-        "## 2. Token-level gradient variance: critic vs group baseline",
-        "",
-        f"At each seed's final PPO policy (and its critic), {scale['grad_batches']} independent batches of 128 "
-        "completions; g = ∇ −(1/128) Σ_i Σ_t A_it log π(y_it) (no KL, no clipping: the plain policy gradient "
-        "each advantage estimator implies). Variance = E‖g − ḡ‖² over batches; SNR = ‖ḡ‖² / variance. "
-        "Group: 16 prompts × 8 completions, A = R_i − mean_group (no std division, so all rows estimate the "
-        "same-scale gradient); critic: 128 prompts × 1, A_t = R − V(s_t) (λ = 1, unbiased) or GAE λ = 0.95 "
-        "(PPO's, biased). \"no baseline, 16 prompts × 8\" separates the group layout (fewer distinct "
-        "prompts) from the baseline itself.",
-        "",
-        "| estimator | variance (IQM [95% CI]) | ‖ḡ‖² | SNR | variance / no baseline |",
-        "|---|---|---|---|---|",
-    ]
-    none = np.asarray(variance["no baseline"]["variance"])
-    for estimator, values in variance.items():
-        var, mean_sq = np.asarray(values["variance"]), np.asarray(values["mean_sq"])
-        lines.append(f"| {estimator} | {fmt_ci(var, 4)} | {float(iqm(mean_sq)):.4f} | "
-                     f"{float(iqm(mean_sq / var)):.3f} | {float(iqm(var / none)):.2f} |")
-    lines += [
-        "",
-        "## 3. Token-level ratios (GRPO) vs sequence-level ratios (GSPO)",
-        "",
-        "Same runs as GRPO but with GSPO's length-normalised sequence ratio s_i = exp(mean_t log π/π_old), "
-        "clipped per completion (two clip ranges), 3 epochs × 4 minibatches per batch so that ratios leave 1.",
-        "",
-        "| variant | final accuracy | clip fraction (mean over updates) | approx KL(old‖new) per step |",
-        "|---|---|---|---|",
-    ]
-    for name in ["GRPO"] + [n for n in runs if n.startswith("GSPO")]:
-        run = runs[name]
-        clip = np.asarray(run["metrics"]["clip_frac"]).mean(axis=1)
-        kl = np.asarray(run["metrics"]["approx_kl"]).mean(axis=1)
-        lines.append(f"| {name} | {fmt_ci(final(run))} | {fmt_ci(clip)} | {fmt_ci(kl, 4)} |")
-    lines += ["", "![GRPO vs GSPO](llm_rl_ratios.png)", "",
-              "## 4. H_kv (KV heads) with 4 query heads", "",
-              f"Rollout: median of 30 calls of the one-program generation, {scale['rollout_batch']} prompts × "
-              "3 tokens, random weights. Accuracy: GRPO as above.", "",
-              "| H_kv | rollout ms | KV cache bytes | final accuracy |", "|---:|---:|---:|---|"]
-    for kv_heads, timing in data["rollout"].items():
-        name = "GRPO" if kv_heads == "4" else f"GRPO H_kv={kv_heads}"
-        lines.append(f"| {kv_heads} | {timing['median_ms']:.2f} | {timing['cache_bytes']:,} | "
-                     f"{fmt_ci(final(runs[name]))} |")
-    lines += [
-        "", "## 5. Memory: model-count arithmetic vs what XLA allocates", "",
-        "Arithmetic (fp32, `purerl.llm.memory`): every model's weights, plus gradients and two Adam moments for "
-        "each trained one (actor; PPO's critic). State: the bytes of the train state carried between updates "
-        "(policy, Adam moments, reference, critic), from `jax.eval_shape`. XLA: every buffer the compiled "
-        "executable of one whole run is assigned (`memory_analysis()`: arguments + outputs + temp arena − "
-        "aliases; single seed, batches of 8 completions, so weights dominate); the temp arena holds the "
-        "gradients, activations, rollouts and the in-program reward model. MiB.",
-        "",
-        "| set-up | d_model | params/model | models | arithmetic | weights / grads / Adam | state | XLA temp "
-        "| XLA total | XLA / arithmetic |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    mib = 2**20
-    for row in data["memory"]:
-        lines.append(
-            f"| {row['setup']} | {row['d_model']} | {row['policy_params']:,} | {row['arith_models']} | "
-            f"{row['arith_total'] / mib:.2f} | {row['arith_weights'] / mib:.2f} / "
-            f"{row['arith_gradients'] / mib:.2f} / {row['arith_optimizer'] / mib:.2f} | "
-            f"{row['state_bytes'] / mib:.2f} | {row['xla_temp_bytes'] / mib:.2f} | {row['xla_bytes'] / mib:.2f} | "
-            f"{row['xla_bytes'] / row['arith_total']:.2f} |")
-    short = [row for row in data["memory"] if row["xla_temp_bytes"] < row["arith_gradients"]]
-    if short:
-        row = short[0]
-        lines += ["", f"{row['setup']} (d_model {row['d_model']}): the temp arena "
-                  f"({row['xla_temp_bytes'] / mib:.1f} MiB) "
-                  f"is smaller than the gradients the arithmetic counts ({row['arith_gradients'] / mib:.1f} MiB), "
-                  "and the total stays below the arithmetic: XLA's buffer assignment does not need a separate buffer "
-                  "for every gradient at once. Elsewhere the temp arena exceeds the gradients by the activations, "
-                  "rollouts and (+ RM) the reward model."]
-    lines += ["", "The same arithmetic at 7B parameters in bf16 gives the seeds' figures (tests/test_llm_memory.py): "
-              "GRPO actor + reference + reward model 42 GB, + Adam 28 GB + gradients 14 GB = 84 GB.", ""]
+def run(plan: DictConfig) -> None:
+    kept = lab.kept_results(plan, lambda: compute(plan), measuring_code())
+    curves = kept.tables["curves"]
+    seeds = per_seed(plan, curves)
+    n = int(seeds.groupby("label").seed.nunique().min())
+    labels = list(dict.fromkeys(curves.label))
+    rm_arm = plan.overoptimisation_arm
+    main_labels = [label for label in labels if not label.startswith(rm_arm + " ")]
+
+    report = lab.Report(plan, "RL for language models: PPO vs GRPO vs RLOO vs GSPO vs DPO, and reward "
+                        "over-optimisation", kept=kept)
+    task = f"{plan.task.name} {OmegaConf.to_container(plan.task.kwargs)}"
+    report.add(
+        "**Question.** At equal budgets (the same prompts and completions per update), how much do PPO (critic), "
+        "GRPO (group mean), RLOO (leave-one-out baseline), GSPO (sequence-level ratio at its paper's clip range) "
+        "and DPO (pairs from the reference) raise held-out accuracy over the same SFT start — and does PPO on a "
+        "learned reward model over-optimise it: the proxy score rising while the true reward does not?",
+        "**Command** (trains what is missing, then writes this report; `rebuild=true` remakes it from the kept "
+        f"per-seed numbers without training):\n\n```bash\n{report.command()}\n{report.command()} rebuild=true\n```\n\n"
+        f"Scale `{plan.scale}`: {n} seeds per row (the same seeds in every row: the same SFT start and held-out "
+        f"problems per seed). Task: {task}; the held-out split ({plan.task.kwargs.heldout:.0%} of the problems, "
+        "by a hash of the prompt) is never sampled for training, and accuracy is one completion sampled at T = 1 "
+        f"per held-out prompt ({plan.counts.eval_prompts} prompts) after each update. Model: "
+        f"{OmegaConf.to_container(plan.model)}; SFT {plan.counts.sft_steps} steps; {plan.counts.num_updates} "
+        f"updates of {plan.budget.prompts} prompts × {plan.budget.group_size} completions (DPO: "
+        f"{plan.budget.prompts * plan.budget.group_size // 2} pairs); final = mean of the last "
+        f"{plan.final_updates} updates. CIs: 95% percentile bootstrap over seeds of the mean; comparisons are "
+        f"paired per seed. Preset: `conf/experiment/{NAME}/{plan.scale}.yaml`.",
+    )
+    comp = comparison_rows(plan, seeds)
+    report.add("## Answer\n\n" + answer(plan, seeds, comp, n))
+    report.headline(f"Headline: final held-out accuracy and gain over the SFT start, mean [95% CI] of {n} seeds",
+                    lab.markdown_table(summary_table(seeds, main_labels)))
+    report.add(f"## Comparisons (paired over seeds)\n\n{len(comp)} comparisons of the gain over the start, chosen "
+               "before the run; with this many 95% CIs, about one in twenty misses by chance.",
+               lab.markdown_table(comp) if len(comp) else "(none at this scale)")
+    report.figure(plot_curves(curves, main_labels, n), "curves.png",
+                  "Held-out sampled accuracy and KL to the reference against completions sampled")
+    if rm_arm in set(curves.arm):
+        over = overoptimisation(seeds, rm_arm)
+        rm = seeds[seeds.label.str.startswith(rm_arm + " ")].rm_true_accuracy
+        report.add("## Reward over-optimisation: PPO on a learned reward model over β",
+                   f"The reward model (Bradley-Terry on {plan.counts.rm_steps} × {plan.counts.rm_batch} pairs "
+                   "sampled from the SFT policy, labels from the true reward) orders pairs with different true "
+                   f"rewards correctly {ci_cell(rm)} of the time. Final numbers of the training samples (true and "
+                   "proxy) and of the held-out evaluation, per β:",
+                   lab.markdown_table(over))
+        report.figure(plot_overoptimisation(curves, rm_arm), "overoptimisation.png",
+                      "True reward and reward-model score of the training samples against KL to the reference, "
+                      "one point per update (mean over seeds), one line per β")
+    report.add("## Discussion", DISCUSSION)
+    report.write()
+
+
+def answer(plan: DictConfig, seeds: pd.DataFrame, comp: pd.DataFrame, n: int) -> str:
+    """Sentences generated from the computed tests only."""
+    lines = []
+    for label in dict.fromkeys(seeds.label):
+        s = seeds[seeds.label == label]
+        lines.append(f"- {label}: gain over the SFT start {ci_cell(s.gain)} "
+                     + ("(CI excludes 0)." if lab.bootstrap_ci(s.gain.to_numpy())[1] > 0
+                        or lab.bootstrap_ci(s.gain.to_numpy())[2] < 0 else f"(not resolved at {n} seeds)."))
+    for row in comp.itertuples():
+        lines.append(f"- {row.A} vs {row.B}: {row.verdict} (gain difference {row._3}).")
+    for label in dict.fromkeys(seeds.label):
+        s = seeds[seeds.label == label]
+        if label.startswith(plan.overoptimisation_arm + " "):
+            true, proxy = (lab.bootstrap_ci(s[c].to_numpy()) for c in ("true_change", "proxy_change"))
+            lines.append(f"- {label}: from the first update to the last, the reward model's score of the samples "
+                         f"{direction(proxy, n)} ({lab.fmt_ci(*proxy)}) and their true reward {direction(true, n)} "
+                         f"({lab.fmt_ci(*true)})" + ("; over-optimisation: the proxy rose while the true reward fell."
+                                                      if proxy[1] > 0 and true[2] < 0 else "."))
+            continue
+        train = lab.bootstrap_ci(s.true_change.to_numpy())
+        if np.isfinite(train[0]):
+            lines.append(f"- {label}: the true reward of its training samples (problems outside the held-out split) "
+                         f"{direction(train, n)} from the first update to the last ({lab.fmt_ci(*train)}).")
+        if s.zero_std_groups.notna().any():
+            lines.append(f"- {label}: {ci_cell(s.zero_std_groups, 2)} of its groups per update had all-equal rewards "
+                         "(no learning signal), mean over updates.")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="ci")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the report from llm_rl.json")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the sections already in --cache (after a crash or to redo one section)")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/purerl_llm_rl_cache"),
-                        help="partial results and PPO's final state, between sections")
-    args = parser.parse_args(argv)
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    if args.report_only:
-        data = json.loads(DATA.read_text())
-    else:
-        data = collect(SCALES[args.scale], args.scale, args.cache, args.resume)
-        DATA.write_text(json.dumps(data))
-    report = write_report(data)
-    (REPORTS / "llm_rl.md").write_text(report)
-    print(report)
+def direction(ci: tuple[float, float, float], n: int) -> str:
+    if ci[1] > 0:
+        return "rose"
+    if ci[2] < 0:
+        return "fell"
+    return f"did not change resolvably at {n} seeds"
 
 
-def collect(scale: Scale, scale_name: str, cache: Path, resume: bool) -> dict[str, Any]:
-    import pickle
-
-    import jax
-
-    cache.mkdir(parents=True, exist_ok=True)
-    partial, state_file = cache / f"{scale_name}.json", cache / f"{scale_name}_ppo_state.pkl"
-    data = json.loads(partial.read_text()) if resume and partial.exists() else {}
-    seconds, cpu_seconds = data.get("seconds", {}), data.get("cpu_seconds", {})
-
-    def section(name, compute):
-        if name not in data:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            data[name] = compute()
-            seconds[name] = time.perf_counter() - start
-            cpu_seconds[name] = time.process_time() - cpu_start
-            data.update(seconds=seconds, cpu_seconds=cpu_seconds)
-            partial.write_text(json.dumps(data))
-
-    def runs():
-        out, kept = train_runs(scale, keep_state="PPO")
-        state_file.write_bytes(pickle.dumps(jax.device_get(kept)))
-        return out
-
-    section("runs", runs)
-    section("gradient_variance", lambda: gradient_variance(scale, *pickle.loads(state_file.read_bytes())))
-    section("rollout", lambda: rollout_times(scale))
-    section("memory", lambda: memory(scale))
-    data.update(scale_name=scale_name, scale=dataclasses.asdict(scale), jax=f"jax {jax.__version__}",
-                machine=f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s)",
-                wall_minutes=sum(seconds.values()) / 60, cpu_minutes=sum(cpu_seconds.values()) / 60)
-    return data
+def main(argv: list[str] | None = None) -> int:
+    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

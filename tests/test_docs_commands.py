@@ -6,7 +6,7 @@ validated job by job (the same checks purerl-train makes before running anything
 included); `purerl-memory` lines run; `purerl-analyze` / `purerl-eval` lines parse with the
 apps' own parsers (their end-to-end runs live in test_analysis.py and test_policies.py);
 `python -m experiments.X key=value` lines load their plan at the requested scale;
-`python benchmarks/X.py ...` and `python -m experiments.llm_rl --flags` lines parse their
+`python benchmarks/X.py ...` and `python -m experiments.X --flags` lines parse their
 flags; `make` targets exist; `pip install -e '.[extras]'` names extras that exist."""
 
 from __future__ import annotations

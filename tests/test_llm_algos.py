@@ -38,12 +38,17 @@ def check_metrics(metrics, config, seeds):
 
 
 def test_ppo_with_a_reward_model_and_the_kl_as_a_loss_term():
-    config = ppo.Config(**TINY, num_prompts=8, num_minibatches=2, kl_mode="loss", reward="model")
+    # 4 prompts × 2 completions: the prompts and completions per update of a GRPO run with G = 2
+    config = ppo.Config(**TINY, num_prompts=4, group_size=2, num_minibatches=2, kl_mode="loss", reward="model")
+    assert config.batch_size == 8
     assert config.kl_estimator == "k3"
     _, metrics = run(ppo, config, [0, 1])
     check_metrics(metrics, config, 2)
     for name in ("value_loss", "explained_variance", "kl_loss", "rm_true_accuracy", "approx_kl", "clip_frac"):
         assert name in metrics
+    # the reward model's score is logged next to the true task reward (in [0, 1], multiples of 1/8)
+    assert "proxy_reward" in metrics
+    np.testing.assert_array_equal(metrics["sample_reward"] * 8, np.round(metrics["sample_reward"] * 8))
     assert np.all(metrics["kl_loss"] >= 0)  # k3 is non-negative
     assert not np.array_equal(metrics["sft_loss"][0], metrics["sft_loss"][1])  # seeds differ
 

@@ -175,6 +175,27 @@ def test_group_advantages_match_numpy(scale, highest_precision):
     np.testing.assert_array_equal(np.asarray(got)[:6], 0.0)
 
 
+@pytest.mark.parametrize("scale", [True, False])
+def test_leave_one_out_advantages_match_a_numpy_loop(scale, highest_precision):
+    """RLOO: each completion's baseline is the mean of the OTHER G − 1 rewards of its group; the
+    group-mean advantage is (G − 1)/G of it."""
+    group = 5
+    rewards = rng.normal(size=4 * group)
+    expected = np.empty_like(rewards)
+    for i in range(rewards.size):
+        start = i - i % group
+        others = [rewards[j] for j in range(start, start + group) if j != i]
+        expected[i] = rewards[i] - sum(others) / len(others)
+        if scale:
+            expected[i] /= np.std(rewards[start:start + group]) + 1e-8
+    got = group_advantages(jnp.asarray(rewards, jnp.float32), group, scale, "leave_one_out")
+    np.testing.assert_allclose(got, expected, **tol())
+    mean_baseline = group_advantages(jnp.asarray(rewards, jnp.float32), group, scale, "mean")
+    np.testing.assert_allclose(mean_baseline, expected * (group - 1) / group, **tol())
+    with pytest.raises(ValueError, match=r"baseline: got 'median'"):
+        group_advantages(jnp.asarray(rewards, jnp.float32), group, scale, "median")
+
+
 def test_gspo_sequence_ratio_is_the_length_normalised_ratio(highest_precision):
     _, mask = toy_sequences(seed=11)
     lp, old = (jnp.asarray(-rng.uniform(0.1, 2, mask.shape), jnp.float32) for _ in range(2))

@@ -165,3 +165,47 @@ def test_make_task_names_the_tasks():
     assert make_task("recall", num_pairs=3).prompt_len == 2 * 3 + 2 + 3
     with pytest.raises(ValueError, match="task.name: got 'chess'"):
         make_task("chess")
+
+
+def _fnv_murmur(tokens):
+    """The prompt hash in plain Python integers (the independent reference)."""
+    h = 2166136261
+    for t in tokens:
+        h = ((h ^ int(t)) * 16777619) & 0xFFFFFFFF
+    h = ((h ^ (h >> 16)) * 0x85EBCA6B) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def test_heldout_split_is_disjoint_and_its_share_matches():
+    """1-digit addition has 100 problems: enumerate them in Python, split them with the reference
+    hash, and check that training samples come only from the train split, held-out samples only
+    from the held-out one, and both splits are reached."""
+    task = Addition(1, heldout=0.25)
+    prompts = {}
+    for a in range(10):
+        for b in range(10):
+            prompt = TOKENIZER.encode(f"{a}+{b}=", bos=True)
+            prompts[(a, b)] = tuple(prompt)
+    heldout = {p for p in prompts.values() if _fnv_murmur(p) % 65536 < round(0.25 * 65536)}
+    assert 10 <= len(heldout) <= 40  # a quarter of 100, give or take the hash's luck
+    train = jax.device_get(jax.jit(lambda k: task.sample(k, 1500))(jax.random.PRNGKey(0)))
+    held = jax.device_get(jax.jit(lambda k: task.sample_heldout(k, 400))(jax.random.PRNGKey(1)))
+    train_set, held_set = {tuple(p) for p in train.prompt}, {tuple(p) for p in held.prompt}
+    assert train_set.isdisjoint(heldout) and held_set <= heldout
+    assert held_set == heldout  # enough draws reach every problem of each split
+    assert len(train_set) == 100 - len(heldout)
+    # answers still match the prompts (a redrawn problem is a whole problem)
+    for p, ans in zip(held.prompt, held.answer, strict=True):
+        a, b = TOKENIZER.decode(p)[:-1].split("+")
+        assert TOKENIZER.decode(ans) == str(int(a) + int(b))
+
+
+def test_heldout_zero_keeps_the_unsplit_sampler_and_bad_share_is_refused():
+    key = jax.random.PRNGKey(3)
+    np.testing.assert_array_equal(Addition(2).sample(key, 16).prompt, Addition(2).sample_heldout(key, 16).prompt)
+    for bad in (1.0, -0.1, "x", True):
+        with pytest.raises(ValueError, match=r"Addition.heldout: got .*allowed: a share in \[0, 1\)"):
+            Addition(2, heldout=bad)
+    with pytest.raises(ValueError, match=r"Recall.heldout"):
+        Recall(heldout=2)

@@ -52,7 +52,7 @@ class LMRLConfig:
     sft_batch: int = 64
     num_updates: int = 40
     num_prompts: int = 32  # prompts per update
-    eval_prompts: int = 128  # fresh prompts, greedy decoding, after every update
+    eval_prompts: int = 128  # held-out prompts (the task's `heldout` split), after every update
     # "verifiable": the task's reward; "model": a Bradley-Terry reward model trained first
     # (rm_steps × rm_batch preference pairs sampled from the SFT policy).
     reward: str = "verifiable"
@@ -183,7 +183,7 @@ class LMSetup:
                 "kl_to_ref": jnp.mean(losses.sequence_log_prob(kl, sampled.mask))}
 
     def eval_problems(self, key: jax.Array) -> Problems:
-        return self.task.sample(key, self.config.eval_prompts)
+        return self.task.sample_heldout(key, self.config.eval_prompts)
 
     def sft(self, key: jax.Array, params: Any, hyper: LMHyper) -> tuple[Any, dict[str, jax.Array]]:
         """`sft_steps` Adam steps of cross-entropy on demonstration completions (answer + EOS)."""

@@ -16,10 +16,11 @@ Metrics per update: env_steps_in_update (completions sampled; the host adds the 
 env_steps), accuracy (the headline: mean task reward —
 accuracy on addition — of one completion sampled at T per held-out prompt, after the update),
 greedy_accuracy, kl_to_ref (mean over those completions of Σ_t k3), sample_reward (mean task
-reward of this update's training samples), policy_loss, kl_loss, entropy, approx_kl, clip_frac,
-grad_norm, completion_length (mean) and completion_length_max (the update's longest),
-zero_std_groups (fraction of groups whose rewards are all equal: no learning signal),
-sft_accuracy and sft_greedy_accuracy (the start, repeated), sft_loss.
+reward of this update's training samples), proxy_reward (mean of the reward trained on: the
+reward model's score with `reward="model"`, else the task reward again), policy_loss, kl_loss,
+entropy, approx_kl, clip_frac, grad_norm, completion_length (mean) and completion_length_max (the
+update's longest), zero_std_groups (fraction of groups whose rewards are all equal: no learning
+signal), sft_accuracy and sft_greedy_accuracy (the start, repeated), sft_loss.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from purerl.rl.loop import run_updates
 from purerl.rl.training import adam_clipped, gradient_step, shuffled_minibatch_epochs
 
 RATIOS = ("token", "sequence")
+BASELINES = ("mean", "leave_one_out")
 
 
 # The headline per-update metric (purerl.algos.return_metric).
@@ -55,6 +57,9 @@ class Config(LMRLConfig):
     ratio: str = "token"  # "token": per-token π/π_old; "sequence": GSPO
     loss_aggregation: str = "sequence"  # per-completion token mean (GRPO paper) or "token" (DAPO)
     scale_rewards: bool = True  # divide by the group's std (False: Dr. GRPO)
+    # "mean": the group mean, which contains the sample itself (its advantage is (G−1)/G times the
+    # leave-one-out one); "leave_one_out": RLOO's mean of the other G−1 rewards (Ahmadian et al. 2024)
+    baseline: str = "mean"
     kl_estimator: str = "k3"
 
     def __post_init__(self) -> None:
@@ -63,6 +68,7 @@ class Config(LMRLConfig):
             raise ValueError(f"Config.group_size: got {self.group_size!r}; allowed: an integer ≥ 2 "
                              "(a group of one has no baseline)")
         check_choice("Config", "ratio", self.ratio, RATIOS)
+        check_choice("Config", "baseline", self.baseline, BASELINES)
         check_choice("Config", "loss_aggregation", self.loss_aggregation, losses.AGGREGATIONS)
         check_choice("Config", "kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
         check_epochs_and_minibatches(self, self.batch_size)
@@ -88,12 +94,20 @@ class Batch:
     advantage: jax.Array  # [B] one per completion
 
 
-def group_advantages(rewards: jax.Array, group_size: int, scale: bool) -> jax.Array:
-    """[B] advantages for consecutive groups of `group_size` completions of one prompt."""
-    if scale:
+def group_advantages(rewards: jax.Array, group_size: int, scale: bool, baseline: str = "mean") -> jax.Array:
+    """[B] advantages for consecutive groups of `group_size` completions of one prompt:
+    R_i − b_i, b_i the group mean ("mean") or the mean of the other G−1 rewards
+    ("leave_one_out", = G/(G−1)·(R_i − mean)), divided by the group's std when `scale`."""
+    check_choice("group_advantages", "baseline", baseline, BASELINES)
+    if scale and baseline == "mean":
         return group_relative_advantages(rewards, group_size)
     grouped = rewards.reshape(-1, group_size)
-    return (grouped - jnp.mean(grouped, axis=1, keepdims=True)).reshape(-1)
+    centred = grouped - jnp.mean(grouped, axis=1, keepdims=True)
+    if baseline == "leave_one_out":
+        centred = centred * group_size / (group_size - 1)
+    if scale:
+        centred = centred / (jnp.std(grouped, axis=1, keepdims=True) + 1e-8)
+    return centred.reshape(-1)
 
 
 @struct.dataclass
@@ -164,7 +178,7 @@ def make_learner(config: Config, stop_early: bool = False) -> Learner:
         problems, completions = generated.problems, generated.completions
         sequences = setup.assemble(problems, completions)
         score, reward = setup.rewards(start, problems, completions, sequences)
-        advantage = group_advantages(reward, config.group_size, config.scale_rewards)
+        advantage = group_advantages(reward, config.group_size, config.scale_rewards, config.baseline)
         old_log_prob = to_targets(completions.log_probs, setup.prompt_len)
         ref_log_prob, _ = setup.log_probs(state.reference, sequences.tokens, hyper.temperature)
         batch = Batch(sequences.tokens, sequences.target_mask, old_log_prob, ref_log_prob, advantage)
@@ -179,6 +193,7 @@ def make_learner(config: Config, stop_early: bool = False) -> Learner:
             "accuracy": scores["accuracy"],
             "greedy_accuracy": scores["greedy_accuracy"],
             "sample_reward": jnp.mean(score),
+            "proxy_reward": jnp.mean(reward),
             "kl_to_ref": scores["kl_to_ref"],
             "completion_length": jnp.mean(completions.lengths.astype(jnp.float32)),
             "completion_length_max": jnp.max(completions.lengths).astype(jnp.float32),

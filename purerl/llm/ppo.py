@@ -17,7 +17,8 @@ averaged over completion tokens only; policy and critic have their own Adam.
 
 Metrics per update: as GRPO's (env_steps_in_update = completions sampled, accuracy =
 sampled accuracy on held-out prompts after the update, greedy_accuracy, kl_to_ref,
-sample_reward, ...) plus value_loss and explained_variance.
+sample_reward, proxy_reward: the reward model's mean score of the samples next to their true
+task reward, ...) plus value_loss and explained_variance.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from purerl.config import check_choice, hyper_field
+from purerl.config import check_choice, check_positive_int, hyper_field
 from purerl.llm import losses
 from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_epochs_and_minibatches
 from purerl.llm.rollout import Sequences, to_targets
@@ -47,7 +48,10 @@ RETURN_METRIC = "accuracy"
 
 @dataclasses.dataclass(frozen=True)
 class Config(LMRLConfig):
-    num_prompts: int = 128  # one completion each
+    num_prompts: int = 128
+    # completions sampled per prompt (each its own episode with its own critic baseline): G > 1
+    # gives PPO the prompts and completions per update of a GRPO run with groups of G
+    group_size: int = 1
     update_epochs: int = 2
     num_minibatches: int = 4
     kl_mode: str = "reward"
@@ -57,6 +61,7 @@ class Config(LMRLConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_positive_int("Config", "group_size", self.group_size)
         check_choice("Config", "kl_mode", self.kl_mode, KL_MODES)
         if self.kl_estimator is None:
             object.__setattr__(self, "kl_estimator", "k1" if self.kl_mode == "reward" else "k3")
@@ -66,7 +71,7 @@ class Config(LMRLConfig):
     @property
     def batch_size(self) -> int:
         """Completions per update."""
-        return self.num_prompts
+        return self.num_prompts * self.group_size
 
 
 @struct.dataclass
@@ -172,6 +177,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
         def update_step(state: TrainState, key: jax.Array, update_index: jax.Array):
             prompt_key, sample_key, epoch_key, eval_key = jax.random.split(key, 4)
             problems = task.sample(prompt_key, config.num_prompts)
+            problems = jax.tree.map(lambda x: jnp.repeat(x, config.group_size, axis=0), problems)
             completions = setup.sample(state.params, problems, sample_key, hyper.temperature)
             sequences = setup.assemble(problems, completions)
             score, reward = setup.rewards(start, problems, completions, sequences)
@@ -197,6 +203,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 "greedy_accuracy": scores["greedy_accuracy"],
                 "kl_to_ref": scores["kl_to_ref"],
                 "sample_reward": jnp.mean(score),
+                "proxy_reward": jnp.mean(reward),
                 "completion_length": jnp.mean(completions.lengths.astype(jnp.float32)),
                 "explained_variance": _masked_explained_variance(values, targets, mask),
                 **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update

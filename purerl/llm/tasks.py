@@ -10,6 +10,11 @@ Every task is a frozen (hashable, static) dataclass with the same interface:
   (tokens after the first EOS are ignored).
 - `score(problems, completions) -> [n]`: the hidden scoring rule that preference labels come from
   (`preference_pairs`); the reward itself unless a task says otherwise.
+- `heldout` (a field of every task, default 0): the share of all problems kept out of training.
+  A problem belongs to the held-out split when a hash of its prompt tokens falls below
+  `heldout`; `sample` then draws only training problems and `sample_heldout` only held-out
+  ones (redrawing a problem until it lands in its split), so the two are disjoint. With
+  `heldout=0` both draw from every problem, as fresh prompts of one distribution.
 
 Tasks: `Addition` ("12+7=" -> "19", reward 1 for the exact answer), `Recall` (multi-query
 associative recall: key-value pairs, then keys asked again; reward = fraction answered correctly)
@@ -130,18 +135,87 @@ def _sample_many(build, key: jax.Array, n: int, draws: int) -> Problems:
     return jax.vmap(build)(jax.random.uniform(key, (n, draws)))
 
 
+_FNV_PRIME = np.uint32(16777619)
+_FNV_OFFSET = np.uint32(2166136261)
+_SPLIT_RESOLUTION = 1 << 16
+
+
+def prompt_hash(prompt: jax.Array) -> jax.Array:
+    """[..., P] int tokens -> [...] uint32: FNV-1a over the tokens, then murmur3's finaliser (so
+    nearby prompts land far apart)."""
+    h = jnp.full(prompt.shape[:-1], _FNV_OFFSET, jnp.uint32)
+    for t in range(prompt.shape[-1]):
+        h = (h ^ prompt[..., t].astype(jnp.uint32)) * _FNV_PRIME
+    h = (h ^ (h >> 16)) * np.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * np.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def is_heldout(prompt: jax.Array, heldout: float) -> jax.Array:
+    """[..., P] -> [...] bool: whether a prompt's problem belongs to the held-out split."""
+    threshold = int(round(heldout * _SPLIT_RESOLUTION))
+    return (prompt_hash(prompt) % np.uint32(_SPLIT_RESOLUTION)) < np.uint32(threshold)
+
+
+def check_heldout(owner: str, heldout: Any) -> None:
+    if isinstance(heldout, bool) or not isinstance(heldout, int | float) or not 0 <= heldout < 1:
+        raise ValueError(f"{owner}.heldout: got {heldout!r}; allowed: a share in [0, 1) of the problems "
+                         "kept out of training")
+
+
+class _Split:
+    """`sample` / `sample_heldout` over the train / held-out split of a task with a `heldout` field
+    and `_one(u) -> Problems`, `_draws` uniforms per problem."""
+
+    heldout: float
+    _draws: int
+
+    def _one(self, u: jax.Array) -> Problems:
+        raise NotImplementedError
+
+    def _sample_split(self, key: jax.Array, n: int, heldout_side: bool) -> Problems:
+        if self.heldout == 0:
+            return _sample_many(self._one, key, n, self._draws)
+        check_positive_int("task", "n", n)
+
+        def one(problem_key):
+            def draw(attempt):
+                return self._one(jax.random.uniform(jax.random.fold_in(problem_key, attempt), (self._draws,)))
+
+            def wrong_split(carry):
+                return is_heldout(carry[1].prompt, self.heldout) != heldout_side
+
+            def redraw(carry):
+                return carry[0] + 1, draw(carry[0] + 1)
+
+            return jax.lax.while_loop(wrong_split, redraw, (jnp.int32(0), draw(jnp.int32(0))))[1]
+
+        return jax.vmap(one)(jax.random.split(key, n))
+
+    def sample(self, key: jax.Array, n: int) -> Problems:
+        """n training problems (every problem when `heldout=0`)."""
+        return self._sample_split(key, n, False)
+
+    def sample_heldout(self, key: jax.Array, n: int) -> Problems:
+        """n held-out problems, never drawn by `sample` (fresh problems when `heldout=0`)."""
+        return self._sample_split(key, n, True)
+
+
 # ------------------------------------------------------------------------------ tasks
 @dataclass(frozen=True)
-class Addition:
+class Addition(_Split):
     """`a+b=` -> the decimal sum. Each operand has 1..num_digits digits (count uniform, then the
     value uniform among numbers with that many digits). Reward 1 for the exact answer then EOS."""
 
     num_digits: int = 2
+    heldout: float = 0.0
 
     name = "addition"
+    _draws = 4
 
     def __post_init__(self) -> None:
         check_positive_int("Addition", "num_digits", self.num_digits)
+        check_heldout("Addition", self.heldout)
         if self.num_digits > 6:
             raise ValueError(f"Addition.num_digits: got {self.num_digits}; allowed: 1..6")
 
@@ -167,9 +241,6 @@ class Addition:
         answer, _ = _place([_digits(a + b, self.num_digits + 1), (_one(EOS), 1)], self.completion_len)
         return Problems(prompt, answer, answer)
 
-    def sample(self, key: jax.Array, n: int) -> Problems:
-        return _sample_many(self._one, key, n, 4)
-
     def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
         exact = jnp.all(clean_completions(completions) == problems.target, axis=-1)
         return exact.astype(jnp.float32)
@@ -178,17 +249,19 @@ class Addition:
 
 
 @dataclass(frozen=True)
-class Recall:
+class Recall(_Split):
     """Multi-query associative recall as generation: `<bos> k1 v1 ... km vm : q1 .. qk =`, then the
     values of the asked keys in order and EOS. Keys are letters, values digits; reward = fraction
     of the asked values produced at the right place."""
 
     num_pairs: int = 4
     num_queries: int = 2
+    heldout: float = 0.0
 
     name = "recall"
 
     def __post_init__(self) -> None:
+        check_heldout("Recall", self.heldout)
         check_positive_int("Recall", "num_pairs", self.num_pairs)
         check_positive_int("Recall", "num_queries", self.num_queries)
         if self.num_pairs > len(LETTERS):
@@ -216,8 +289,9 @@ class Recall:
         answer = jnp.concatenate([values[asked], _one(EOS)]).astype(jnp.int32)
         return Problems(prompt, answer, answer)
 
-    def sample(self, key: jax.Array, n: int) -> Problems:
-        return _sample_many(self._one, key, n, len(LETTERS) + 2 * self.num_pairs)
+    @property
+    def _draws(self) -> int:
+        return len(LETTERS) + 2 * self.num_pairs
 
     def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
         asked = slice(0, self.num_queries)
@@ -228,7 +302,7 @@ class Recall:
 
 
 @dataclass(frozen=True)
-class Preference:
+class Preference(_Split):
     """`<bos> x y z :` -> a string of 1..max_letters letters. The hidden rule scores a completion by
     the share of its letter slots holding the prompt's first letter: reward = count / max_letters.
     The demonstration is a uniformly random string (SFT teaches the format, not the preference),
@@ -237,10 +311,12 @@ class Preference:
     prompt_letters: int = 3
     max_letters: int = 4
     num_letters: int = 8  # alphabet: the first num_letters of LETTERS
+    heldout: float = 0.0
 
     name = "preference"
 
     def __post_init__(self) -> None:
+        check_heldout("Preference", self.heldout)
         for name in ("prompt_letters", "max_letters", "num_letters"):
             check_positive_int("Preference", name, getattr(self, name))
         if self.num_letters > len(LETTERS):
@@ -264,8 +340,9 @@ class Preference:
         target = jnp.full((self.completion_len,), letters[0], jnp.int32)
         return Problems(prompt, answer, target)
 
-    def sample(self, key: jax.Array, n: int) -> Problems:
-        return _sample_many(self._one, key, n, self.prompt_letters + 1 + self.max_letters)
+    @property
+    def _draws(self) -> int:
+        return self.prompt_letters + 1 + self.max_letters
 
     def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
         hits = (clean_completions(completions) == problems.target) & (completions != EOS)
