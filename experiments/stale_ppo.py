@@ -105,7 +105,9 @@ def per_seed(plan: DictConfig, env: str, k: int, kind: str, tables: dict[str, pd
     seeds = seeds.assign(env=env, K=k).drop(columns="setting")
     out = []
     for setting, group in curves.groupby("setting"):
-        matrix = group.pivot_table(index="seed", columns="update", values="episode_return")
+        # An update in which no episode of a seed ended has no return: carry that seed's last one.
+        matrix = group.pivot(index="seed", columns="update", values="episode_return").ffill(axis=1)
+        matrix = matrix.loc[:, matrix.notna().all(axis=0)]
         keep = np.unique(np.linspace(0, matrix.shape[1] - 1, CURVE_POINTS).round().astype(int))
         mean, low, high = lab.curve_ci(matrix.to_numpy()[:, keep])
         first = summary[summary.setting == setting].iloc[0]
@@ -199,7 +201,6 @@ def settings_table(seeds: pd.DataFrame) -> pd.DataFrame:
             "KL(μ ‖ π_start)": lab.fmt_ci(*median["behaviour_kl"], digits=2),
             "zero-gradient share": lab.fmt_ci(*median["zero_gradient_frac"], digits=2),
             "ratio 5–95%": f"{median['ratio_p05'][0]:.2f}–{median['ratio_p95'][0]:.2f}",
-            "ρ > ρ̄ share": lab.fmt(median["rho_truncated_frac"][0], 2),
             "seeds": len(group),
         })
     return pd.DataFrame(rows)
@@ -393,8 +394,8 @@ def run(plan: DictConfig) -> None:
         "the end. Final return: mean episode return over the last updates of a run (`purerl.results.summarize`). "
         "Diagnostics at each update's start, averaged over the second half of training, median over seeds with a "
         "95% bootstrap CI: KL(μ ‖ π_start) over the stale samples, the 5–95% range of π_start / μ (the ratio "
-        "spread), the share of samples whose clipped-surrogate gradient is zero from the start, the share with "
-        "ρ > ρ̄ (truncated by V-trace). Comparisons are paired by seed: a bootstrap CI of the mean difference; a "
+        "spread), the share of samples whose clipped-surrogate gradient is zero from the start. "
+        "Comparisons are paired by seed: a bootstrap CI of the mean difference; a "
         "claim only when it excludes 0.",
         "## Answer\n\n" + answer(plan, seeds, comp),
     )

@@ -309,6 +309,20 @@ def test_stale_ppo_paired_comparisons_against_a_hand_computed_difference():
     assert comp.loc["naive − behaviour", "verdict"] in ("naive higher", "not resolved at 6 seeds")
 
 
+def test_stale_ppo_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    """scale=full is the committed report: rebuilt from the committed kept results, its tables
+    equal the committed report's."""
+    from experiments import stale_ppo
+
+    committed = lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'stale_ppo'}", f"out_dir={tmp_path / 'out'}",
+            f"report_dir={tmp_path}"]
+    assert stale_ppo.main(argv) == 0
+    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "stale_ppo.md", committed / "stale_ppo.md"))
+    assert rebuilt == original and len(original) >= 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_lai_robbins_constant_matches_scipy_kl():
     from omegaconf import OmegaConf
     from scipy.special import rel_entr
