@@ -340,20 +340,23 @@ def headline_line(plan: DictConfig, comp: pd.DataFrame) -> str:
 
 
 DISCUSSION = """\
-Taking more than one pass, or more than one batch, over data collected by older policies is what
-PPO's clipped ratio was built to allow (Schulman et al. 2017): the ratio against the behaviour policy
-keeps the importance weight of a stale sample, and the clip zeroes the gradient of samples whose ratio
-has already left [1 − ε, 1 + ε] on the advantage's side — the zero-gradient share above, which grows
-with K and is larger at the small ε. The naive ratio against π_start (as in some off-policy PPO
-variants) starts every sample inside the band, so nothing is ignored and the update may move the
-policy further from the data's behaviour policy. Decoupling the proximal policy from the behaviour
-policy (Hilton, Cobbe & Schulman 2022) and truncating the importance weights of stale samples
-(V-trace: Espeholt et al. 2018; IMPALA's learner runs on lagged data) are the standard ways to use
-such data; here V-trace's advantages come from the current critic. The confound the old report had is
-the one Hilton et al. point out for batch size: with a fixed number of SGD steps, adding K old
-rollouts also multiplies the minibatch, and on CartPole a larger minibatch of fresh data is itself a
-better gradient estimate; the fresh control isolates it, at K + 1 times the environment steps. The
-stale-vs-control difference is the price (or gain) of the data being old at equal batch size."""
+PPO's clipped ratio against the behaviour policy is what makes several epochs over slightly old data
+safe (Schulman et al. 2017): a stale sample keeps its importance weight π_θ / μ, and once that ratio
+has left [1 − ε, 1 + ε] on the side the advantage pushes to, its gradient is zero — the zero-gradient
+share in the table, which only the behaviour arm has. The two arms whose ratio is taken against
+π_start — the naive one, and V-trace here (its truncated weights enter the advantages and targets;
+the clip is against π_start, the proximal policy of the decoupled objective of Hilton, Cobbe & Schulman 2022)
+— start every sample inside the band, so the clip bounds each update's step from π_start but not the
+distance to the data's behaviour policy, and that distance (KL(μ ‖ π_start), the ratio spread) is
+several times the behaviour arm's. Correcting the advantages (Espeholt et al. 2018 designed V-trace
+for an actor that lags the learner by a few updates, without a clipped surrogate) does not replace
+the trust region with respect to μ that the behaviour ratio gives; the decoupled objective keeps
+both, and is the arm to add next. The confound the earlier report had is the one Hilton et al. study
+under the name batch-size invariance: with a fixed number of SGD steps, adding K old rollouts also
+multiplies the minibatch, and on CartPole a larger minibatch of fresh data is itself a better
+gradient estimate. The fresh control removes it at the price of K + 1 times the environment steps,
+so it answers "is old data as good as new data at the same batch", not "is old data free"; the
+stale-vs-K = 0 rows answer the second question, at equal environment steps."""
 
 
 def run(plan: DictConfig) -> None:
