@@ -242,32 +242,85 @@ def test_step_size_control_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_stale_ppo_smoke_and_its_diagnostics(tmp_path):
+def test_stale_ppo_smoke_its_diagnostics_and_rebuild_from_kept_results(tmp_path):
     import pandas as pd
 
     from experiments import stale_ppo
 
     report = _smoke(stale_ppo, tmp_path)
     plan = lab.load_plan("stale_ppo", ["scale=smoke"])
-    rows = table_under(report, "Headline: return and diagnostics")
-    grid = plan.grid
-    assert len(rows) == len(grid.stale_rollouts) * len(grid.naive_ratio) * len(grid.clip_eps)
-    assert "python -m experiments.stale_ppo scale=smoke" in report
+    rows = table_under(report, "Headline: final return and diagnostics")
+    # K = 0 once (every arm is plain PPO), then the three stale arms and the control per K > 0.
+    assert [(r[1], r[3]) for r in rows] == [("0", "PPO (K = 0)"), ("2", "behaviour"), ("2", "naive"),
+                                            ("2", "V-trace"), ("2", "fresh control")]
+    comparisons = table_under(report, "5 comparisons")
+    assert [r[3] for r in comparisons] == [c[0] for c in stale_ppo.COMPARISONS]
+    assert all(r[-1].endswith("higher") or r[-1] == "not resolved at 2 seeds" for r in comparisons)
+    assert "python -m experiments.stale_ppo scale=smoke" in report and "**Headline.**" in report
+    assert "## Discussion" in report
 
-    curves = pd.read_parquet(tmp_path / "out" / "cartpole" / "results.parquet")
+    curves = pd.read_parquet(tmp_path / "out" / "cartpole__stale_k2" / "results.parquet")
     overrides = dict(o.split("=", 1) for o in plan.envs.cartpole)
     num_steps, num_envs = int(overrides["algo.config.num_steps"]), int(overrides["algo.config.num_envs"])
-    fresh = curves[curves.stale_rollouts == 0]
-    # K = 0: no stale sample, nothing to compare the behaviour policy with.
-    assert (fresh.stale_samples == 0).all() and (fresh.behaviour_kl == 0).all()
-    assert (fresh.ratio_p05 == 1).all() and (fresh.ratio_p95 == 1).all()
-    # K = 2: the buffer fills one rollout per update.
-    stale = curves[curves.stale_rollouts == 2]
-    expected = np.minimum(stale["update"], 2) * num_steps * num_envs
-    np.testing.assert_array_equal(stale.stale_samples, expected)
+    # The buffer fills one rollout per update, up to K = 2.
+    for _, run in curves.groupby(["setting", "seed"]):
+        np.testing.assert_array_equal(run.stale_samples, np.minimum(run["update"], 2) * num_steps * num_envs)
     # The naive ratio starts every sample at 1: nothing is clipped before the first step.
-    assert (curves[curves.naive_ratio == 1].zero_gradient_frac == 0).all()
-    assert (stale[stale["update"] > 0].behaviour_kl > 0).all()
+    assert (curves[(curves.naive_ratio == 1)].zero_gradient_frac == 0).all()
+    assert (curves[curves["update"] > 0].behaviour_kl > 0).all()
+    # The control: no stale sample, K + 1 times the envs, the same number of updates.
+    control = pd.read_parquet(tmp_path / "out" / "cartpole__fresh_k2" / "results.parquet")
+    assert (control.stale_samples == 0).all() and (control.behaviour_kl == 0).all()
+    assert (control.num_envs == 3 * num_envs).all() and control["update"].max() == curves["update"].max()
+
+    kept = tmp_path / "report" / "stale_ppo"
+    for png in ("final_return", "diagnostics", "learning_curves"):
+        assert (kept / f"{png}.png").stat().st_size > 10_000
+    argv = ["scale=smoke", "rebuild=true", f"kept_from={kept}", f"out_dir={tmp_path / 'nothing'}",
+            f"report_dir={tmp_path / 'rebuilt'}"]
+    assert stale_ppo.main(argv) == 0
+    assert (tmp_path / "rebuilt" / "stale_ppo.md").read_text() == report
+    assert not (tmp_path / "nothing").exists()  # nothing trained
+
+
+def test_stale_ppo_paired_comparisons_against_a_hand_computed_difference():
+    import pandas as pd
+
+    from experiments import stale_ppo
+
+    plan = lab.load_plan("stale_ppo", ["scale=smoke"])
+    rows = []
+    for seed in range(6):
+        rows.append({"env": "cartpole", "K": 0, "arm": stale_ppo.FRESH, "clip_eps": 0.2, "seed": seed,
+                     "final_return": 10.0 + seed})
+        for arm, shift in (("behaviour", 5.0), ("naive", 5.0 + (seed % 2)), ("V-trace", -3.0),
+                           (stale_ppo.FRESH, 4.0)):
+            rows.append({"env": "cartpole", "K": 2, "arm": arm, "clip_eps": 0.2, "seed": seed,
+                         "final_return": 10.0 + seed + shift})
+    seeds = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # pairing is by seed, not by row order
+    comp = stale_ppo.comparisons(plan, seeds).set_index("comparison")
+    expected = {"stale − K=0": 5.0, "control − K=0": 4.0, "stale − control": 1.0, "naive − behaviour": 0.5,
+                "V-trace − behaviour": -8.0}
+    for label, value in expected.items():
+        np.testing.assert_allclose(comp.loc[label, "diff"][0], value)
+    # Constant paired differences have a zero-width CI: resolved, in the right direction.
+    assert comp.loc["stale − control", "verdict"] == "stale higher"
+    assert comp.loc["V-trace − behaviour", "verdict"] == "behaviour higher"
+    assert comp.loc["naive − behaviour", "verdict"] in ("naive higher", "not resolved at 6 seeds")
+
+
+def test_stale_ppo_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    """scale=full is the committed report: rebuilt from the committed kept results, its tables
+    equal the committed report's."""
+    from experiments import stale_ppo
+
+    committed = lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'stale_ppo'}", f"out_dir={tmp_path / 'out'}",
+            f"report_dir={tmp_path}"]
+    assert stale_ppo.main(argv) == 0
+    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "stale_ppo.md", committed / "stale_ppo.md"))
+    assert rebuilt == original and len(original) >= 2
+    assert not (tmp_path / "out").exists()
 
 
 def test_lai_robbins_constant_matches_scipy_kl():
@@ -424,7 +477,7 @@ def test_every_scale_of_every_experiment_builds(name):
 
     from purerl.cli.train import build_plan
 
-    assert lab.scales(name) == (["ci", "full", "paper", "smoke"] if name == "exploration_bandits"
+    assert lab.scales(name) == (["ci", "full", "paper", "smoke"] if name in ("exploration_bandits", "stale_ppo")
                                 else ["ci", "paper", "smoke"])
     module = importlib.import_module(f"experiments.{name}")
     for scale in lab.scales(name):
