@@ -78,8 +78,14 @@ def kept_line(name: str) -> str:
             f"`{record.get('command')}`." if changed else "Measuring code unchanged since.")
     return (f"Kept results: [experiments/reports/{name}/results/](../experiments/reports/{name}/results/) — "
             f"scale `{record.get('scale')}`, purerl source `{str(record.get('purerl_source'))[:12]}`, "
-            f"{record.get('wall_seconds', 0):.1f} s wall on {record.get('machine', {}).get('cpus', '?')} CPUs. "
+            f"{record.get('wall_seconds', 0):.1f} s wall on {record.get('machine', {}).get('cpus', '?')} CPUs"
+            f"{_parts_seconds(record)}. "
             f"{flag}")
+
+
+def _parts_seconds(record: dict) -> str:
+    seconds = record.get("parts_seconds")
+    return f" (its jobs and measurements: {seconds:.0f} s summed, as recorded when each ran)" if seconds else ""
 
 
 def section(name: str, text: str) -> str:

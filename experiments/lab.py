@@ -360,7 +360,10 @@ class Kept:
         if not self.rebuilt:
             started = _RUN_STARTED[-1] if _RUN_STARTED else self.provenance.pop("_started")
             self.provenance.pop("_started", None)
+            # A resumed run skips the parts that are done: its own wall time can be seconds. The
+            # parts' times, recorded when each ran, add up to what the results cost to compute.
             self.provenance.update(wall_seconds=round(time.perf_counter() - started, 3),
+                                   parts_seconds=round(float(sum(s for _, _, s in parts if s)), 3),
                                    parts=[[p, k, None if s is None else round(float(s), 4)] for p, k, s in parts])
         folder = self.folder / KEPT_TABLES
         folder.mkdir(parents=True, exist_ok=True)
@@ -384,9 +387,11 @@ class Kept:
             table = pd.DataFrame(record["parts"], columns=["part", "kind", "wall seconds"])
             parts = " Its measurements (when they ran):\n\n" + markdown_table(table)
         machine = record.get("machine", {})
+        summed = (f"; its jobs and measurements took {record['parts_seconds']:.1f} s summed, as recorded when "
+                  "each ran (a resumed run skips the finished ones)" if record.get("parts_seconds") else "")
         return (f"Wall time of the run that made the kept results (scale `{record.get('scale')}`): "
                 f"{record['wall_seconds']:.1f} s on {machine.get('platform', '?')} ({machine.get('cpus', '?')} CPUs; "
-                f"{machine.get('devices', '?')}).{parts}")
+                f"{machine.get('devices', '?')}){summed}.{parts}")
 
 
 def kept_results(plan: DictConfig, compute: Callable[[], dict[str, pd.DataFrame]], measures: Sequence[Any]) -> Kept:
