@@ -738,10 +738,22 @@ def closing_note(scratch: pd.DataFrame, runs: pd.DataFrame, plan: DictConfig, he
     return (f"## Closing note\n\nHeadline ({pairs} pairs, {plan.seeds} seeds, same seeds across arms): {base} "
             f"recalls {lab.fmt_ci(*mha, digits=3)}; MQAR accuracy minus {base}'s, paired 95% CI: "
             + "; ".join(cells) + f". Wall time of the `{plan.scale}` run: {len(training)} training jobs "
-            f"({training.seconds.sum():.0f} s summed, {int(plan.get('workers', 1))} at a time) and "
+            f"({training.seconds.sum():.0f} s summed, up to {most_at_once(training)} at a time) and "
             f"{len(runs) - len(training)} measurements, {runs.finished.max() - start:.0f} s "
             f"({(runs.finished.max() - start) / 60:.0f} min) from the first start to the last finish on the "
             "shared 2-core CPU.")
+
+
+def most_at_once(runs) -> int:
+    """The most parts that ran at one time, from their kept (finished, seconds): a rebuild reads it
+    from the kept results, not from this command's `workers`."""
+    events = sorted([(f - s, 1) for f, s in zip(runs.finished, runs.seconds)]
+                    + [(f, -1) for f in runs.finished])
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
 
 
 DISCUSSION = """## Discussion

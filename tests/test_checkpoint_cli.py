@@ -17,10 +17,10 @@ from conftest import ON_CPU, tol
 # The tests share module fixtures (one training run): one worker builds them once.
 pytestmark = pytest.mark.xdist_group(__name__)
 
-# 240 updates in segments of 4, a checkpoint after every segment: the first one appears
+# 120 updates in segments of 4, a checkpoint after every other segment: the first one appears
 # long before the job ends, so a kill lands mid-run.
 JOB = ["algo=ppo", "env=cartpole", "seeds=2", "algo.config.num_envs=2", "algo.config.num_steps=8",
-       "algo.config.total_timesteps=3840", "checkpoint.segment_updates=4", "checkpoint.every_updates=4",
+       "algo.config.total_timesteps=1920", "checkpoint.segment_updates=4", "checkpoint.every_updates=8",
        "print_table=false", "save_policies=false"]
 
 

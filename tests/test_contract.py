@@ -12,6 +12,7 @@ and one update:
 """
 
 import dataclasses
+import functools
 import re
 
 import jax
@@ -108,14 +109,11 @@ def test_bad_hyper_is_refused_on_construction_naming_the_field(name, monkeypatch
             module.Hyper().replace(**{field: value})
 
 
-# One xdist group per algorithm: the tests that share its runs go to one worker, which builds
-# them once, and the algorithms still spread over the workers.
-@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.xdist_group(f"contract-{n}"))
-                                        for n in sorted(ALGORITHMS)])
-def runs(request):
+@functools.cache
+def trained(name: str):
     """One algorithm's tiny config trained as a vmapped batch of two runs (seed 1 with good
-    hyperparameters, seed 2 with the probe field out of range, both traced) and run 0 alone."""
-    name = request.param
+    hyperparameters, seed 2 with the probe field out of range, both traced) and run 0 alone.
+    Cached per process: however pytest orders the tests, a worker trains each algorithm once."""
     module = get_algorithm(name)
     config = module.Config(**TINY[name])
     train = module.make_train(config)
@@ -130,6 +128,13 @@ def runs(request):
     batched = jax.jit(jax.vmap(one)).lower(keys, values).compile(compiler_options=FAST_COMPILE)(keys, values)
     alone = jax.jit(one).lower(keys[0], values[0]).compile(compiler_options=FAST_COMPILE)(keys[0], values[0])
     return name, jax.device_get(batched), jax.device_get(alone), return_metric(name, config)
+
+
+# One xdist group per algorithm: its tests go to one worker, and the algorithms still spread over
+# the workers.
+@pytest.fixture(params=[pytest.param(n, marks=pytest.mark.xdist_group(f"contract-{n}")) for n in sorted(ALGORITHMS)])
+def runs(request):
+    return trained(request.param)
 
 
 def test_traced_bad_hyper_gives_nan_float_metrics_and_hyper_ok_0(runs):

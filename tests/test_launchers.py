@@ -241,9 +241,12 @@ def test_ray_local_init(env, tmp_path, capsys):
 def ray_cluster(request, tmp_path_factory):
     """A one-node `ray start --head` cluster (2 CPUs, no GPU), stopped with `ray stop` afterwards."""
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
-    env = request.getfixturevalue("env")  # only once the plugin is known to be there
-    ray_cli = Path(sys.executable).with_name("ray")
     cwd = tmp_path_factory.mktemp("ray_head")
+    # A HOME of its own: Ray keeps its cluster authentication token in ~/.ray, which a local
+    # ray.init under another test's HOME would replace (the drivers then fail to authenticate).
+    (cwd / "home").mkdir()
+    env = {**request.getfixturevalue("env"), "HOME": str(cwd / "home")}  # only once the plugin is there
+    ray_cli = Path(sys.executable).with_name("ray")
     with socket.socket() as probe:  # a free port: another Ray on this machine may hold the default 6379
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -270,7 +273,7 @@ def test_ray_refuses_gpus_the_cluster_lacks(ray_cluster, tmp_path):
     _, env = ray_cluster
     proc = purerl_train(
         env, "-m", *OVERRIDES, f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra/launcher=ray_gpu",
-        "hydra.launcher.ray.init.address=auto", cwd=tmp_path, timeout=300,
+        "hydra.launcher.ray.init.address=auto", cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -284,7 +287,7 @@ def test_ray_cluster_refuses_a_relative_sweep_dir(ray_cluster, tmp_path):
     head, env = ray_cluster
     proc = purerl_train(
         env, "-m", *OVERRIDES, "hydra.sweep.dir=multirun/t", "hydra/launcher=ray_cpu",
-        "hydra.launcher.ray.init.address=auto", cwd=tmp_path, timeout=300,
+        "hydra.launcher.ray.init.address=auto", cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
