@@ -45,3 +45,11 @@ def test_moe_ratios_smoke_and_rebuild_from_kept_results(tmp_path, monkeypatch):
     assert moe_ratios.main(argv) == 0
     assert (tmp_path / "rebuilt" / "moe_ratios.md").read_text() == report
     assert not (tmp_path / "nothing").exists()
+
+
+def test_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    committed = moe_ratios.lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=ci", "rebuild=true", f"kept_from={committed / 'moe_ratios'}", f"out_dir={tmp_path / 'out'}",
+            f"report_dir={tmp_path}"]
+    assert moe_ratios.main(argv) == 0
+    assert (tmp_path / "moe_ratios.md").read_text() == (committed / "moe_ratios.md").read_text()
