@@ -27,6 +27,7 @@ from purerl.attention.linear import (
     init_linear_state,
 )
 from purerl.attention.masks import positions_from
+from purerl.attention.moe import FFN_KINDS, MoEFeedForward
 from purerl.attention.mqar import MQARBatch, MQARConfig, generate_mqar
 from purerl.attention.softmax import (
     KVCache,
@@ -70,16 +71,29 @@ class LMConfig:
     # layer, which a model with position embeddings alone forms slowly. Decoding keeps the
     # previous token id (one int per sequence, whatever the attention) beside the caches.
     token_shift: bool = False
+    # "moe": each block's MLP is a mixture of `num_experts` MLPs (each mlp_ratio·d_model wide),
+    # `experts_per_token` routed per token (`purerl.attention.moe`); router_bias: DeepSeek-V3's
+    # auxiliary-loss-free balancing bias (collection "router_bias").
+    ffn: Literal["dense", "moe"] = "dense"
+    num_experts: int = 4
+    experts_per_token: int = 2
+    router_bias: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "num_layers", "num_heads",
-                     "mlp_ratio", "chunk_size"):
+                     "mlp_ratio", "chunk_size", "num_experts", "experts_per_token"):
             check_positive_int("LMConfig", name, getattr(self, name))
         check_kv_heads("LMConfig", self.num_heads, self.num_kv_heads)
         check_choice("LMConfig", "attention", self.attention, ATTENTION_KINDS)
         check_choice("LMConfig", "feature_map", self.feature_map, FEATURE_MAPS)
         check_choice("LMConfig", "linear_form", self.linear_form, FORMS)
         check_choice("LMConfig", "position", self.position, POSITION_KINDS)
+        check_choice("LMConfig", "ffn", self.ffn, FFN_KINDS)
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(
+                f"LMConfig.experts_per_token: got {self.experts_per_token}; allowed: 1.."
+                f"num_experts={self.num_experts}"
+            )
         if self.position == "rope" and self.attention != "softmax":
             raise ValueError(
                 f"LMConfig.position: got 'rope' with attention={self.attention!r}; allowed: "
@@ -115,11 +129,19 @@ class Block(nn.Module):
         self.attn_norm = nn.RMSNorm()
         self.attn = make_attention(self.config)
         self.mlp_norm = nn.RMSNorm()
-        self.mlp_in = nn.Dense(self.config.mlp_ratio * self.config.d_model)
-        self.mlp_out = nn.Dense(self.config.d_model)
+        cfg = self.config
+        if cfg.ffn == "moe":
+            self.moe = MoEFeedForward(cfg.num_experts, cfg.experts_per_token,
+                                      cfg.mlp_ratio * cfg.d_model, cfg.router_bias)
+        else:
+            self.mlp_in = nn.Dense(cfg.mlp_ratio * cfg.d_model)
+            self.mlp_out = nn.Dense(cfg.d_model)
 
     def _mlp(self, x: jax.Array) -> jax.Array:
-        return x + self.mlp_out(nn.gelu(self.mlp_in(self.mlp_norm(x))))
+        h = self.mlp_norm(x)
+        if self.config.ffn == "moe":
+            return x + self.moe(h)
+        return x + self.mlp_out(nn.gelu(self.mlp_in(h)))
 
     def __call__(self, x: jax.Array, lengths: jax.Array | None = None,
                  positions: jax.Array | None = None, padding_mask: jax.Array | None = None,

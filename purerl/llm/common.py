@@ -18,8 +18,10 @@ import jax.numpy as jnp
 from flax import struct
 
 from purerl.attention.lm import LMConfig, TinyLM
+from purerl.attention.moe import FFN_KINDS
 from purerl.config import ValidatedHyper, _freeze, check_choice, check_minibatches, check_positive_int, hyper_field
 from purerl.llm import losses
+from purerl.llm.mismatch import ROLLOUT_DTYPES, rollout_params
 from purerl.llm.models import ScalarLM, init_lm, make_lm_config, next_token_log_probs, scalar_from_policy
 from purerl.llm.rollout import Completions, Sequences, assemble, from_targets, sample
 from purerl.llm.tasks import (
@@ -48,6 +50,13 @@ class LMRLConfig:
     num_heads: int = 4
     num_kv_heads: int = 4
     mlp_ratio: int = 4
+    # "moe": mixture-of-experts FFN (`purerl.attention.moe`): num_experts, experts_per_token.
+    ffn: str = "dense"
+    num_experts: int = 4
+    experts_per_token: int = 2
+    # The rollout engine's numerics: sampling (and its behaviour log-probs) uses the parameters
+    # rounded to this dtype, the training pass float32 (`purerl.llm.mismatch`).
+    rollout_dtype: str = "float32"
     sft_steps: int = 150
     sft_batch: int = 64
     num_updates: int = 40
@@ -78,6 +87,13 @@ class LMRLConfig:
             raise ValueError(f"{owner}.num_kv_heads: got {self.num_kv_heads}; allowed: a divisor of "
                              f"num_heads={self.num_heads}: {allowed}")
         check_choice(owner, "reward", self.reward, REWARDS)
+        check_choice(owner, "ffn", self.ffn, FFN_KINDS)
+        check_choice(owner, "rollout_dtype", self.rollout_dtype, ROLLOUT_DTYPES)
+        for name in ("num_experts", "experts_per_token"):
+            check_positive_int(owner, name, getattr(self, name))
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(f"{owner}.experts_per_token: got {self.experts_per_token}; allowed: 1..num_experts="
+                             f"{self.num_experts}")
         try:
             self.task_spec  # noqa: B018 - builds and validates the task
         except TypeError as e:
@@ -99,8 +115,10 @@ class LMRLConfig:
 
     @property
     def lm_config(self) -> LMConfig:
-        return make_lm_config(VOCAB_SIZE, self.seq_len, self.d_model, self.num_layers, self.num_heads,
-                              self.num_kv_heads, self.mlp_ratio)
+        return dataclasses.replace(
+            make_lm_config(VOCAB_SIZE, self.seq_len, self.d_model, self.num_layers, self.num_heads,
+                           self.num_kv_heads, self.mlp_ratio),
+            ffn=self.ffn, num_experts=self.num_experts, experts_per_token=self.experts_per_token)
 
 
 @struct.dataclass
@@ -157,6 +175,7 @@ class LMSetup:
 
     def sample(self, params: Any, problems: Problems, key: jax.Array, temperature: float | jax.Array,
                greedy: bool = False, stop_early: bool = False) -> Completions:
+        params = rollout_params(params, self.config.rollout_dtype)
         return sample(self.config.lm_config, params, problems.prompt, key, temperature, self.completion_len,
                       greedy, stop_early=stop_early)
 
