@@ -149,18 +149,19 @@ def check_ray(launcher: DictConfig, sweep_dir: str) -> None:
     import ray
     from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
 
+    # A relative sweep directory is refused before connecting: that needs no cluster.
+    address = launcher.ray.init.get("address")
+    if address not in (None, "local") and not os.path.isabs(sweep_dir):
+        raise LauncherResourceError(
+            f"hydra.sweep.dir={sweep_dir} is relative, and the jobs of a Ray cluster (address={address}) resolve it "
+            "against the cluster's working directory, not this one; give an absolute path on a filesystem every "
+            f"node shares, e.g. hydra.sweep.dir={os.path.abspath(sweep_dir)}"
+        )
     # The launcher finds Ray initialised and uses this connection.
     start_ray(launcher.ray.init)
     nodes = [n for n in ray.nodes() if n.get("Alive", True)]
     remote = OmegaConf.to_container(launcher.ray.get("remote") or {}, resolve=True)
     problem = ray_shortfall(remote, nodes)
-    address = launcher.ray.init.get("address")
-    if problem is None and address not in (None, "local") and not os.path.isabs(sweep_dir):
-        problem = (
-            f"hydra.sweep.dir={sweep_dir} is relative, and the jobs of a Ray cluster (address={address}) resolve it "
-            "against the cluster's working directory, not this one; give an absolute path on a filesystem every "
-            f"node shares, e.g. hydra.sweep.dir={os.path.abspath(sweep_dir)}"
-        )
     if problem:
         raise LauncherResourceError(problem)
 
