@@ -137,16 +137,6 @@ def measuring_code() -> list[Any]:
 
 
 # ---------------------------------------------------------------- statistics
-def verdict(diff: tuple[float, float, float], lower: str, higher: str, n: int) -> str:
-    """A claim only when the paired CI of the difference excludes 0."""
-    _, low, high = diff
-    if high < 0:
-        return lower
-    if low > 0:
-        return higher
-    return f"not resolved at {n} seeds"
-
-
 def cell(seeds: pd.DataFrame, env: str, k: int, arm: str, eps: float) -> pd.Series:
     """Final return per seed of one (env, K, arm, ε); K = 0 is the plain PPO baseline whatever the arm."""
     if k == 0:
@@ -182,7 +172,7 @@ def comparisons(plan: DictConfig, seeds: pd.DataFrame) -> pd.DataFrame:
                     n = len(a.index.intersection(b.index))
                     rows.append({"env": env, "clip_eps": float(eps), "K": k, "comparison": label, "meaning": meaning,
                                  "seeds": n, "diff": diff,
-                                 "verdict": verdict(diff, f"{label.split(' − ')[1]} higher",
+                                 "verdict": lab.verdict(diff, f"{label.split(' − ')[1]} higher",
                                                     f"{label.split(' − ')[0]} higher", n)})
     return pd.DataFrame(rows)
 
