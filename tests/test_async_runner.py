@@ -122,6 +122,7 @@ def test_sync_is_stale_ppo_at_staleness_zero_and_repeats_itself(runs):
     updates = slice(None) if ON_CPU else slice(0, 1)  # whole chaotic trajectories on CPU only
     for name in COMPARED:
         np.testing.assert_allclose(sync[name][updates], single[name][updates], **tol(vmapped=True), err_msg=name)
+        # Exact: the runs are CPU programs (JAX_PLATFORMS=cpu in the subprocess) with the same keys.
         np.testing.assert_array_equal(sync[name], runs["sync_again"]["metrics"][name], err_msg=name)
 
 
