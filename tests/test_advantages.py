@@ -9,56 +9,58 @@ from hypothesis import strategies as st
 from purerl.rl import advantages as adv
 
 
+def over_starts(shape, from_start):
+    """out[t, b] = from_start(t, b) for every start step t of every column b."""
+    out = np.zeros(shape)
+    for t, b in np.ndindex(*shape):
+        out[t, b] = from_start(t, b)
+    return out
+
+
 def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):
     """Double loop: A_t = Σ_k (γλ)^k δ_{t+k}, summing forward until the episode ends."""
-    horizon, batch = rewards.shape
-    out = np.zeros((horizon, batch))
-    for b in range(batch):
-        for t in range(horizon):
-            total, weight = 0.0, 1.0
-            for u in range(t, horizon):
-                bootstrap = 0.0 if terminated[u, b] else next_values[u, b]
-                delta = rewards[u, b] + gamma * bootstrap - values[u, b]
-                total += weight * delta
-                if terminated[u, b] or truncated[u, b]:
-                    break
-                weight *= gamma * lam
-            out[t, b] = total
-    return out
+
+    def from_start(t, b):
+        total, weight = 0.0, 1.0
+        for u in range(t, rewards.shape[0]):
+            bootstrap = 0.0 if terminated[u, b] else next_values[u, b]
+            total += weight * (rewards[u, b] + gamma * bootstrap - values[u, b])
+            if terminated[u, b] or truncated[u, b]:
+                break
+            weight *= gamma * lam
+        return total
+
+    return over_starts(rewards.shape, from_start)
 
 
 def reference_discounted_returns(rewards, terminated, truncated, gamma):
-    horizon, batch = rewards.shape
-    out = np.zeros((horizon, batch))
-    for b in range(batch):
-        for t in range(horizon):
-            total, weight = 0.0, 1.0
-            for u in range(t, horizon):
-                total += weight * rewards[u, b]
-                if terminated[u, b] or truncated[u, b]:
-                    break
-                weight *= gamma
-            out[t, b] = total
-    return out
+    def from_start(t, b):
+        total, weight = 0.0, 1.0
+        for u in range(t, rewards.shape[0]):
+            total += weight * rewards[u, b]
+            if terminated[u, b] or truncated[u, b]:
+                break
+            weight *= gamma
+        return total
+
+    return over_starts(rewards.shape, from_start)
 
 
 def reference_n_step(rewards, values, next_values, terminated, truncated, gamma, n):
-    horizon, batch = rewards.shape
-    out = np.zeros((horizon, batch))
-    for b in range(batch):
-        for t in range(horizon):
-            total, weight = 0.0, 1.0
-            for u in range(t, min(t + n, horizon)):
-                total += weight * rewards[u, b]
-                weight *= gamma
-                if terminated[u, b]:
-                    break
-                last = u == min(t + n, horizon) - 1
-                if truncated[u, b] or last:
-                    total += weight * next_values[u, b]
-                    break
-            out[t, b] = total
-    return out
+    def from_start(t, b):
+        total, weight = 0.0, 1.0
+        stop = min(t + n, rewards.shape[0])
+        for u in range(t, stop):
+            total += weight * rewards[u, b]
+            weight *= gamma
+            if terminated[u, b]:
+                break
+            if truncated[u, b] or u == stop - 1:
+                total += weight * next_values[u, b]
+                break
+        return total
+
+    return over_starts(rewards.shape, from_start)
 
 
 @st.composite
