@@ -558,19 +558,23 @@ def plot_curves(curves: pd.DataFrame, heads: int):
     pair_counts = sorted(curves.mqar_pairs.unique())
     fig, axes = plt.subplots(1, len(pair_counts), figsize=(5 * len(pair_counts), 3.6), layout="constrained",
                              squeeze=False, sharey=True)
+    # One colour per variant in every panel, whichever variants a panel has.
+    colour = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(curves.variant))}
     for ax, pairs in zip(axes[0], pair_counts):
         part = curves[curves.mqar_pairs == pairs]
-        for i, name in enumerate(dict.fromkeys(part.variant)):
+        for name in dict.fromkeys(part.variant):
             matrix = part[part.variant == name].pivot(index="seed", columns="env_steps", values="mqar_accuracy")
             mean, low, high = lab.curve_ci(matrix.to_numpy())
             style = "--" if name == "linear" else "-"
-            ax.plot(matrix.columns, mean, style, color=f"C{i}", label=cut_label(name, heads))
-            ax.fill_between(matrix.columns, low, high, color=f"C{i}", alpha=0.15, linewidth=0)
+            ax.plot(matrix.columns, mean, style, color=colour[name], label=cut_label(name, heads))
+            ax.fill_between(matrix.columns, low, high, color=colour[name], alpha=0.15, linewidth=0)
         ax.set_title(f"{pairs} pairs", fontsize="medium")
         ax.set_xlabel("training sequences (each task)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("MQAR accuracy (held out; mean, 95% CI)")
-    axes[0][-1].legend(fontsize="small", loc="lower right")
+    handles = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    labels = [cut_label(name, heads) for name in colour if cut_label(name, heads) in handles]
+    fig.legend([handles[label] for label in labels], labels, fontsize="small", loc="outside right upper")
     return fig
 
 
