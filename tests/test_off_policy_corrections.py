@@ -112,10 +112,9 @@ def test_truncated_weights_do_not_overflow():
 def correct_all(trajectory, log_prob, gamma=0.9, lam=0.8, rho_bar=1.2, c_bar=1.0):
     """`correct` for every code at once, the code traced (vmapped)."""
     behaviour = log_prob - trajectory["log_rhos"]
-    args = (log_prob, behaviour, *(trajectory[k] for k in ("rewards", "values", "next_values", "terminated",
-                                                            "truncated")))
+    steps = adv.Trajectory(*(trajectory[k] for k in adv.Trajectory._fields))
     codes = jnp.arange(len(opc.CORRECTIONS), dtype=jnp.float32)
-    fn = jax.vmap(lambda code: opc.correct(code, *args, gamma, lam, rho_bar, c_bar))
+    fn = jax.vmap(lambda code: opc.correct(code, log_prob, behaviour, steps, gamma, lam, rho_bar, c_bar))
     return jax.device_get(fn(codes)), behaviour
 
 

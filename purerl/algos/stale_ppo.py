@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -53,6 +54,7 @@ from flax import struct
 from purerl.algos import ppo
 from purerl.config import hyper_field
 from purerl.nets import ActorCritic
+from purerl.rl import advantages as adv
 from purerl.rl import losses, on_policy
 from purerl.rl import off_policy_corrections as opc
 from purerl.rl.agent import build_env_and_network
@@ -234,12 +236,11 @@ def make_learner(config: Config) -> Learner:
             start_next_values = jnp.concatenate([start_next_values, older[1]])
         start_log_prob = log_prob(agent.params, transitions.obs, transitions.action)
         # The corrections run along time: [R, T, N] -> [T, R, N] and back.
-        corrected = opc.correct(
-            hyper.correction, *(jnp.moveaxis(x, 0, 1) for x in (
-                start_log_prob, transitions.log_prob, transitions.reward, start_values, start_next_values,
-                transitions.terminated, transitions.truncated)),
-            hyper.gamma, hyper.gae_lambda, hyper.rho_bar, hyper.c_bar,
-        )
+        time_major = partial(jnp.moveaxis, source=0, destination=1)
+        trajectory = adv.Trajectory(*map(time_major, (transitions.reward, start_values, start_next_values,
+                                                       transitions.terminated, transitions.truncated)))
+        corrected = opc.correct(hyper.correction, time_major(start_log_prob), time_major(transitions.log_prob),
+                                trajectory, hyper.gamma, hyper.gae_lambda, hyper.rho_bar, hyper.c_bar)
         corrected = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), corrected)
         # `none` keeps each rollout's advantages and targets from when it was collected.
         uncorrected = jnp.round(hyper.correction) == opc.NONE

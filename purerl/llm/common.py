@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +119,31 @@ class LMRLConfig:
             make_lm_config(VOCAB_SIZE, self.seq_len, self.d_model, self.num_layers, self.num_heads,
                            self.num_kv_heads, self.mlp_ratio),
             ffn=self.ffn, num_experts=self.num_experts, experts_per_token=self.experts_per_token)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledGroupsConfig(LMRLConfig):
+    """The online trainers' counts: per update `num_prompts` prompts × `group_size` completions,
+    then `update_epochs` passes of `num_minibatches` gradient steps over them."""
+
+    group_size: int = 1
+    update_epochs: int = 1
+    num_minibatches: int = 1
+    # A group-relative baseline needs two completions of a prompt.
+    min_group_size: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner, size = type(self).__name__, self.group_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < self.min_group_size:
+            why = " (a group of one has no baseline)" if self.min_group_size > 1 else ""
+            raise ValueError(f"{owner}.group_size: got {size!r}; allowed: an integer ≥ {self.min_group_size}{why}")
+        check_epochs_and_minibatches(self, self.batch_size)
+
+    @property
+    def batch_size(self) -> int:
+        """Completions per update."""
+        return self.num_prompts * self.group_size
 
 
 @struct.dataclass

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ from flax import struct
 
 from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
-from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, Start, TrainState, check_epochs_and_minibatches
+from purerl.llm.common import LMHyper, LMSetup, SampledGroupsConfig, Start, TrainState
 from purerl.llm.rollout import Completions, to_targets
 from purerl.llm.tasks import Problems
 from purerl.rl.group import group_relative_advantages
@@ -50,8 +50,9 @@ BASELINES = ("mean", "leave_one_out")
 RETURN_METRIC = "accuracy"
 
 @dataclasses.dataclass(frozen=True)
-class Config(LMRLConfig):
+class Config(SampledGroupsConfig):
     group_size: int = 8
+    min_group_size: ClassVar[int] = 2
     update_epochs: int = 1
     num_minibatches: int = 1
     ratio: str = "token"  # "token": per-token π/π_old; "sequence": GSPO
@@ -64,19 +65,10 @@ class Config(LMRLConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 2:
-            raise ValueError(f"Config.group_size: got {self.group_size!r}; allowed: an integer ≥ 2 "
-                             "(a group of one has no baseline)")
         check_choice("Config", "ratio", self.ratio, RATIOS)
         check_choice("Config", "baseline", self.baseline, BASELINES)
         check_choice("Config", "loss_aggregation", self.loss_aggregation, losses.AGGREGATIONS)
         check_choice("Config", "kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
-        check_epochs_and_minibatches(self, self.batch_size)
-
-    @property
-    def batch_size(self) -> int:
-        """Completions per update."""
-        return self.num_prompts * self.group_size
 
 
 @struct.dataclass

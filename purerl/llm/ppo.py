@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from purerl.config import check_choice, check_positive_int, hyper_field
+from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
-from purerl.llm.common import LMHyper, LMRLConfig, LMSetup, check_epochs_and_minibatches
+from purerl.llm.common import LMHyper, LMSetup, SampledGroupsConfig
 from purerl.llm.rollout import Sequences, to_targets
 from purerl.rl import advantages as adv
 from purerl.rl import losses as rl_losses
@@ -47,7 +47,7 @@ KL_MODES = ("reward", "loss")
 RETURN_METRIC = "accuracy"
 
 @dataclasses.dataclass(frozen=True)
-class Config(LMRLConfig):
+class Config(SampledGroupsConfig):
     num_prompts: int = 128
     # completions sampled per prompt (each its own episode with its own critic baseline): G > 1
     # gives PPO the prompts and completions per update of a GRPO run with groups of G
@@ -61,17 +61,10 @@ class Config(LMRLConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("Config", "group_size", self.group_size)
         check_choice("Config", "kl_mode", self.kl_mode, KL_MODES)
         if self.kl_estimator is None:
             object.__setattr__(self, "kl_estimator", "k1" if self.kl_mode == "reward" else "k3")
         check_choice("Config", "kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
-        check_epochs_and_minibatches(self, self.batch_size)
-
-    @property
-    def batch_size(self) -> int:
-        """Completions per update."""
-        return self.num_prompts * self.group_size
 
 
 @struct.dataclass

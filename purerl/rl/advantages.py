@@ -17,6 +17,8 @@ fixed window instead of the scan.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -53,6 +55,17 @@ def discounted_sum(
 
     _, ys = lax.scan(step, carry0, (x, discounts), reverse=True)
     return ys
+
+
+class Trajectory(NamedTuple):
+    """The [T, ...] per-step quantities a return estimator reads; `next_values[t]` is V(s'_t), the
+    state after step t (the final observation's value where the episode was truncated)."""
+
+    rewards: jax.Array
+    values: jax.Array
+    next_values: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
 
 
 def episode_continues(terminated: jax.Array, truncated: jax.Array) -> jax.Array:

@@ -103,11 +103,7 @@ def correct(
     correction: int | jax.Array,
     log_prob: jax.Array,
     behaviour_log_prob: jax.Array,
-    rewards: jax.Array,
-    values: jax.Array,
-    next_values: jax.Array,
-    terminated: jax.Array,
-    truncated: jax.Array,
+    trajectory: adv.Trajectory,
     gamma: float | jax.Array,
     lam: float | jax.Array,
     rho_bar: float | jax.Array = 1.0,
@@ -121,9 +117,9 @@ def correct(
     reverse scans over T.
     """
     log_rhos = log_prob - behaviour_log_prob
-    gae, returns = adv.gae(rewards, values, next_values, terminated, truncated, gamma, lam)
+    gae, returns = adv.gae(*trajectory, gamma, lam)
     weights = truncated_importance_weights(log_rhos, rho_bar)
-    traced = vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam, rho_bar, c_bar)
+    traced = vtrace(*trajectory, log_rhos, gamma, lam, rho_bar, c_bar)
     code = jnp.round(jnp.asarray(correction, jnp.float32)).astype(jnp.int32)
     ones = jnp.ones_like(weights)
 
