@@ -27,7 +27,9 @@ from experiments import lab
 NAME = "on_vs_off_policy"
 FAMILY = {"ppo": "on-policy", "a2c": "on-policy", "dqn": "off-policy", "sac": "off-policy"}
 ALGO_ORDER = ("ppo", "a2c", "dqn", "sac")
-COLOURS = {"ppo": "#1f77b4", "a2c": "#2ca02c", "dqn": "#d62728", "sac": "#ff7f0e"}
+COLOURS = {"PPO": "#1f77b4", "A2C": "#2ca02c", "DQN": "#d62728", "SAC (discrete)": "#ff7f0e",
+           "SAC (continuous)": "#8c564b"}  # per method
+EXTENDED_COLOUR = "#9467bd"  # a method run beyond the env's budget
 LATE = 0.5  # stability: drawdowns over the evaluations in the last half of the budget
 RESAMPLES = 2000
 
@@ -44,11 +46,25 @@ def method_label(algo: str, env: str) -> str:
 
 
 def jobs(plan: DictConfig) -> dict[str, DictConfig]:
-    """job -> its purerl-train overrides (without the experiment's preset), the env's budget included."""
-    return {job: DictConfig({"overrides": [*spec.overrides,
-                                           f"algo.config.total_timesteps={int(plan.budgets[spec.env].budget)}",
+    """job -> its purerl-train overrides (without the experiment's preset), with its budget: the env's,
+    times the job's `budget_factor` (default 1; a longer run is shown apart, not compared)."""
+    def budget(spec: Any) -> int:
+        return int(plan.budgets[spec.env].budget * spec.get("budget_factor", 1))
+
+    return {job: DictConfig({"overrides": [*spec.overrides, f"algo.config.total_timesteps={budget(spec)}",
                                            "save_policies=false"], "preset": False})
             for job, spec in plan.jobs.items()}
+
+
+def with_extended(jobs: pd.DataFrame, plan: DictConfig) -> pd.DataFrame:
+    """The jobs table with `extended` (a budget beyond the env's, not in the paired comparisons),
+    such a job's method named with its factor, and a colour per method."""
+    env_budget = jobs.env.map(lambda e: float(plan.budgets[e].budget))
+    factor = jobs.budget / env_budget
+    extended = factor > 1.5  # the env's budget rounded down to whole updates is still factor 1
+    method = [f"{m} ({f:.0f}× budget)" if x else m for m, f, x in zip(jobs.method, factor, extended)]
+    colour = [EXTENDED_COLOUR if x else COLOURS.get(m, "#7f7f7f") for m, x in zip(jobs.method, extended)]
+    return jobs.assign(extended=extended, method=method, colour=colour)
 
 
 def train_job(plan: DictConfig, job: str) -> dict[str, pd.DataFrame]:
@@ -208,22 +224,58 @@ def best_share(seeds: pd.DataFrame, measure: str = "final") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _learning(segments: pd.DataFrame, job: str) -> pd.DataFrame:
+    """A job's timed segments after learning starts (all of them if none is)."""
+    part = segments[segments.job == job]
+    return part[part.learning] if part.learning.any() else part
+
+
 def timing(segments: pd.DataFrame, jobs: pd.DataFrame) -> pd.DataFrame:
     """Per job: training seconds per update and per env step (the batch of seeds), median over the
     segments after learning starts with a bootstrap CI over segments; compile seconds apart."""
     rows = []
-    for job, part in segments.groupby("job", sort=False):
-        meta = jobs.set_index("job").loc[job]
-        learning = part[part.learning] if part.learning.any() else part
-        per_update = (learning.seconds / learning.updates).to_numpy()
-        stat = _median_ci(per_update)
-        rows.append({"job": job, "env": meta.env, "method": meta.method, "algo": meta.algo, "family": meta.family,
-                     "per_update": stat, "per_env_step": tuple(v / meta.env_steps_per_update for v in stat),
-                     "segments": len(learning), "train_seconds": float(part.seconds.sum()),
+    for meta in jobs.itertuples():
+        learning = _learning(segments, meta.job)
+        stat = _median_ci((learning.seconds / learning.updates).to_numpy())
+        rows.append({"job": meta.job, "env": meta.env, "method": meta.method, "algo": meta.algo,
+                     "family": meta.family, "colour": meta.colour, "per_update": stat,
+                     "per_env_step": tuple(v / meta.env_steps_per_update for v in stat), "segments": len(learning),
+                     "train_seconds": float(segments[segments.job == meta.job].seconds.sum()),
                      "compile_seconds": float(meta.compile_init + meta.compile_segment + meta.compile_evaluation),
                      "eval_seconds": float(meta.eval_seconds), "seeds": int(meta.seeds),
                      "env_steps_per_update": int(meta.env_steps_per_update)})
     return pd.DataFrame(rows)
+
+
+def cost_ratios(segments: pd.DataFrame, jobs: pd.DataFrame) -> pd.DataFrame:
+    """Per env, every off-policy method's training seconds per env step over every on-policy
+    method's: the ratio of the two medians over segments, with a 95% CI from resampling each
+    job's segments."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for env, part in jobs.groupby("env", sort=False):
+        for on in part[part.family == "on-policy"].itertuples():
+            for off in part[part.family == "off-policy"].itertuples():
+                a, b = (_learning(segments, m.job).pipe(lambda p, m=m: p.seconds / (p.updates * m.env_steps_per_update))
+                        .to_numpy() for m in (off, on))
+                boot = (np.median(a[rng.integers(0, a.size, (RESAMPLES, a.size))], axis=1)
+                        / np.median(b[rng.integers(0, b.size, (RESAMPLES, b.size))], axis=1))
+                rows.append({"env": env, "off": off.method, "on": on.method,
+                             "ratio": (float(np.median(a) / np.median(b)), *np.quantile(boot, [0.025, 0.975]))})
+    return pd.DataFrame(rows)
+
+
+def repeats(evals: pd.DataFrame, jobs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(longer method, method) pairs of the same env and algorithm whose greedy returns coincide at
+    every evaluation they share: the longer run repeats the shorter one over its budget."""
+    pairs = []
+    for ext in jobs[jobs.extended].itertuples():
+        for base in jobs[~jobs.extended & (jobs.env == ext.env) & (jobs.algo == ext.algo)].itertuples():
+            a = evals[evals.job == base.job].set_index(["seed", "updates"]).greedy_return
+            b = evals[evals.job == ext.job].set_index(["seed", "updates"]).greedy_return.reindex(a.index)
+            if np.allclose(a, b, equal_nan=True):
+                pairs.append((ext.method, base.method))
+    return pairs
 
 
 # ---------------------------------------------------------------- tables
@@ -312,40 +364,44 @@ def plot_curves(evals: pd.DataFrame, jobs: pd.DataFrame, axis: str):
             xs = part.groupby("point")[axis].first().reindex(matrix.columns).to_numpy(float)
             keep = xs > 0 if axis == "train_seconds" else np.ones_like(xs, bool)  # log axis: no 0
             mean, low, high = lab.curve_ci(matrix.to_numpy()[:, keep])
-            ax.plot(xs[keep], mean, color=COLOURS[meta.algo], marker=".", lw=1.5, label=meta.method)
-            ax.fill_between(xs[keep], low, high, color=COLOURS[meta.algo], alpha=0.18, lw=0)
+            # A longer run dashed: where it repeats a method's run at the env's budget, both stay visible.
+            ax.plot(xs[keep], mean, color=meta.colour, marker=".", lw=1.5, label=meta.method,
+                    ls="--" if meta.extended else "-", zorder=1 if meta.extended else 2)
+            ax.fill_between(xs[keep], low, high, color=meta.colour, alpha=0.18, lw=0)
         threshold = jobs[jobs.env == env].threshold.iloc[0]
         ax.axhline(threshold, color="grey", ls=":", lw=1)
         ax.set_title(f"{env} (dotted: R* = {threshold:g})", fontsize="medium")
         if axis == "train_seconds":
             ax.set_xscale("log")
-            ax.set_xlabel("training seconds, measured per segment (compile and evaluation excluded; log)")
+            ax.set_xlabel("training seconds (measured per segment; log)")
         else:
             ax.set_xlabel("environment steps per seed")
         ax.set_ylabel("greedy evaluation return")
         ax.grid(alpha=0.3)
     _legend_below(fig, axes)
     n = evals.groupby("job").seed.nunique().min()
-    fig.suptitle(f"Greedy return (exploration off, separate episodes): mean over {n} seeds, 95% bootstrap band",
-                 fontsize="medium")
+    fig.suptitle(f"Greedy return (exploration off): mean over {n} seeds, 95% bootstrap band", fontsize="medium")
     return fig
 
 
 def plot_timing(times: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-    labels = [f"{e.split('-')[0]}\n{m}" for e, m in zip(times.env, times.method)]
+    labels = [f"{e.split('-')[0]}\n{m.replace(' (', chr(10) + '(')}" for e, m in zip(times.env, times.method)]
     xs = np.arange(len(times))
     for ax, (column, scale, title) in zip(axes, (("per_env_step", 1e6, "training µs per env step (all seeds; log)"),
-                                                 ("compile_seconds", 1.0, "compile seconds (log)"))):
+                                                 ("compile_seconds", 1.0, "compile seconds, all programs"))):
         for x, row in zip(xs, times.itertuples()):
             value = getattr(row, column)
             if isinstance(value, tuple):
                 v, lo, hi = (scale * u for u in value)
-                ax.errorbar([x], [v], yerr=[[v - lo], [hi - v]], fmt="o", color=COLOURS[row.algo], capsize=3)
+                ax.errorbar([x], [v], yerr=[[v - lo], [hi - v]], fmt="o", color=row.colour, capsize=3)
             else:
-                ax.plot([x], [scale * value], "s", color=COLOURS[row.algo])
+                ax.plot([x], [scale * value], "s", color=row.colour)
         ax.set_xticks(xs, labels, fontsize="x-small")
-        ax.set_yscale("log")
+        if column == "per_env_step":  # spans decades between the families
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
         ax.set_title(title, fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
     return fig
@@ -360,18 +416,19 @@ def plot_final(seeds: pd.DataFrame, jobs: pd.DataFrame):
         for x, meta in enumerate(metas):
             values = seeds[seeds.job == meta.job].final.to_numpy()
             jitter = np.random.default_rng(x).uniform(-0.15, 0.15, values.size)
-            ax.scatter(x + jitter, values, s=10, color=COLOURS[meta.algo], alpha=0.6)
+            ax.scatter(x + jitter, values, s=10, color=meta.colour, alpha=0.6)
             v, lo, hi = lab.bootstrap_ci(values)
             ax.errorbar([x + 0.3], [v], yerr=[[v - lo], [hi - v]], fmt="D", color="black", capsize=3, ms=4)
         ax.axhline(metas[0].threshold, color="grey", ls=":", lw=1)
         ax.set_xticks(range(len(metas)), [m.method for m in metas], fontsize="small")
         ax.set_title(f"{env}: final greedy return per seed", fontsize="medium")
+        ax.set_ylabel("final greedy return")
         ax.grid(axis="y", alpha=0.3)
     return fig
 
 
 # ---------------------------------------------------------------- report
-def answer(comp: pd.DataFrame, shares: pd.DataFrame, seeds: pd.DataFrame, times: pd.DataFrame) -> str:
+def answer(comp: pd.DataFrame, shares: pd.DataFrame, seeds: pd.DataFrame, ratios: pd.DataFrame) -> str:
     lines = []
     for env, part in comp.groupby("env", sort=False):
         resolved = part[~part.verdict.str.startswith("not resolved")]
@@ -388,42 +445,56 @@ def answer(comp: pd.DataFrame, shares: pd.DataFrame, seeds: pd.DataFrame, times:
             lambda s: float(np.isfinite(s).mean()))
         lines.append("  Share of seeds whose greedy return reaches R* within the budget: "
                      + ", ".join(f"{m} {v:.0%}" for m, v in reach.items()) + ".")
-    ratio = times.groupby("family").per_env_step.apply(lambda s: float(np.median([v[0] for v in s])))
-    if len(ratio) == 2:
-        lines.append(f"- **Training time per env step** (median over the jobs of each family): off-policy "
-                     f"{1e6 * ratio['off-policy']:.3g} µs, on-policy {1e6 * ratio['on-policy']:.3g} µs, a ratio of "
-                     f"{ratio['off-policy'] / ratio['on-policy']:.3g} (per-job CIs in the timing table).")
+    if len(ratios):
+        lines.append("- **Training time per env step, off-policy over on-policy** (ratio of the medians over "
+                     "segments, 95% CI): " + "; ".join(f"{r.env} {r.off} / {r.on} {lab.fmt_ci(*r.ratio)}"
+                                                      for r in ratios.itertuples()) + ".")
     return "\n".join(lines)
 
 
 DISCUSSION = """\
-The literature's picture is that off-policy methods that replay each transition many times are
-more sample-efficient, and on-policy methods cheaper per sample: SAC learns Pendulum within about
-1e4 env steps (Haarnoja et al. 2018; CleanRL's benchmarks), where PPO's tuned rl-baselines3-zoo
-configuration budgets 1e5 steps and uses gSDE exploration, which purerl does not have; on CartPole,
-PPO reaches ~500 in 5e5 steps (CleanRL 490 ± 6) while CleanRL's DQN needs a similar budget because
-it explores for half of it. The comparison here is at the much smaller budgets the 2-core CPU
-affords, so it answers "which family is ahead early", not "which family ends higher". Two things
-can make it disagree with published curves: published curves are mostly training returns with
-exploration on, whereas these are greedy returns on separate episodes (DQN's greedy policy is
-much better than its ε-greedy one while ε is still large, SAC's mean action better than its
-samples); and every network here is 64x64, a quarter of the width of CleanRL's SAC, which slows
-SAC's learning somewhat. Henderson et al. (2018) and Patterson et al. (2023) warn that such
-comparisons depend on the tuning protocol: the configurations are literature ones, not tuned here,
-so a method whose defaults were chosen for a larger budget (DQN's ε schedule, PPO's rollout of
-4096 steps on Pendulum) is at a disadvantage that a per-budget tuning would remove. Wall-clock per
-env step is where the families differ most on a CPU: an off-policy method takes sequential
-gradient steps per few env steps, an on-policy one a few epochs per rollout of thousands; on a GPU
-the vmapped rollouts parallelise and the sequential gradient steps do not, so the gap is expected
-to widen (the `paper` scale is the GPU preset)."""
+*Sample efficiency.* The common picture is that off-policy methods, which replay each transition
+many times, need fewer env steps, and on-policy methods less compute per step. Pendulum fits it:
+SAC learns it within about 1e4 env steps (Haarnoja et al. 2018; CleanRL's benchmarks), while
+rl-baselines3-zoo's tuned PPO budgets 1e5 steps and adds gSDE exploration, which purerl does not
+have. Here PPO with those settings but without gSDE is far from R* at the equal budget (five
+updates) and still at 5 times it, rl-baselines3-zoo's own budget: on Pendulum, PPO's time to R*
+needs gSDE or the `paper` scale's longer budgets, and cannot be compared with SAC's at this cost.
+CartPole fits the picture only in part. Discrete SAC (CleanRL's settings) ends highest and with
+the smallest spread across seeds, but PPO (PureJaxRL's settings) reaches R* at the same number of
+env steps and is ahead early (its mean greedy return over the budget is higher). DQN with CleanRL's
+schedule is last: it collects for 1e4 steps and explores with ε decaying over half the budget, so
+its greedy policy starts to improve late; CleanRL's own DQN curves on CartPole also take 1e5 steps
+and more. That is a statement about these literature schedules at a 5e4-step budget, not about DQN
+at its own budget (Henderson et al. 2018 and Patterson et al. 2023: comparisons follow the tuning
+protocol; nothing was tuned per budget here).
+
+*Greedy against training returns.* Discrete SAC is where the two differ most: its target entropy
+(0.89 of the uniform policy's, as in CleanRL's discrete SAC after Christodoulou 2019) keeps its
+behaviour policy close to uniform, so its training return (`train_return` in the kept results)
+stays far below the return of its most likely action. The earlier edition of this report ranked
+methods by training returns with exploration on, which penalises the methods that explore most;
+the greedy policy on separate episodes does not.
+
+*Wall-clock.* Cost per env step follows gradient steps per env step more than the family: DQN (one
+gradient step per 10 env steps) costs about 1.2 times PPO's time per env step here, SAC (one per 4 env
+steps on CartPole, one per env step with 4 times the batch on Pendulum) several to dozens of times
+more, so on CartPole PPO and A2C reach R* in fewer training seconds than either off-policy method.
+The times are for 16 vmapped seeds on a shared 2-core CPU. On a GPU the vmapped rollouts of the
+on-policy methods parallelise and the sequential gradient steps do not, so the ratios are
+expected to grow; that, and the literature budgets (PPO on Pendulum to 1e5 steps with gSDE, DQN on
+CartPole to 5e5), are what the `paper` scale is for.\
+"""
 
 
 def run(plan: DictConfig) -> None:
     kept = lab.kept_results(plan, lambda: compute(plan), measuring_code())
-    evals, segments, jobs = kept.tables["evals"], kept.tables["segments"], kept.tables["jobs"]
+    evals, segments = kept.tables["evals"], kept.tables["segments"]
+    jobs = with_extended(kept.tables["jobs"], plan)
     seeds = per_seed(evals, jobs)
-    comp = comparisons(seeds)
-    shares = best_share(seeds)
+    equal = seeds[seeds.job.isin(jobs.job[~jobs.extended])]  # the methods at the env's budget
+    comp = comparisons(equal)
+    shares = best_share(equal)
     times = timing(segments, jobs)
     n = int(seeds.groupby("job").seed.nunique().min())
 
@@ -458,13 +529,17 @@ def run(plan: DictConfig) -> None:
         "above it (resolution: one segment), a seed that never reaches it counts as not reached (infinite), so "
         "a median is finite only when more than half the seeds reach R*. *Late drawdown*: per seed, the largest "
         f"fall of the greedy return from its running maximum over the evaluations in the last {LATE:.0%} of the "
-        "budget. *Per-update wall time*: the host times each segment around its compiled program; ms per update "
-        "is the median over the segments after learning starts (off-policy methods only collect before "
+        "budget; a method that has not learnt (a flat curve) has a small drawdown too, so read it with the share of "
+        "seeds reaching R*. *Per-update wall time*: the host times each segment around its compiled program; ms "
+        "per update is the median over the segments after learning starts (off-policy methods only collect before "
         "`learning_starts`), 95% CI by bootstrap over segments, for the whole batch of vmapped seeds. Compile "
         "time (ahead of time, all programs) and evaluation time are measured apart and are not in it. "
-        "CIs: 95% percentile bootstrap over seeds; comparisons are paired by seed.",
+        "CIs: 95% percentile bootstrap over seeds; comparisons are paired by seed."
+        + (" A method named with a budget factor (" + ", ".join(jobs.method[jobs.extended]) + ") ran beyond the "
+           "env's budget, to show what it needs where the equal budget is too small; it is in the headline, the "
+           "plots and the timing, not in the paired comparisons." if jobs.extended.any() else ""),
         lab.markdown_table(config_rows),
-        "## Answer\n\n" + answer(comp, shares, seeds, times),
+        "## Answer\n\n" + answer(comp, shares, equal, cost_ratios(segments, jobs[~jobs.extended])),
     )
     report.headline(f"Headline: greedy return, time to R*, stability and cost per method, {n} seeds",
                     lab.markdown_table(headline(seeds, times, jobs)))
@@ -480,8 +555,10 @@ def run(plan: DictConfig) -> None:
         "for all of its seeds at once.",
         lab.markdown_table(timing_table(times)),
     )
+    same = "".join(f"; {a} (dashed) repeats {b}'s runs exactly over the env's budget (same seeds, same settings)"
+                   for a, b in repeats(evals, jobs))
     report.figure(plot_curves(evals, jobs, "env_steps"), "greedy_vs_env_steps.png",
-                  "Greedy return against environment steps (sample efficiency)")
+                  f"Greedy return against environment steps (sample efficiency){same}")
     report.figure(plot_curves(evals, jobs, "train_seconds"), "greedy_vs_seconds.png",
                   "Greedy return against measured training seconds (log axis)")
     report.figure(plot_final(seeds, jobs), "final_per_seed.png",
