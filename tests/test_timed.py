@@ -7,6 +7,8 @@ same start states."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import jax
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from conftest import tol
 
 from purerl import sweep
 from purerl.algos import dqn, ppo, sac
+from purerl.nets import SquashedGaussianActor
 from purerl.rl import evaluation, timed
 
 pytestmark = pytest.mark.xdist_group(__name__)
@@ -112,12 +115,16 @@ def test_greedy_policies_are_deterministic_modes():
 
     scfg = sac.Config(num_envs=1, num_steps=8, total_timesteps=16, learning_starts=8, buffer_size=64, batch_size=8,
                       actor_hidden=(4,), critic_hidden=(4,))
-    train_state, _ = sac.make_train(scfg)(jax.random.PRNGKey(0), sac.Hyper())
+    actor = SquashedGaussianActor(1, (4,))
+    actor_params = actor.init(jax.random.PRNGKey(0), np.zeros((1, 3), np.float32))
+    # A first Dense layer large enough that the mean is not near 0, so tanh is visible.
+    actor_params = jax.tree.map(lambda x: 50.0 * x, actor_params)
+    state = SimpleNamespace(agent=SimpleNamespace(actor_params=actor_params), obs_stats=None)
     pendulum_obs = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
-    first = timed.greedy_policy("sac", scfg)(train_state, pendulum_obs)
-    again = timed.greedy_policy("sac", scfg)(train_state, pendulum_obs)
-    np.testing.assert_array_equal(first, again)
-    assert first.shape == (5, 1) and (np.abs(np.asarray(first)) <= 1).all()
+    greedy = np.asarray(timed.greedy_policy("sac", scfg)(state, pendulum_obs))
+    mean, _ = actor.apply(actor_params, pendulum_obs)
+    np.testing.assert_allclose(greedy, np.tanh(np.asarray(mean)), **tol())
+    assert greedy.shape == (5, 1) and (np.abs(greedy) <= 1).all()
 
 
 @pytest.mark.parametrize(("field", "value"), [("segment_updates", 0), ("episodes", 1.5)])
