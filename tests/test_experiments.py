@@ -428,33 +428,78 @@ def test_exploration_bandits_committed_report_rebuilds_from_its_kept_results(tmp
 
 
 @pytest.mark.slow
-def test_on_vs_off_policy_smoke(tmp_path):
+def test_on_vs_off_policy_smoke_and_rebuild_from_kept_results(tmp_path):
     import pandas as pd
 
     from experiments import on_vs_off_policy
 
     report = _smoke(on_vs_off_policy, tmp_path)
-    rows = table_under(report, "Headline: return per method")
-    assert [(r[0], r[1], r[2]) for r in rows] == [("CartPole-v1 (R* = 15)", "PPO", "on-policy"),
-                                                  ("CartPole-v1 (R* = 15)", "DQN", "off-policy")]
-    wins = table_under(report, "Each family's best method")
-    assert [(r[0], r[1]) for r in wins] == [("CartPole-v1", axis) for axis in (
-        "equal env steps", "equal wall-clock", "env steps to R*", "seconds to R*")]
-    assert {r[5].split(" (")[0] for r in wins} <= {"on-policy", "off-policy", "inconclusive", "neither reaches R*"}
-    assert "python -m experiments.on_vs_off_policy scale=smoke" in report and re.search(r"^## Answer", report, re.M)
-    for png in ("return_vs_env_steps", "return_vs_wall_clock", "throughput"):
-        assert (tmp_path / "report" / "on_vs_off_policy" / f"{png}.png").stat().st_size > 10_000
-    # Wall-clock per update: the job's run seconds shared evenly over its updates.
-    folders = {job: tmp_path / "out" / job for job in ("cartpole_ppo", "cartpole_dqn")}
-    curves, summary = on_vs_off_policy.load(folders)
-    for job, part in curves.groupby("job"):
-        run = summary[summary.job == job].wall_seconds.iloc[0]
-        np.testing.assert_allclose(part.groupby("update").seconds.first().iloc[-1], run)
-    # Return at a budget: the mean over the updates in ((1 − WINDOW)·B, B], per run.
-    toy = pd.DataFrame({"job": "j", "seed": 0, "env_steps": [10, 20, 30, 40], "episode_return": [1.0, 2, 3, 4]})
-    assert on_vs_off_policy.returns_at(toy, "env_steps", 40).item() == 4.0  # window (36, 40]
-    assert on_vs_off_policy.returns_at(toy, "env_steps", 35).item() == 3.0  # no update in (31.5, 35]: the last one
-    assert np.isnan(on_vs_off_policy.returns_at(toy, "env_steps", 50).item())  # the run is shorter
+    rows = table_under(report, "Headline: greedy return")
+    assert [(r[0], r[1], r[2]) for r in rows] == [("CartPole-v1 (256, 15)", "PPO", "on-policy"),
+                                                  ("CartPole-v1 (256, 15)", "DQN", "off-policy")]
+    comparisons = table_under(report, "3 comparisons")
+    assert [(r[1], r[2]) for r in comparisons] == [("PPO", "DQN")] * 3
+    assert all(r[-1].endswith("better") or r[-1] == "not resolved at 2 seeds" for r in comparisons)
+    assert "python -m experiments.on_vs_off_policy scale=smoke" in report and "## Discussion" in report
+    kept = tmp_path / "report" / "on_vs_off_policy"
+    for png in ("greedy_vs_env_steps", "greedy_vs_seconds", "final_per_seed", "wall_time"):
+        assert (kept / f"{png}.png").stat().st_size > 10_000
+    # Measured, not interpolated: one timed segment per evaluation after the first, each > 0 s,
+    # and the curve's training seconds are their running sums.
+    evals = pd.read_csv(kept / "results" / "evals.csv")
+    segments = pd.read_csv(kept / "results" / "segments.csv")
+    for job, part in segments.groupby("job"):
+        assert (part.seconds > 0).all()
+        times = evals[(evals.job == job) & (evals.seed == 0)].sort_values("point").train_seconds.to_numpy()
+        np.testing.assert_allclose(times, np.concatenate([[0.0], np.cumsum(part.seconds)]))
+    argv = ["scale=smoke", "rebuild=true", f"kept_from={kept}", f"out_dir={tmp_path / 'nothing'}",
+            f"report_dir={tmp_path / 'rebuilt'}"]
+    assert on_vs_off_policy.main(argv) == 0
+    assert (tmp_path / "rebuilt" / "on_vs_off_policy.md").read_text() == report
+    assert not (tmp_path / "nothing").exists()  # nothing trained
+
+
+def test_on_vs_off_policy_per_seed_measures_against_hand_computed_values():
+    import pandas as pd
+
+    from experiments import on_vs_off_policy as oo
+
+    jobs = pd.DataFrame([{"job": j, "env": "E", "algo": a, "method": a.upper(), "family": oo.FAMILY[a],
+                          "budget": 40, "threshold": 5.0} for j, a in (("e_ppo", "ppo"), ("e_dqn", "dqn"))])
+    curves = {("e_ppo", 0): [0, 6, 2, 7, 3], ("e_ppo", 1): [0, 1, 2, 3, 4],
+              ("e_dqn", 0): [0, 1, 5, 5, 5], ("e_dqn", 1): [0, 1, 2, 3, 8]}
+    evals = pd.DataFrame([{"job": j, "seed": s, "point": p, "env_steps": 10 * p, "train_seconds": 0.5 * p,
+                           "greedy_return": float(v)} for (j, s), values in curves.items()
+                          for p, v in enumerate(values)])
+    seeds = oo.per_seed(evals, jobs).set_index(["job", "seed"])
+    assert seeds.loc[("e_ppo", 0), "steps_to"] == 10 and seeds.loc[("e_ppo", 0), "seconds_to"] == 0.5
+    assert np.isinf(seeds.loc[("e_ppo", 1), "steps_to"])  # never reaches 5
+    assert seeds.loc[("e_dqn", 1), "steps_to"] == 40
+    # Late drawdown: evaluations at >= 20 env steps: [2, 7, 3] falls 4 from 7; [5, 5, 5] never falls.
+    assert seeds.loc[("e_ppo", 0), "drawdown"] == 4 and seeds.loc[("e_dqn", 0), "drawdown"] == 0
+    # Mean over the budget: trapezoid of [0, 6, 2, 7, 3] over 0..40, divided by 40.
+    np.testing.assert_allclose(seeds.loc[("e_ppo", 0), "area"], np.trapezoid([0, 6, 2, 7, 3], dx=10) / 40)
+    comp = oo.comparisons(seeds.reset_index()).set_index("measure")
+    np.testing.assert_allclose(comp.loc["final greedy return", "diff"][0], ((3 - 5) + (4 - 8)) / 2)
+    np.testing.assert_allclose(comp.loc["late drawdown of the greedy return", "diff"][0], ((4 - 0) + (0 - 0)) / 2)
+    shares = oo.best_share(seeds.reset_index())
+    np.testing.assert_allclose(shares.share.sum(), 1.0)
+    assert shares.set_index("method").share["DQN"] == 1.0  # DQN's final return is higher on every seed
+
+
+def test_on_vs_off_policy_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    """scale=full is the committed report: rebuilt from the committed kept results, its tables
+    equal the committed report's."""
+    from experiments import on_vs_off_policy
+
+    committed = lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'on_vs_off_policy'}", f"out_dir={tmp_path / 'out'}",
+            f"report_dir={tmp_path}"]
+    assert on_vs_off_policy.main(argv) == 0
+    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "on_vs_off_policy.md",
+                                                         committed / "on_vs_off_policy.md"))
+    assert rebuilt == original and len(original) >= 5
+    assert not (tmp_path / "out").exists()
 
 
 EXPERIMENTS = ("gae_lambda_gamma", "baselines", "step_size_control", "stale_ppo", "exploration_bandits",
@@ -477,7 +522,8 @@ def test_every_scale_of_every_experiment_builds(name):
 
     from purerl.cli.train import build_plan
 
-    assert lab.scales(name) == (["ci", "full", "paper", "smoke"] if name in ("exploration_bandits", "stale_ppo")
+    assert lab.scales(name) == (["ci", "full", "paper", "smoke"] if name in ("exploration_bandits", "stale_ppo",
+                                                                           "on_vs_off_policy")
                                 else ["ci", "paper", "smoke"])
     module = importlib.import_module(f"experiments.{name}")
     for scale in lab.scales(name):

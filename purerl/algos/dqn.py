@@ -20,6 +20,7 @@ The whole run — acting, replay, every gradient step — is one pure `train(key
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -37,7 +38,7 @@ from purerl.config import (
     hyper_field,
 )
 from purerl.nets import QHead
-from purerl.rl import offpolicy, replay
+from purerl.rl import normalization, offpolicy, replay
 from purerl.rl.loop import OnUpdate, TrainFn
 from purerl.rl.training import adam_clipped, gradient_step
 
@@ -122,6 +123,17 @@ def td_loss(q_taken: jax.Array, targets: jax.Array, kind: str) -> jax.Array:
     if kind == "huber":
         return jnp.mean(optax.huber_loss(error, delta=1.0))
     return 0.5 * jnp.mean(jnp.square(error))
+
+
+def greedy_action(config: Config) -> Callable[[offpolicy.OffPolicyState, jax.Array], jax.Array]:
+    """`greedy(state, raw_obs) -> argmax_a Q(s, a)` of a training state: the policy with ε = 0."""
+    env, env_params = offpolicy.make_vec_env(config)
+    network = QHead(envs.action_dim(env, env_params), config.q_hidden, config.activation)
+
+    def greedy(state: offpolicy.OffPolicyState, obs: jax.Array) -> jax.Array:
+        return jnp.argmax(network.apply(state.agent.params, normalization.normalize(state.obs_stats, obs)), axis=-1)
+
+    return greedy
 
 
 def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:

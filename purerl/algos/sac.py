@@ -23,6 +23,7 @@ the env's `RescaleAction` wrapper, so log-probabilities and H̄ are in that unit
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import distrax
@@ -34,7 +35,7 @@ from flax import struct
 from purerl import envs
 from purerl.config import NetworkConfig, ValidatedHyper, hyper_field
 from purerl.nets import PolicyHead, SquashedGaussianActor, TwinQ, squashed_gaussian_sample
-from purerl.rl import offpolicy, replay
+from purerl.rl import normalization, offpolicy, replay
 from purerl.rl.loop import OnUpdate, TrainFn
 from purerl.rl.training import gradient_step
 
@@ -100,6 +101,26 @@ def target_entropy(config: Config, hyper: Hyper, action_dim: int) -> jax.Array:
     if config.discrete_actions:
         return hyper.target_entropy_ratio * jnp.log(float(action_dim))
     return -hyper.target_entropy_scale * action_dim
+
+
+def greedy_action(config: Config) -> Callable[[offpolicy.OffPolicyState, jax.Array], jax.Array]:
+    """`greedy(state, raw_obs) -> actions` of a training state, sampling off: the most likely
+    action (discrete) or tanh of the Gaussian's mean (continuous)."""
+    env, env_params = offpolicy.make_vec_env(config)
+    action_dim = envs.action_dim(env, env_params)
+    if config.discrete_actions:
+        actor = PolicyHead(action_dim, True, config.actor_hidden, config.activation)
+    else:
+        actor = SquashedGaussianActor(action_dim, config.actor_hidden, config.activation)
+
+    def greedy(state: offpolicy.OffPolicyState, obs: jax.Array) -> jax.Array:
+        obs = normalization.normalize(state.obs_stats, obs)
+        if config.discrete_actions:
+            return jnp.argmax(actor.apply(state.agent.actor_params, obs).logits, axis=-1)
+        mean, _ = actor.apply(state.agent.actor_params, obs)
+        return jnp.tanh(mean)
+
+    return greedy
 
 
 def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:

@@ -64,15 +64,29 @@ def episode_limit(config: Any) -> int:
 def make_episode_runner(env: Any, env_params: Any, network: Any, episodes: int, max_steps: int) -> EpisodeRunner:
     """`run(deterministic, params, obs_stats, key) -> (returns, finished)`, both [episodes]:
     the return of each env's first episode and whether it ended within `max_steps`."""
+    play = make_policy_episode_runner(env, env_params, episodes, max_steps)
 
     def run(deterministic: Any, params: Any, obs_stats: Any, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return play(lambda obs, act_key: act(network, params, obs_stats, obs, act_key, deterministic), key)
+
+    return run
+
+
+def make_policy_episode_runner(
+    env: Any, env_params: Any, episodes: int, max_steps: int
+) -> Callable[[Callable[[jax.Array, jax.Array], jax.Array], jax.Array], tuple[jax.Array, jax.Array]]:
+    """`play(policy, key) -> (returns, finished)`, both [episodes], for any
+    `policy(raw_obs [episodes, ...], key) -> actions`: the return of each env's first
+    episode from fresh resets and whether it ended within `max_steps`."""
+
+    def play(policy: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array) -> tuple[jax.Array, jax.Array]:
         reset_key, steps_key = jax.random.split(key)
         obs, state = env.reset(reset_key, env_params)
 
         def step(carry, step_key):
             obs, state, returns, finished = carry
             act_key, env_key = jax.random.split(step_key)
-            action = act(network, params, obs_stats, obs, act_key, deterministic)
+            action = policy(obs, act_key)
             obs, state, _, _, _, info = env.step(env_key, state, action, env_params)
             first_end = info["episode_done"] & ~finished
             returns = jnp.where(first_end, info["episode_return"], returns)
@@ -82,7 +96,20 @@ def make_episode_runner(env: Any, env_params: Any, network: Any, episodes: int, 
         (_, _, returns, finished), _ = lax.scan(step, init, jax.random.split(steps_key, max_steps))
         return returns, finished
 
-    return run
+    return play
+
+
+def actor_critic_greedy(config: Any) -> Callable[[Any, jax.Array], jax.Array]:
+    """`greedy(state, raw_obs) -> actions` of an actor-critic trainer's state (`params`,
+    `obs_stats`): the policy's mode, the exploration of training off."""
+    from purerl.rl.agent import build_env_and_network
+
+    network = build_env_and_network(config, num_envs=1)[2]
+
+    def greedy(state: Any, obs: jax.Array) -> jax.Array:
+        return act(network, state.params, state.obs_stats, obs, None, True)
+
+    return greedy
 
 
 def mean_finished(returns: jax.Array, finished: jax.Array) -> jax.Array:
@@ -219,7 +246,9 @@ __all__ = [
     "evaluation_env",
     "evaluation_key",
     "evaluation_table",
+    "actor_critic_greedy",
     "make_episode_runner",
+    "make_policy_episode_runner",
     "mean_finished",
     "with_periodic_evaluation",
 ]
