@@ -145,6 +145,17 @@ def test_repeat_prompts_answers_and_count_law_match_the_closed_form():
     np.testing.assert_allclose(Repeat(max_len=5, tail=0).count_pmf(), 0.2)  # tail 0: uniform
 
 
+def test_repeat_documented_figures():
+    """The figures docs/llm.md quotes for Repeat(max_len=32, tail=1.5) and tail=0."""
+    task = Repeat(max_len=32, tail=1.5)
+    np.testing.assert_allclose(task.count_pmf()[:3], [0.442, 0.156, 0.085], atol=5e-4)
+    assert round(float(task.count_pmf() @ np.arange(1, 33)), 1) == 4.4
+    assert round(float(task.longest_pmf(8) @ np.arange(2, 34)), 1) == 16.0
+    assert round(float(Repeat(max_len=32, tail=0).longest_pmf(8) @ np.arange(2, 34)), 1) == 29.9
+    config = grpo.Config(task="repeat", task_kwargs={"max_len": 32, "tail": 1.5}, num_prompts=8)
+    assert config.task_spec == task and config.seq_len == task.prompt_len + 33
+
+
 def test_repeat_reward_is_exact_match_up_to_eos():
     task = Repeat(max_len=9, tail=1.0)
     problems = sample(task, 4, seed=2)
