@@ -272,11 +272,21 @@ def grpo_algos(seeds: pd.DataFrame) -> list[str]:
     return [a for a in dict.fromkeys(seeds.algo) if LEARNER[a] == "grpo"]
 
 
-def generation_table(seeds: pd.DataFrame, plan: DictConfig) -> pd.DataFrame:
+def token_slopes(curves: pd.DataFrame, algo: str) -> np.ndarray:
+    """Per seed, in the sync arm: the least-squares slope of generation time (ms) on the update's
+    longest completion (tokens); NaN where the longest did not vary."""
+    out = []
+    for _, run in curves[(curves.algo == algo) & (curves["mode"] == "sync")].groupby("seed"):
+        varies = np.ptp(run.longest) > 0
+        out.append(float(np.polyfit(run.longest, 1e3 * run.gen_s, 1)[0]) if varies else np.nan)
+    return np.asarray(out)
+
+
+def generation_table(seeds: pd.DataFrame, curves: pd.DataFrame, plan: DictConfig) -> pd.DataFrame:
     """Per GRPO task, in the sync arm (generation alone on the cores): the longest completion per
     update (sampled; and the closed form of the reference lengths for Repeat), its spread within a
-    run, the decode waste, the generation time per update with its spread and its correlation with
-    the longest completion, and the learner's idle share. CIs over seeds."""
+    run, the decode waste, the generation time per update with its spread, its correlation with
+    and slope on the longest completion, and the learner's idle share. CIs over seeds."""
     rows = []
     for algo in grpo_algos(seeds):
         sync = seeds[(seeds.algo == algo) & (seeds["mode"] == "sync")]
@@ -289,6 +299,7 @@ def generation_table(seeds: pd.DataFrame, plan: DictConfig) -> pd.DataFrame:
                      "generation ms / update": ci(lab.bootstrap_ci(1e3 * sync.gen_mean_s)),
                      "its CV": ci(lab.bootstrap_ci(sync.gen_cv)),
                      "corr(generation, longest)": ci(lab.bootstrap_ci(sync.gen_longest_corr)),
+                     "ms per token of longest": ci(lab.bootstrap_ci(token_slopes(curves, algo))),
                      "sync learner idle": pct(lab.bootstrap_ci(sync.learner_idle_share))})
     return pd.DataFrame(rows)
 
@@ -316,6 +327,8 @@ def tail_table(seeds: pd.DataFrame, plan: DictConfig) -> pd.DataFrame:
 
     rows = [compare("generation s / update, sync (÷)", per_seed(seeds, "grpo_tail", "sync", "gen_mean_s"),
                     per_seed(seeds, "grpo_uniform", "sync", "gen_mean_s"), True, ""),
+            compare("generation time CV, sync (−)", per_seed(seeds, "grpo_tail", "sync", "gen_cv"),
+                    per_seed(seeds, "grpo_uniform", "sync", "gen_cv"), False, ""),
             compare("sync learner idle (−)", per_seed(seeds, "grpo_tail", "sync", "learner_idle_share"),
                     per_seed(seeds, "grpo_uniform", "sync", "learner_idle_share"), False, "%")]
     for mode in [m for m in plan.modes if plan.modes[m].mode != "sync"]:
@@ -511,9 +524,11 @@ isolate that effect on one task: the same model, learner and prompts per update,
 the completion lengths differs (power law vs uniform), so the generation-time spread and the decode
 waste in the tables come from the lengths alone. On these two shared CPU cores generation is a
 small share of an update next to the learner (whose evaluation decodes every held-out prompt to the
-cap), so the lengths move the sync learner's idle share and the async gain by little; with an actor
-on its own accelerator and a longer cap the tail would dominate the step, as it does in those
-systems.
+cap), so the lengths can move the sync learner's idle share and the async gain only by little, and
+on a machine loaded by other jobs the timing noise is of the size of the length effect (compare the
+generation-time CVs with the tiny-LM arm's); the decode waste, counted in tokens, does not depend on
+the load. With an actor on its own accelerator, large batches and a long cap the tail dominates the
+step, as it does in those systems.
 """
 
 
@@ -523,7 +538,7 @@ def run(plan: DictConfig) -> None:
     n = int(seeds.seed.nunique())
     table = arm_table(seeds)
     corr = correction_table(seeds, plan)
-    gen, tail = generation_table(seeds, plan), tail_table(seeds, plan)
+    gen, tail = generation_table(seeds, curves, plan), tail_table(seeds, plan)
     async_arms = table[table["mode"] != "sync"]
     count = 4 * len(async_arms) + len(corr) + len(tail)
     report = lab.Report(plan, "Synchronous vs asynchronous actor–learner: throughput against staleness, "
@@ -580,7 +595,10 @@ def run(plan: DictConfig) -> None:
             "waste*: 1 − mean length ÷ longest, the share of the batch's decode slots spent after a "
             "completion had ended; *generation ms / update* and *its CV* (sd ÷ mean over a run's updates) "
             "in the sync arm, where the actor runs alone; *corr*: the correlation over a run's updates "
-            "between generation time and longest completion. CIs over seeds. Repeat: "
+            "between generation time and longest completion, and *ms per token*: the least-squares slope "
+            "of one on the other. The tiny-LM arm's longest completion barely varies, so its generation-time "
+            "CV is the machine's timing noise alone; what the Repeat arms' CVs add to it is the lengths' "
+            "share. CIs over seeds. Repeat: "
             + "; ".join(f"{TASK[a]} {OmegaConf.to_container(plan[a].config.task_kwargs)}"
                         for a in ("grpo_tail", "grpo_uniform") if a in plan.algos) + ".",
             lab.markdown_table(gen))

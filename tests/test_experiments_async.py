@@ -70,7 +70,7 @@ def test_sync_vs_async_smoke_and_rebuild_from_kept_results(tmp_path):
         weight = np.prod(p[grid - 1], axis=1)
         assert row[2].startswith(f"{np.sum(weight * (grid.max(1) + 1)):.1f} (sd")
     paired_rows = table_under(report, "Power-law vs uniform lengths")
-    assert len(paired_rows) == 2 + 2 * (len(plan.modes) - 1)
+    assert len(paired_rows) == 3 + 2 * (len(plan.modes) - 1)
     assert all(r[2] in {"power law lower", "power law higher", f"not resolved at {plan.seeds} seeds"}
                for r in paired_rows)
 
