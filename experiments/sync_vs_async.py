@@ -520,9 +520,9 @@ long generations when new weights arrive; the alternatives keep the step synchro
 the tail itself — partial rollouts (Kimi k1.5: generate up to a token budget per step and resume the
 unfinished completions in the next step) and length-aware batching or bucketing, which group
 completions of similar expected length so a batch's max is close to its mean. The Repeat arms
-isolate that effect on one task: the same model, learner and prompts per update, only the law of
-the completion lengths differs (power law vs uniform), so the generation-time spread and the decode
-waste in the tables come from the lengths alone. On these two shared CPU cores generation is a
+isolate that effect on one task: the same model, learner and number of prompts per update, only the
+law of the completion lengths differs (power law vs uniform), so the differences between the two
+arms' decode waste and generation-time spread come from the lengths alone. On these two shared CPU cores generation is a
 small share of an update next to the learner (whose evaluation decodes every held-out prompt to the
 cap), so the lengths can move the sync learner's idle share and the async gain only by little, and
 on a machine loaded by other jobs the timing noise is of the size of the length effect (compare the
