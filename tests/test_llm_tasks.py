@@ -1,5 +1,6 @@
-"""LM tasks: the tokenizer, problems checked against plain Python, rewards, preference labels, and
-config validation (bad input fails with a ValueError naming the field, before anything compiles)."""
+"""LM tasks: the tokenizer, problems checked against plain Python, rewards, preference labels, the
+Repeat task's power-law lengths against their closed form (scipy's truncated Zipf), and config
+validation (bad input fails with a ValueError naming the field, before anything compiles)."""
 
 import functools
 
@@ -15,6 +16,7 @@ from purerl.llm.tasks import (
     Addition,
     Preference,
     Recall,
+    Repeat,
     Tokenizer,
     completion_mask,
     make_task,
@@ -110,6 +112,77 @@ def test_preference_score_counts_the_prompts_first_letter():
     np.testing.assert_allclose(task.reward(problems, completions), expected)
 
 
+def test_repeat_prompts_answers_and_count_law_match_the_closed_form():
+    """Prompts decode to `xn=` and answers to x written n times; the counts' frequencies over many
+    draws match P(n) ∝ n^(−tail) on 1..max_len (scipy.stats.zipfian as the reference), and the
+    longest of b counts matches F(m)^b − F(m−1)^b (scipy again) and a NumPy simulation of it."""
+    from scipy import stats
+
+    task = Repeat(max_len=12, tail=1.5, num_letters=4)
+    problems = sample(task, 20_000, seed=4)
+    counts = np.zeros(task.max_len + 1)
+    for prompt, answer in zip(problems.prompt[:200], problems.answer[:200], strict=True):
+        text = TOKENIZER.decode(prompt)
+        pad = task.prompt_len - len(text) - 1
+        assert np.all(prompt[:pad] == PAD) and prompt[pad] == TOKENIZER.bos
+        letter, n = text[0], int(text[1:].rstrip("="))
+        assert letter in "abcd" and text.endswith("=") and 1 <= n <= 12
+        assert TOKENIZER.decode(answer) == letter * n
+    lengths = np.sum(problems.answer != PAD, axis=1) - 1  # the letters before EOS
+    counts = np.bincount(lengths, minlength=task.max_len + 1)[1:]
+    reference = stats.zipfian(1.5, 12).pmf(np.arange(1, 13))
+    np.testing.assert_allclose(task.count_pmf(), reference, rtol=1e-12)
+    # each frequency within 5 binomial standard errors of its probability
+    se = np.sqrt(reference * (1 - reference) / len(lengths))
+    assert np.all(np.abs(counts / len(lengths) - reference) < 5 * se)
+    assert stats.chisquare(counts, reference * len(lengths)).pvalue > 1e-3
+
+    cdf = stats.zipfian(1.5, 12).cdf(np.arange(1, 13))
+    np.testing.assert_allclose(task.longest_pmf(4), cdf**4 - np.concatenate([[0], cdf[:-1]]) ** 4, atol=1e-12)
+    draws = np.random.default_rng(0).choice(np.arange(1, 13), p=reference, size=(50_000, 4)).max(axis=1)
+    simulated = np.bincount(draws, minlength=13)[1:] / len(draws)
+    np.testing.assert_allclose(simulated, task.longest_pmf(4), atol=0.01)
+    np.testing.assert_allclose(Repeat(max_len=5, tail=0).count_pmf(), 0.2)  # tail 0: uniform
+
+
+def test_repeat_documented_figures():
+    """The figures docs/llm.md quotes for Repeat(max_len=32, tail=1.5) and tail=0."""
+    task = Repeat(max_len=32, tail=1.5)
+    np.testing.assert_allclose(task.count_pmf()[:3], [0.442, 0.156, 0.085], atol=5e-4)
+    assert round(float(task.count_pmf() @ np.arange(1, 33)), 1) == 4.4
+    assert round(float(task.longest_pmf(8) @ np.arange(2, 34)), 1) == 16.0
+    assert round(float(Repeat(max_len=32, tail=0).longest_pmf(8) @ np.arange(2, 34)), 1) == 29.9
+    config = grpo.Config(task="repeat", task_kwargs={"max_len": 32, "tail": 1.5}, num_prompts=8)
+    assert config.task_spec == task and config.seq_len == task.prompt_len + 33
+
+
+def test_repeat_reward_is_exact_match_up_to_eos():
+    task = Repeat(max_len=9, tail=1.0)
+    problems = sample(task, 4, seed=2)
+    truth = [TOKENIZER.decode(a) for a in problems.answer]
+    width = task.completion_len
+    np.testing.assert_array_equal(task.reward(problems, completion_tokens(truth, width)), [1, 1, 1, 1])
+    longer = completion_tokens([t + t[0] for t in truth], width)  # one letter too many
+    shorter = completion_tokens([t[:-1] for t in truth], width)  # one too few (the empty string for n = 1)
+    other = completion_tokens(["a" * len(t) if t[0] != "a" else "b" * len(t) for t in truth], width)
+    for wrong in (longer, shorter, other):
+        np.testing.assert_array_equal(task.reward(problems, wrong), [0, 0, 0, 0])
+    no_eos = completion_tokens([t[0] * width for t in truth], width)[:, :width]
+    np.testing.assert_array_equal(task.reward(problems, no_eos), [0, 0, 0, 0])
+
+
+def test_repeat_heldout_split_holds_out_whole_problems():
+    """Repeat(max_len=9) has 8 × 9 problems: the held-out draws and the training draws never share a
+    prompt, and both cover their whole split."""
+    task = Repeat(max_len=9, tail=0.0, heldout=0.3)
+    train = sample(task, 1500, seed=0)
+    held = jax.device_get(jax.jit(lambda k: task.sample_heldout(k, 1000))(jax.random.PRNGKey(1)))
+    train_set, held_set = {tuple(p) for p in train.prompt}, {tuple(p) for p in held.prompt}
+    assert train_set.isdisjoint(held_set) and len(train_set) + len(held_set) == 72
+    assert 10 <= len(held_set) <= 35
+    assert all(_fnv_murmur(p) % 65536 < round(0.3 * 65536) for p in held_set)
+
+
 def test_sampling_is_deterministic_per_key():
     task = Addition(2)
     a, b, c = sample(task, 16, 1), sample(task, 16, 1), sample(task, 16, 2)
@@ -149,6 +222,12 @@ def test_preference_labels_follow_the_score_without_noise_and_bradley_terry_with
         (grpo, dict(num_minibatches=3), r"Config.num_minibatches: 3 does not divide the completions per update = 256"),
         (grpo, dict(task_kwargs={"digits": 2}), r"Config.task_kwargs: .*digits"),
         (grpo, dict(task_kwargs={"num_digits": 9}), r"Addition.num_digits: got 9; allowed: 1..6"),
+        (grpo, dict(task="repeat", task_kwargs={"tail": -1}), r"Repeat.tail: got -1; allowed: a number in \[0, 1000\)"),
+        (grpo, dict(task="repeat", task_kwargs={"tail": "fat"}), r"Repeat.tail: got 'fat'"),
+        (grpo, dict(task="repeat", task_kwargs={"max_len": 100}), r"Repeat.max_len: got 100; allowed: 1..99"),
+        (grpo, dict(task="repeat", task_kwargs={"max_len": 0}), r"Repeat.max_len: got 0"),
+        (grpo, dict(task="repeat", task_kwargs={"num_letters": 17}), r"Repeat.num_letters: got 17; allowed: 1..16"),
+        (grpo, dict(task="repeat", task_kwargs={"heldout": 1}), r"Repeat.heldout: got 1"),
         (ppo, dict(kl_mode="penalty"), r"Config.kl_mode: got 'penalty'; allowed: 'reward', 'loss'"),
         (ppo, dict(kl_estimator="k4"), r"Config.kl_estimator: got 'k4'"),
         (ppo, dict(sft_steps=-1), r"Config.sft_steps: got -1; allowed: an integer ≥ 0"),
@@ -163,6 +242,7 @@ def test_bad_config_raises_naming_the_field(module, kwargs, pattern):
 
 def test_make_task_names_the_tasks():
     assert make_task("recall", num_pairs=3).prompt_len == 2 * 3 + 2 + 3
+    assert make_task("repeat", max_len=20).prompt_len == 5 and make_task("repeat", max_len=20).completion_len == 21
     with pytest.raises(ValueError, match="task.name: got 'chess'"):
         make_task("chess")
 

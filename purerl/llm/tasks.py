@@ -17,9 +17,10 @@ Every task is a frozen (hashable, static) dataclass with the same interface:
   `heldout=0` both draw from every problem, as fresh prompts of one distribution.
 
 Tasks: `Addition` ("12+7=" -> "19", reward 1 for the exact answer), `Recall` (multi-query
-associative recall: key-value pairs, then keys asked again; reward = fraction answered correctly)
-and `Preference` (letters; the hidden rule prefers completions with more copies of the prompt's
-first letter, labels drawn with Bradley-Terry noise).
+associative recall: key-value pairs, then keys asked again; reward = fraction answered correctly),
+`Preference` (letters; the hidden rule prefers completions with more copies of the prompt's
+first letter, labels drawn with Bradley-Terry noise) and `Repeat` ("c5=" -> "ccccc": completion
+lengths drawn from a truncated power law, so a batch's longest completion varies widely).
 """
 
 from __future__ import annotations
@@ -351,8 +352,77 @@ class Preference(_Split):
     score = reward
 
 
-TASKS = {"addition": Addition, "recall": Recall, "preference": Preference}
-Task = Addition | Recall | Preference
+@dataclass(frozen=True)
+class Repeat(_Split):
+    """`<bos> x n =` -> the letter x written n times, then EOS; reward 1 for the exact answer.
+    The count n follows a truncated power law (Zipf) on 1..max_len: P(n) = n^(−tail) / Σ_m m^(−tail),
+    so most completions are short and a few are long (`tail=0`: uniform). A batch's generation,
+    which lasts as long as its longest completion, then costs the max of its prompts' counts:
+    `longest_pmf(b)` gives that max's distribution for b prompts."""
+
+    max_len: int = 16
+    tail: float = 1.0  # the power law's exponent: larger = shorter completions, rarer long ones
+    num_letters: int = 8  # alphabet: the first num_letters of LETTERS
+    heldout: float = 0.0
+
+    name = "repeat"
+    _draws = 2
+
+    def __post_init__(self) -> None:
+        check_heldout("Repeat", self.heldout)
+        for name in ("max_len", "num_letters"):
+            check_positive_int("Repeat", name, getattr(self, name))
+        if self.max_len > 99:
+            raise ValueError(f"Repeat.max_len: got {self.max_len}; allowed: 1..99 (the count is written in "
+                             "at most two digits)")
+        if self.num_letters > len(LETTERS):
+            raise ValueError(f"Repeat.num_letters: got {self.num_letters}; allowed: 1..{len(LETTERS)}")
+        if isinstance(self.tail, bool) or not isinstance(self.tail, int | float) or not 0 <= self.tail < 1e3:
+            raise ValueError(f"Repeat.tail: got {self.tail!r}; allowed: a number in [0, 1000) (the exponent "
+                             "of P(n) ∝ n^(−tail); 0 is uniform)")
+
+    @property
+    def prompt_len(self) -> int:
+        return 3 + len(str(self.max_len))  # BOS x digits =
+
+    @property
+    def completion_len(self) -> int:
+        return self.max_len + 1  # n letters + EOS
+
+    def count_pmf(self) -> np.ndarray:
+        """[max_len] float64: P(n = 1), ..., P(n = max_len)."""
+        weights = np.arange(1, self.max_len + 1, dtype=np.float64) ** -float(self.tail)
+        return weights / weights.sum()
+
+    def longest_pmf(self, b: int) -> np.ndarray:
+        """[max_len] float64: the distribution of the largest count among b independent prompts,
+        P(max = m) = F(m)^b − F(m − 1)^b."""
+        check_positive_int("Repeat.longest_pmf", "b", b)
+        cdf = np.minimum(np.cumsum(self.count_pmf()), 1.0)
+        return cdf**b - np.concatenate([[0.0], cdf[:-1]]) ** b
+
+    def _one(self, u: jax.Array) -> Problems:
+        letter = LETTER0 + _uniform_int(u[0], 0, self.num_letters)
+        # inverse CDF: n − 1 = the number of cumulative probabilities below u
+        cdf = jnp.asarray(np.cumsum(self.count_pmf())[:-1], jnp.float32)
+        count = 1 + jnp.sum(u[1] >= cdf).astype(jnp.int32)
+        width = len(str(self.max_len))
+        prompt, length = _place([(_one(BOS), 1), (_one(letter), 1), _digits(count, width), (_one(EQUALS), 1)],
+                                self.prompt_len)
+        prompt = jnp.roll(prompt, self.prompt_len - length)  # left-pad: the PADs move to the front
+        index = jnp.arange(self.completion_len)
+        answer = jnp.where(index < count, letter, jnp.where(index == count, EOS, PAD)).astype(jnp.int32)
+        return Problems(prompt, answer, answer)
+
+    def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
+        exact = jnp.all(clean_completions(completions) == problems.target, axis=-1)
+        return exact.astype(jnp.float32)
+
+    score = reward
+
+
+TASKS = {"addition": Addition, "recall": Recall, "preference": Preference, "repeat": Repeat}
+Task = Addition | Recall | Preference | Repeat
 
 
 def make_task(name: str, **kwargs: Any) -> Task:
