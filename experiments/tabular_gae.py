@@ -166,7 +166,20 @@ def errors(mdp: MDP, gamma: jax.Array, lam: jax.Array, noise: jax.Array, z: jax.
         out[f"raw_bias2_{name}"] = _weighted(t.weights, bias**2) / scale
         out[f"mse_{name}"] = out[f"bias2_{name}"] + out["variance"]
     out["horizon_bias2"] = _weighted(t.weights, _centred(mdp.policy, t.advantage - t.long_horizon) ** 2) / scale
+    out["critic_unexplained"] = critic_unexplained(mdp, t, critic, gamma)
     return out
+
+
+def critic_unexplained(mdp: MDP, t: Truth, critic: jax.Array, gamma: jax.Array) -> jax.Array:
+    """E[(G − V̂(s))²] / Var(G) over (s, a) ~ d_π π, G = Σ_l γ^l r_l the return from (s, a):
+    what PPO's `value_error_ratio` measures against the realised return of its rollouts, so
+    that a PPO critic can be placed on this part's critic-noise scale. 0 needs a perfect
+    critic AND a deterministic return; the return's own noise alone gives E Var(G | s) / Var(G)."""
+    # GAE at λ = 1 from (s, a) is G − V̂(s): its mean and variance; with V̂ = 0, the mean is Q(s, a).
+    mean, variance = gae_moments(mdp, t.rewards, critic, gamma, 1.0)
+    q, _ = gae_moments(mdp, t.rewards, jnp.zeros_like(critic), gamma, 1.0)
+    total = _weighted(t.weights, variance + q**2) - _weighted(t.weights, q) ** 2
+    return _weighted(t.weights, variance + mean**2) / total
 
 
 def error_grid(
