@@ -164,13 +164,17 @@ def best_lambda_markdown(summary: pd.DataFrame) -> str:
 
 
 # ---------------------------------------------------------------- plots (shared)
+# λ's position on a plot axis or colour scale: −log10(1.01 − λ), and its inverse. Clipped so that
+# the margins matplotlib adds past λ = 1 stay finite; the axis limits keep the drawn range where
+# the function is one-to-one.
+LAMBDA_SCALE = (lambda v: -np.log10(np.clip(1.01 - np.asarray(v, dtype=float), 1e-4, None)),
+                lambda u: 1.01 - 10.0 ** (-np.asarray(u, dtype=float)))
+
+
 def lambda_axis(ax: Any, lambdas: Any, axis: str = "x") -> None:
     """A numeric λ axis that spreads 0.9–1 out: position −log10(1.01 − λ), a monotone function of λ
     (λ = 0 and λ = 1 both finite), ticks at the grid's λ values."""
-    # Clipped so that the margins matplotlib adds past λ = 1 stay finite; the limits below keep
-    # the drawn range where the function is one-to-one.
-    forward = (lambda v: -np.log10(np.clip(1.01 - np.asarray(v, dtype=float), 1e-4, None)),
-               lambda u: 1.01 - 10.0 ** (-np.asarray(u, dtype=float)))
+    forward = LAMBDA_SCALE
     ticks = sorted({float(v) for v in lambdas})
     limits = (min(ticks) - 0.05, 1.004)
     if axis == "x":
@@ -454,7 +458,7 @@ def plot_ppo_lambda(seeds: pd.DataFrame, analyses: list[dict[str, Any]]):
                 ax.set_ylabel(label, fontsize="small")
         axes[0, c].set_title(f"{a['env']} (γ {a['gamma']:g}, {a['n']} seeds)", fontsize="medium")
         lambda_axis(axes[-1, c], lams)
-    fig.suptitle(f"PPO against λ (mean over seeds, 95% bootstrap CI; dotted: λ = {LITERATURE_LAMBDA:g})",
+    fig.suptitle(f"PPO against λ\n(mean over seeds, 95% bootstrap CI; dotted: λ = {LITERATURE_LAMBDA:g})",
                  fontsize="medium")
     return fig
 
@@ -466,8 +470,10 @@ def plot_ppo_curves(curves: pd.DataFrame):
               "advantage_variance": "advantage variance"}
     fig, axes = plt.subplots(len(CURVES), len(envs), figsize=(4.8 * len(envs) + 1, 2.6 * len(CURVES)),
                              layout="constrained", squeeze=False, sharex="col")
+    from matplotlib.colors import FuncNorm
+
     lams = sorted(curves.gae_lambda.unique())
-    norm = plt.Normalize(0.0, 1.0)
+    norm = FuncNorm(LAMBDA_SCALE, vmin=0.0, vmax=1.0)  # the λ axes' spacing, so 0.95 and 1 differ
     cmap = plt.get_cmap("viridis")
     for c, env in enumerate(envs):
         for r, metric in enumerate(CURVES):
@@ -483,7 +489,8 @@ def plot_ppo_curves(curves: pd.DataFrame):
                 ax.set_ylabel(labels[metric], fontsize="small")
         axes[0, c].set_title(env, fontsize="medium")
         axes[-1, c].set_xlabel("environment steps")
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), label="λ", shrink=0.6)
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), label="λ", shrink=0.6)
+    bar.set_ticks(lams, labels=[f"{v:g}" for v in lams])
     fig.suptitle("PPO over training, one line per λ (mean over seeds, 95% bootstrap band)", fontsize="medium")
     return fig
 
