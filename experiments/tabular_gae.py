@@ -196,9 +196,11 @@ def error_grid(
         fn = jax.vmap(fn, (None, None, 0, None, None))  # λ
         fn = jax.vmap(fn, (None, 0, None, None, None))  # γ
         grid = [jnp.asarray(x, jnp.float64) for x in (gammas, lams, noises)]
-        # One MDP at a time (lax.map): vmapping MDPs too would hold every MDP's matrices at once.
-        out = jax.jit(lambda mdps, z: jax.lax.map(lambda m_z: fn(m_z[0], *grid, m_z[1]), (mdps, z)))(mdps, z)
-        return {k: np.asarray(v) for k, v in out.items()}
+        # One MDP per call of one compiled program: vmapping MDPs too would hold every MDP's
+        # matrices at once, and a lax.map over MDPs has been seen to stall XLA's CPU runtime.
+        one = jax.jit(lambda mdp, z: fn(mdp, *grid, z))
+        outs = [one(jax.tree.map(lambda x, i=i: x[i], mdps), z[i]) for i in range(z.shape[0])]
+        return {k: np.stack([np.asarray(o[k]) for o in outs]) for k in outs[0]}
 
 
 # ---------------------------------------------------------------- Monte Carlo check

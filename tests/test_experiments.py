@@ -193,7 +193,7 @@ def test_gae_lambda_gamma_smoke_and_rebuild_from_kept_results(tmp_path):
     plan = lab.load_plan("gae_lambda_gamma", ["scale=smoke"])
     spec = plan.tabular
     cells = len(spec.gammas) * len(spec.lambdas)
-    headline = table_under(report, "Headline: random MDPs")
+    headline = table_under(report, "Random MDPs, critic noise")
     assert [(row[0], row[1]) for row in headline] == [
         (f"{g:g}", f"{v:g}") for g in spec.gammas for v in spec.lambdas
     ]
@@ -202,7 +202,7 @@ def test_gae_lambda_gamma_smoke_and_rebuild_from_kept_results(tmp_path):
     assert len(table_under(report, "Sampled rollouts")) == plan.check.num_mdps * len(plan.check.gammas) * len(
         plan.check.lambdas
     )
-    per_lambda = table_under(report, "PPO, CartPole-v1: per λ")
+    per_lambda = table_under(report, "Headline: PPO, CartPole-v1: per λ, 2 paired seeds")
     assert [r[0] for r in per_lambda] == ["0", "0.95", "1"]
     shares = [float(r[2].rstrip("%")) for r in per_lambda]
     assert abs(sum(shares) - 100) <= 2  # each resample has one best λ (rounded percentages)
