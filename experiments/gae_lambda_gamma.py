@@ -145,9 +145,12 @@ def best_cells(summary: pd.DataFrame, by: list[str], metric: str) -> pd.DataFram
     return summary.loc[summary.groupby(by)[metric].idxmin()]
 
 
-def best_lambda_markdown(summary: pd.DataFrame) -> str:
+def best_lambda_markdown(summary: pd.DataFrame, table: pd.DataFrame) -> str:
     """Per family × noise × γ: the critic's error against the realised return, and the λ with
-    the smallest MSE per target, for one estimate and for the mean of BATCH."""
+    the smallest MSE per target, for one estimate and for the mean of BATCH, with the share of
+    bootstrap resamples of the instances (MDPs, or the chain's draws) in which it is the smallest."""
+    table = table.assign(**{f"mse_{t}": table[f"bias2_{t}"] + table["variance"] for t in TARGETS},
+                         **{f"mse_{t}_batch": table[f"bias2_{t}"] + table["variance"] / BATCH for t in TARGETS})
     rows = []
     for (family, noise, gamma), group in summary.groupby(["family", "noise", "gamma"]):
         first = group.iloc[0]
@@ -155,10 +158,13 @@ def best_lambda_markdown(summary: pd.DataFrame) -> str:
                "critic error vs realised return": lab.fmt_ci(first.critic_unexplained, first.critic_unexplained_low,
                                                              first.critic_unexplained_high),
                "horizon bias² of A_γ": lab.fmt(first["horizon_bias2"])}
+        instances = table[(table.family == family) & np.isclose(table.noise, noise) & (table.gamma == gamma)]
         for metric, label in (("mse_gamma", "A_γ, n = 1"), ("mse_gamma_batch", f"A_γ, n = {BATCH}"),
                               ("mse_long", "A_long, n = 1"), ("mse_long_batch", f"A_long, n = {BATCH}")):
-            best = group.loc[group[metric].idxmin()]
-            row[f"best λ ({label})"] = f"{best['lambda']:g}"
+            matrix = instances.pivot(index="instance", columns="lambda", values=metric)
+            share = argmax_frequency(-matrix.to_numpy())
+            best = int(np.argmin(matrix.mean().to_numpy()))
+            row[f"best λ ({label})"] = f"{matrix.columns[best]:g} ({share[best]:.0%})"
         rows.append(row)
     return lab.markdown_table(pd.DataFrame(rows))
 
@@ -766,8 +772,10 @@ def run(plan: DictConfig) -> None:
     report.add(f"### Random MDPs, critic noise {noise:g}\n\n" + tabular_markdown(summary, "random", noise))
     report.add(
         f"### Chain, critic noise {noise:g}\n\n" + tabular_markdown(summary, "chain", noise),
-        f"### Best λ per γ and critic noise\n\nThe λ with the lowest MSE among {len(spec.lambdas)} (a point "
-        "estimate per row; the MSE curves with their CIs are in the plots).\n\n" + best_lambda_markdown(summary),
+        f"### Best λ per γ and critic noise\n\nThe λ with the lowest mean MSE among {len(spec.lambdas)}, and in "
+        f"brackets the share of {RESAMPLES} bootstrap resamples of the instances in which it is the lowest "
+        f"({4 * len(summary.groupby(['family', 'noise', 'gamma']))} best-λ calls, one per cell).\n\n"
+        + best_lambda_markdown(summary, tabular),
     )
     for family in FAMILIES:
         report.figure(plot_errors_vs_lambda(summary, family, noise), f"errors_vs_lambda_{family}.png",

@@ -198,7 +198,7 @@ def test_gae_lambda_gamma_smoke_and_rebuild_from_kept_results(tmp_path):
         (f"{g:g}", f"{v:g}") for g in spec.gammas for v in spec.lambdas
     ]
     assert len(table_under(report, "Chain, critic noise")) == cells
-    assert len(table_under(report, "The λ with the lowest MSE")) == 2 * len(spec.noises) * len(spec.gammas)
+    assert len(table_under(report, "The λ with the lowest mean MSE")) == 2 * len(spec.noises) * len(spec.gammas)
     assert len(table_under(report, "Sampled rollouts")) == plan.check.num_mdps * len(plan.check.gammas) * len(
         plan.check.lambdas
     )
