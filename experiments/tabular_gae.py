@@ -166,7 +166,20 @@ def errors(mdp: MDP, gamma: jax.Array, lam: jax.Array, noise: jax.Array, z: jax.
         out[f"raw_bias2_{name}"] = _weighted(t.weights, bias**2) / scale
         out[f"mse_{name}"] = out[f"bias2_{name}"] + out["variance"]
     out["horizon_bias2"] = _weighted(t.weights, _centred(mdp.policy, t.advantage - t.long_horizon) ** 2) / scale
+    out["critic_unexplained"] = critic_unexplained(mdp, t, critic, gamma)
     return out
+
+
+def critic_unexplained(mdp: MDP, t: Truth, critic: jax.Array, gamma: jax.Array) -> jax.Array:
+    """E[(G − V̂(s))²] / Var(G) over (s, a) ~ d_π π, G = Σ_l γ^l r_l the return from (s, a):
+    what PPO's `value_error_ratio` measures against the realised return of its rollouts, so
+    that a PPO critic can be placed on this part's critic-noise scale. 0 needs a perfect
+    critic AND a deterministic return; the return's own noise alone gives E Var(G | s) / Var(G)."""
+    # GAE at λ = 1 from (s, a) is G − V̂(s): its mean and variance; with V̂ = 0, the mean is Q(s, a).
+    mean, variance = gae_moments(mdp, t.rewards, critic, gamma, 1.0)
+    q, _ = gae_moments(mdp, t.rewards, jnp.zeros_like(critic), gamma, 1.0)
+    total = _weighted(t.weights, variance + q**2) - _weighted(t.weights, q) ** 2
+    return _weighted(t.weights, variance + mean**2) / total
 
 
 def error_grid(
@@ -183,9 +196,11 @@ def error_grid(
         fn = jax.vmap(fn, (None, None, 0, None, None))  # λ
         fn = jax.vmap(fn, (None, 0, None, None, None))  # γ
         grid = [jnp.asarray(x, jnp.float64) for x in (gammas, lams, noises)]
-        # One MDP at a time (lax.map): vmapping MDPs too would hold every MDP's matrices at once.
-        out = jax.jit(lambda mdps, z: jax.lax.map(lambda m_z: fn(m_z[0], *grid, m_z[1]), (mdps, z)))(mdps, z)
-        return {k: np.asarray(v) for k, v in out.items()}
+        # One MDP per call of one compiled program: vmapping MDPs too would hold every MDP's
+        # matrices at once, and a lax.map over MDPs has been seen to stall XLA's CPU runtime.
+        one = jax.jit(lambda mdp, z: fn(mdp, *grid, z))
+        outs = [one(jax.tree.map(lambda x, i=i: x[i], mdps), z[i]) for i in range(z.shape[0])]
+        return {k: np.stack([np.asarray(o[k]) for o in outs]) for k in outs[0]}
 
 
 # ---------------------------------------------------------------- Monte Carlo check

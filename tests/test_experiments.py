@@ -170,7 +170,7 @@ def test_unknown_scale_and_key_are_one_line_errors(capsys):
     from experiments import gae_lambda_gamma
 
     assert gae_lambda_gamma.main(["scale=huge"]) == 2
-    assert "scale: got 'huge'; allowed: ci, paper, smoke" in capsys.readouterr().err
+    assert "scale: got 'huge'; allowed: ci, full, paper, smoke" in capsys.readouterr().err
     assert gae_lambda_gamma.main(["scale=smoke", "tabular.num_mdpz=3"]) == 2
     assert "tabular.num_mdpz: unknown key" in capsys.readouterr().err
     with pytest.raises(lab.ExperimentError, match="expected key=value"):
@@ -184,27 +184,100 @@ def _smoke(module, tmp_path):
 
 
 @pytest.mark.slow
-def test_gae_lambda_gamma_smoke(tmp_path):
+def test_gae_lambda_gamma_smoke_and_rebuild_from_kept_results(tmp_path):
+    import pandas as pd
+
     from experiments import gae_lambda_gamma
 
     report = _smoke(gae_lambda_gamma, tmp_path)
     plan = lab.load_plan("gae_lambda_gamma", ["scale=smoke"])
     spec = plan.tabular
     cells = len(spec.gammas) * len(spec.lambdas)
-    headline = table_under(report, "Headline: random MDPs")
+    headline = table_under(report, "Random MDPs, critic noise")
     assert [(row[0], row[1]) for row in headline] == [
         (f"{g:g}", f"{v:g}") for g in spec.gammas for v in spec.lambdas
     ]
     assert len(table_under(report, "Chain, critic noise")) == cells
-    assert len(table_under(report, "Best λ per γ")) == 2 * len(spec.noises) * len(spec.gammas)
+    assert len(table_under(report, "The λ with the lowest mean MSE")) == 2 * len(spec.noises) * len(spec.gammas)
     assert len(table_under(report, "Sampled rollouts")) == plan.check.num_mdps * len(plan.check.gammas) * len(
         plan.check.lambdas
     )
-    learning = table_under(report, "Final return")
-    assert len(learning) == 2  # 1 env × 1 γ × 2 λ (smoke grid)
+    per_lambda = table_under(report, "Headline: PPO, CartPole-v1: per λ, 2 paired seeds")
+    assert [r[0] for r in per_lambda] == ["0", "0.95", "1"]
+    shares = [float(r[2].rstrip("%")) for r in per_lambda]
+    assert abs(sum(shares) - 100) <= 2  # each resample has one best λ (rounded percentages)
+    comparisons = table_under(report, "4 comparisons")  # 2 metrics × (3 λ − the best)
+    assert all(r[-1].endswith("higher") or r[-1] == "not resolved at 2 seeds" for r in comparisons)
+    assert "**Headline.** PPO on CartPole-v1, 2 paired seeds" in report
     assert re.search(r"^## Answer", report, re.M) and "python -m experiments.gae_lambda_gamma scale=smoke" in report
-    for png in ("errors_vs_lambda_random", "mse_long_chain", "ppo_heatmap", "ppo_curves"):
-        assert (tmp_path / "report" / "gae_lambda_gamma" / f"{png}.png").stat().st_size > 10_000
+    kept = tmp_path / "report" / "gae_lambda_gamma"
+    for png in ("errors_vs_lambda_random", "mse_long_chain", "ppo_lambda", "ppo_curves", "critic_link"):
+        assert (kept / f"{png}.png").stat().st_size > 10_000
+    # The PPO job recorded the critic diagnostics at every update.
+    curves = pd.read_parquet(tmp_path / "out" / "cartpole" / "results.parquet")
+    assert np.isfinite(curves[list(gae_lambda_gamma.DIAGNOSTICS)].to_numpy()).all()
+    assert (curves.value_error_mc >= 0).all() and (curves.advantage_variance >= 0).all()
+
+    argv = ["scale=smoke", "rebuild=true", f"kept_from={kept}", f"out_dir={tmp_path / 'nothing'}",
+            f"report_dir={tmp_path / 'rebuilt'}"]
+    assert gae_lambda_gamma.main(argv) == 0
+    assert (tmp_path / "rebuilt" / "gae_lambda_gamma.md").read_text() == report
+    assert not (tmp_path / "nothing").exists()  # nothing computed
+
+
+def test_gae_lambda_gamma_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    """scale=full is the committed report: rebuilt from the committed kept results, its tables
+    equal the committed report's."""
+    from experiments import gae_lambda_gamma
+
+    committed = lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'gae_lambda_gamma'}",
+            f"out_dir={tmp_path / 'out'}", f"report_dir={tmp_path}"]
+    assert gae_lambda_gamma.main(argv) == 0
+    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "gae_lambda_gamma.md",
+                                                          committed / "gae_lambda_gamma.md"))
+    assert rebuilt == original and len(original) >= 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_argmax_frequency_against_a_hand_computed_case():
+    from experiments import gae_lambda_gamma
+
+    # Column 2 is the best in every seed: the best in every resample.
+    matrix = np.array([[1.0, 2.0, 5.0], [0.0, 1.0, 3.0], [2.0, 0.0, 4.0]])
+    np.testing.assert_array_equal(gae_lambda_gamma.argmax_frequency(matrix, resamples=200), [0.0, 0.0, 1.0])
+    # Two seeds that disagree: column 1 is the best only in resamples that draw seed 1 twice (1/4);
+    # seed 0 twice (means 4 vs 1) or one of each (2 vs 1.5) make column 0 the best (3/4).
+    tie = np.array([[4.0, 1.0], [0.0, 2.0]])
+    freq = gae_lambda_gamma.argmax_frequency(tie, resamples=20000, seed=1)
+    np.testing.assert_allclose(freq, [0.75, 0.25], atol=0.015)
+    assert freq.sum() == pytest.approx(1.0)
+
+
+def test_critic_unexplained_against_a_numpy_second_moment():
+    """E(G − V̂(s))² / Var G from the second-moment Bellman equation of the return, in NumPy."""
+    P, r, pi = _small_mdp()
+    gamma, critic_shift = 0.9, np.array([0.4, -0.7])
+    with jax.enable_x64(True):
+        mdp = tg.MDP(*(jnp.asarray(x) for x in (P, r, pi)))
+        t = tg.truth(mdp, gamma)
+        critic = t.values + jnp.asarray(critic_shift)
+        got = float(tg.critic_unexplained(mdp, t, critic, gamma))
+        rewards, weights, critic = (np.asarray(x) for x in (t.rewards, t.weights, critic))
+    S, A = r.shape
+    P_tilde = np.einsum("sat,tb->satb", P, pi).reshape(S * A, S * A)
+    flat = rewards.reshape(-1)
+    Q = np.linalg.solve(np.eye(S * A) - gamma * P_tilde, flat)
+    # M = E[G²]: G = r + γ G', so M = r² + 2γ r E[G'] + γ² E[M'].
+    M = np.linalg.solve(np.eye(S * A) - gamma**2 * P_tilde, flat**2 + 2 * gamma * flat * (P_tilde @ Q))
+    w = weights.reshape(-1)
+    v_hat = np.repeat(critic, A)
+    want = (w @ (M - 2 * v_hat * Q + v_hat**2)) / (w @ M - (w @ Q) ** 2)
+    assert got == pytest.approx(want, rel=1e-9)
+    # An exact critic leaves only the return's own noise: E Var(G | s, a) + E Var_a Q over Var G, below 1.
+    with jax.enable_x64(True):
+        exact = float(tg.critic_unexplained(mdp, t, t.values, gamma))
+    assert 0 < exact < got
 
 
 @pytest.mark.slow
@@ -522,8 +595,8 @@ def test_every_scale_of_every_experiment_builds(name):
 
     from purerl.cli.train import build_plan
 
-    assert lab.scales(name) == (["ci", "full", "paper", "smoke"] if name in ("exploration_bandits", "stale_ppo",
-                                                                           "on_vs_off_policy")
+    assert lab.scales(name) == (["ci", "full", "paper", "smoke"]
+                                if name in ("exploration_bandits", "stale_ppo", "on_vs_off_policy", "gae_lambda_gamma")
                                 else ["ci", "paper", "smoke"])
     module = importlib.import_module(f"experiments.{name}")
     for scale in lab.scales(name):

@@ -111,6 +111,7 @@ def test_metrics_are_per_update():
     expected = {
         "env_steps_in_update", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
         "entropy", "approx_kl", "approx_kl_first_epoch", "update_kl", "clip_frac", "explained_variance",
+        "value_error_mc", "return_variance_mc", "value_error_ratio", "advantage_variance",
         "grad_norm", "lr", "hyper_ok",
     }
     assert set(metrics) == expected
@@ -118,6 +119,51 @@ def test_metrics_are_per_update():
     np.testing.assert_array_equal(metrics["env_steps_in_update"], config.batch_size)
     # Annealed linearly from lr towards 0, constant within an update.
     np.testing.assert_allclose(metrics["lr"], 2.5e-4 * (1 - np.arange(4) / 4), rtol=1e-6)
+
+
+def reference_critic_diagnostics(rewards, values, next_values, terminated, truncated, advantages, gamma):
+    """Forward loop per step: the return sums rewards until the episode ends, bootstrapping from
+    V(final observation) at a truncation and from V(s_T) at the rollout's end."""
+    horizon, batch = rewards.shape
+    returns = np.zeros((horizon, batch))
+    for b in range(batch):
+        for t in range(horizon):
+            total, weight = 0.0, 1.0
+            for u in range(t, horizon):
+                total += weight * rewards[u, b]
+                if terminated[u, b]:
+                    break
+                if truncated[u, b] or u == horizon - 1:
+                    total += weight * gamma * next_values[u, b]
+                    break
+                weight *= gamma
+            returns[t, b] = total
+    error = np.mean((values - returns) ** 2)
+    return {"value_error_mc": error, "return_variance_mc": returns.var(),
+            "value_error_ratio": error / returns.var(), "advantage_variance": advantages.var()}
+
+
+def test_critic_diagnostics_match_a_numpy_loop():
+    from purerl.rl import on_policy
+    from purerl.rl.rollout import Transition
+
+    rng = np.random.default_rng(0)
+    horizon, batch, gamma = 12, 3, 0.9
+    rewards, values, final_values = (rng.normal(size=(horizon, batch)).astype(np.float32) for _ in range(3))
+    ends = rng.random((horizon, batch))
+    terminated, truncated = ends < 0.12, (ends >= 0.12) & (ends < 0.22)
+    # As in a rollout: V(s'_t) is V(s_{t+1}) unless the episode or the rollout ends at t.
+    next_values = np.where(terminated | truncated, final_values, np.roll(values, -1, axis=0))
+    next_values[-1] = final_values[-1]
+    advantages = rng.normal(size=(horizon, batch)).astype(np.float32) * 3.0
+    blank = np.zeros((horizon, batch), np.float32)
+    rollout = on_policy.Rollout(Transition(blank, blank, blank, rewards, terminated, truncated, blank),
+                                values, next_values, None)
+    got = on_policy.critic_diagnostics(rollout, advantages, gamma)
+    want = reference_critic_diagnostics(rewards, values, next_values, terminated, truncated, advantages, gamma)
+    assert set(got) == set(want)
+    for name, value in want.items():
+        np.testing.assert_allclose(float(got[name]), value, rtol=1e-5, err_msg=name)
 
 
 def test_continuous_ppo_runs_on_pendulum():

@@ -20,7 +20,9 @@ and every loss and diagnostic averages over the valid (in-episode) steps only.
 Reported per update: losses and entropy averaged over all epochs and minibatches;
 `approx_kl` is the mean over the LAST epoch (comparable to CleanRL's, which logs the last
 minibatch) and `approx_kl_first_epoch` over the first; `update_kl` is the exact mean
-KL(π_old ‖ π_new) over the batch's states of the whole update.
+KL(π_old ‖ π_new) over the batch's states of the whole update. With the critic:
+`explained_variance` against the λ-return targets, and the critic's error against the
+realised λ = 1 return and the variance of the raw advantages (`on_policy.critic_diagnostics`).
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             batch.obs, batch.action, batch.log_prob, rollout.values, advantages, targets,
             jnp.ones_like(advantages),
         )
-        diagnostics = {"explained_variance": losses.explained_variance(rollout.values, targets)}
+        diagnostics = {"explained_variance": losses.explained_variance(rollout.values, targets),
+                       **on_policy.critic_diagnostics(rollout, advantages, hyper.gamma)}
         return state, samples, rollout.episodes, diagnostics
 
     def group_samples(state: on_policy.TrainState, key: jax.Array, hyper: Hyper):

@@ -148,6 +148,31 @@ def gae(rollout: Rollout, gamma: jax.Array, gae_lambda: jax.Array) -> tuple[jax.
     )
 
 
+def critic_diagnostics(rollout: Rollout, advantages: jax.Array, gamma: jax.Array) -> dict[str, jax.Array]:
+    """How good the critic is on this rollout, and how noisy the advantages it gives are.
+
+    G_t is the realised λ = 1 return of the rollout: rewards summed within the episode,
+    bootstrapped from V(final observation) at a truncation and from V(s_T) at the rollout's
+    end (what GAE at λ = 1 sums to, so no critic error enters it except at those ends).
+    `value_error_mc` = mean (V(s_t) − G_t)², `return_variance_mc` = Var(G_t) over the batch,
+    `value_error_ratio` = their ratio (1 − explained variance against G, with the mean error
+    counted: 0 for a perfect critic, about 1 for one no better than the batch's mean return);
+    `advantage_variance` = Var over the batch of `advantages` as estimated, before any
+    normalisation."""
+    batch = rollout.batch
+    returns = adv.lambda_returns(
+        batch.reward, rollout.values, rollout.next_values, batch.terminated, batch.truncated, gamma, 1.0
+    )
+    value_error = jnp.mean((rollout.values - returns) ** 2)
+    return_variance = jnp.var(returns)
+    return {
+        "value_error_mc": value_error,
+        "return_variance_mc": return_variance,
+        "value_error_ratio": value_error / (return_variance + 1e-8),
+        "advantage_variance": jnp.var(advantages),
+    }
+
+
 def policy_kl(
     network: nn.Module, old_params: Any, new_params: Any, obs: jax.Array, mask: jax.Array | None = None
 ) -> jax.Array:
