@@ -243,18 +243,24 @@ class OnPolicyConfig(NetworkConfig, EnvConfig):
     # eval_episodes separate deterministic episodes -> metric eval_return. 0 = off.
     eval_every: int = 0
     eval_episodes: int = 10
+    # What one update does to J (purerl.rl.evaluation.with_update_evaluation): on every
+    # update_eval_every-th update, eval_episodes episodes (sampled actions) of the policy before
+    # and after it on the same episodes, and before again on independent ones -> metrics
+    # eval_before, eval_after, eval_before_repeat. 0 = off.
+    update_eval_every: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "total_timesteps", _integral(self.total_timesteps))
         super().__post_init__()
         check_positive_int(self._owner, "num_steps", self.num_steps)
         check_positive_int(self._owner, "total_timesteps", self.total_timesteps)
-        every = self.eval_every
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0:
-            raise ValueError(
-                f"{self._owner}.eval_every: got {self.eval_every!r}; allowed: a non-negative integer "
-                "(updates between evaluations; 0 = no evaluation)"
-            )
+        for name in ("eval_every", "update_eval_every"):
+            every = getattr(self, name)
+            if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0:
+                raise ValueError(
+                    f"{self._owner}.{name}: got {every!r}; allowed: a non-negative integer "
+                    "(updates between evaluations; 0 = no evaluation)"
+                )
         check_positive_int(self._owner, "eval_episodes", self.eval_episodes)
         if self.total_timesteps < self.batch_size:
             raise ValueError(

@@ -61,8 +61,9 @@ STATUS = "job.json"
 RETURN_METRIC = "episode_return"
 # Metrics that are NaN by design in updates in which no episode finished.
 EPISODE_METRICS = ("episode_return", "episode_length")
-# Metrics that are NaN by design in the updates without an evaluation (eval_every).
-EVALUATION_METRICS = ("eval_return",)
+# Metrics that are NaN by design in the updates without an evaluation (eval_every,
+# update_eval_every).
+EVALUATION_METRICS = ("eval_return", "eval_before", "eval_after", "eval_before_repeat")
 ID_COLUMNS = ("experiment", "algo", "env", "seed", "setting")
 # Columns of summary.parquet that are outcomes of a run, not its configuration.
 OUTCOME_COLUMNS = (

@@ -300,18 +300,87 @@ def test_baselines_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_step_size_control_smoke(tmp_path):
-    from experiments import step_size_control
+def test_step_size_control_smoke_and_rebuild_from_kept_results(tmp_path):
+    import pandas as pd
 
-    report = _smoke(step_size_control, tmp_path)
-    rows = table_under(report, "Headline: per-update KL")
+    from experiments import step_size_control as ssc
+
+    report = _smoke(ssc, tmp_path)
+    rows = table_under(report, "Headline: per method and step size")
     assert [(r[0], r[1]) for r in rows] == [
         ("A2C", "lr = 0.001"), ("A2C", "lr = 0.03"), ("PPO", "ε = 0.1"), ("PPO", "ε = 0.3"),
         ("TRPO", "δ = 0.01"), ("TRPO", "δ = 0.1"),
     ]
-    assert "TRPO's trust region holds" in report
-    for png in ("kl_per_update", "destructive_vs_kl", "learning_curves"):
-        assert (tmp_path / "report" / "step_size_control" / f"{png}.png").stat().st_size > 10_000
+    assert len(table_under(report, "15 tests")) == 15  # 6 cells vs control, 3 trends, 6 correlations
+    assert "**Headline.** A2C at lr = 0.03" in report and "## Discussion" in report
+    # Every update of the smoke runs is measured (update_eval_every = 1), both policies on the same episodes.
+    updates = pd.read_csv(tmp_path / "report" / "step_size_control" / "results" / "updates.csv")
+    assert len(updates) == 3 * 2 * 2 * 4  # methods × step sizes × seeds × updates
+    assert (updates[["before", "after", "repeat"]] >= 1).all().all()
+    kept = tmp_path / "report" / "step_size_control"
+    for png in ("shares", "delta_vs_kl", "learning_curves"):
+        assert (kept / f"{png}.png").stat().st_size > 10_000
+    argv = ["scale=smoke", "rebuild=true", f"kept_from={kept}", f"out_dir={tmp_path / 'nothing'}",
+            f"report_dir={tmp_path / 'rebuilt'}"]
+    assert ssc.main(argv) == 0
+    assert (tmp_path / "rebuilt" / "step_size_control.md").read_text() == report
+    assert not (tmp_path / "nothing").exists()  # nothing trained
+
+
+def test_step_size_control_per_run_statistics_against_a_loop_over_updates():
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    from experiments import step_size_control as ssc
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for method, knob in (("A2C", 0.01), ("PPO", 0.2)):
+        for seed in range(3):
+            for update in range(0, 40, 2):
+                before = rng.integers(10, 200)
+                rows.append({"method": method, "knob": knob, "seed": seed, "update": update, "env_steps": update,
+                             "kl": rng.exponential(1e-3), "train_return": 0.0, "before": before,
+                             "after": before + rng.normal(0, 20), "repeat": before + rng.normal(0, 10)})
+    updates = pd.DataFrame(rows).sample(frac=1.0, random_state=1)  # per run, whatever the row order
+    runs = ssc.per_run(updates).set_index(["method", "knob", "seed"])
+    for (method, knob, seed), run in pd.DataFrame(rows).groupby(["method", "knob", "seed"]):
+        control = sorted(abs(r - b) for r, b in zip(run.repeat, run.before))
+        # 90th percentile by linear interpolation between order statistics (numpy's default).
+        position = 0.9 * (len(control) - 1)
+        low = int(position)
+        floor = control[low] + (position - low) * (control[low + 1] - control[low])
+        got = runs.loc[(method, knob, seed)]
+        np.testing.assert_allclose(got.floor, floor)
+        deltas = [a - b for a, b in zip(run.after, run.before)]
+        assert got.destructive == sum(d < -floor for d in deltas) / len(deltas)
+        assert got.improving == sum(d > floor for d in deltas) / len(deltas)
+        assert got.control_below == sum(r - b < -floor for r, b in zip(run.repeat, run.before)) / len(run)
+        np.testing.assert_allclose(got.mean_delta, np.mean(deltas))
+        np.testing.assert_allclose(got.kl_delta_rho, spearmanr(run.kl, deltas)[0])
+    # Paired over seeds: a constant per-seed difference is resolved; the best setting in every resample.
+    comp = ssc.comparisons(runs.reset_index().assign(control_below=lambda r: r.destructive - 0.1))
+    row = comp[comp.comparison == "lr = 0.01: destructive − control"].iloc[0]
+    np.testing.assert_allclose(row["diff"], (0.1, 0.1, 0.1), atol=1e-12)
+    assert row.verdict == "more than the control"
+    finals = pd.DataFrame({"method": "PPO", "knob": [0.1, 0.2] * 4, "seed": np.repeat(range(4), 2),
+                           "final_return": [1.0, 2.0] * 4})
+    assert ssc.best_share(finals, "PPO").to_dict() == {0.1: 0.0, 0.2: 1.0}
+
+
+def test_step_size_control_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    """scale=full is the committed report: rebuilt from the committed kept results, its tables
+    equal the committed report's."""
+    from experiments import step_size_control as ssc
+
+    committed = lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'step_size_control'}",
+            f"out_dir={tmp_path / 'out'}", f"report_dir={tmp_path}"]
+    assert ssc.main(argv) == 0
+    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "step_size_control.md",
+                                                          committed / "step_size_control.md"))
+    assert rebuilt == original and len(original) >= 2
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -595,8 +664,8 @@ def test_every_scale_of_every_experiment_builds(name):
 
     from purerl.cli.train import build_plan
 
-    assert lab.scales(name) == (["ci", "full", "paper", "smoke"]
-                                if name in ("exploration_bandits", "stale_ppo", "on_vs_off_policy", "gae_lambda_gamma")
+    with_full = {"exploration_bandits", "stale_ppo", "on_vs_off_policy", "gae_lambda_gamma", "step_size_control"}
+    assert lab.scales(name) == (["ci", "full", "paper", "smoke"] if name in with_full
                                 else ["ci", "paper", "smoke"])
     module = importlib.import_module(f"experiments.{name}")
     for scale in lab.scales(name):

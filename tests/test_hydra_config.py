@@ -443,6 +443,7 @@ def test_progress_bar_advances_once_per_update_of_every_chunk_and_tensorboard_ha
         "algo.config.num_envs=2", "algo.config.num_steps=8", "algo.config.total_timesteps=48",
         "algo.config.update_epochs=1", "algo.config.num_minibatches=1", "tensorboard=true",
         "grid.clip_eps=[0.1,0.3]", "algo.config.eval_every=2", "algo.config.eval_episodes=2",
+        "algo.config.update_eval_every=2",
     )
     assert run_job(cfg, tmp_path) == "complete"
     (bar,) = bars
@@ -466,6 +467,8 @@ def test_progress_bar_advances_once_per_update_of_every_chunk_and_tensorboard_ha
         tags = set(events.Tags()["scalars"])
         assert {"entropy", "policy_loss", "env_steps"} <= tags
         assert np.isfinite(rows.eval_return).tolist() == [False, True, False]  # after update 2 of 3
+        for name in ("eval_before", "eval_after", "eval_before_repeat"):  # on updates 0 and 2 of 3
+            assert np.isfinite(rows[name]).tolist() == [True, False, True], name
         for tag in ("entropy", "policy_loss", "env_steps", "episode_return", "eval_return"):
             finite = rows[np.isfinite(rows[tag])]
             if finite.empty:  # no episode finished in these few steps: NaN values are left out

@@ -177,7 +177,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
             }
             return state.replace(params=params, opt_state=opt_state), metrics
 
-        update_step = evaluation.with_periodic_evaluation(update_step, config, network)
+        update_step = evaluation.with_evaluations(update_step, config, network)
         return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train

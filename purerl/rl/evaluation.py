@@ -92,8 +92,22 @@ def make_policy_episode_runner(
             returns = jnp.where(first_end, info["episode_return"], returns)
             return (obs, state, returns, finished | info["episode_done"]), None
 
+        # A while loop that stops once every env's first episode has ended (under vmap: every
+        # env of the batch), on the keys a scan over all `max_steps` would use: the same returns,
+        # without the steps after the last episode ends (most of them while a policy is poor).
+        step_keys = jax.random.split(steps_key, max_steps)
+
+        def unfinished(carry):
+            t, (_, _, _, finished) = carry
+            return (t < max_steps) & ~jnp.all(finished)
+
+        def body(carry):
+            t, inner = carry
+            inner, _ = step(inner, step_keys[t])
+            return t + 1, inner
+
         init = (obs, state, jnp.zeros(episodes, jnp.float32), jnp.zeros(episodes, bool))
-        (_, _, returns, finished), _ = lax.scan(step, init, jax.random.split(steps_key, max_steps))
+        _, (_, _, returns, finished) = lax.while_loop(unfinished, body, (jnp.int32(0), init))
         return returns, finished
 
     return play
@@ -154,6 +168,70 @@ def with_periodic_evaluation(update_step: Callable, config: Any, network: Any) -
         return state, {**metrics, "eval_return": value}
 
     return step
+
+
+# ---------------------------------------------------------------- what one update does
+# The episodes of the update evaluation after update u come from fold_in(UPDATE_EVAL_KEY, u):
+# the same for every run of a batch (and every method), and apart from the training's stream
+# and from the periodic evaluation's.
+UPDATE_EVAL_KEY = 1
+UPDATE_METRICS = ("eval_before", "eval_after", "eval_before_repeat")
+
+
+def update_evaluation_keys(update_index: Any) -> tuple[jax.Array, jax.Array]:
+    """(paired key, repeat key) of the update evaluation at `update_index`: the policies
+    before and after the update both play the paired key's episodes; the repeat key gives
+    independent episodes of the policy before."""
+    paired, repeat = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(UPDATE_EVAL_KEY), update_index))
+    return paired, repeat
+
+
+def with_update_evaluation(update_step: Callable, config: Any, network: Any) -> Callable:
+    """`update_step` that also reports what the update did to the objective J (the expected
+    return of the stochastic policy), on every `config.update_eval_every`-th update (update
+    indices 0, k, 2k, ...; NaN on the others):
+
+    - `eval_before`, `eval_after`: mean return of `config.eval_episodes` episodes (sampled
+      actions) of the policy before and after the update, on the same episodes (the same
+      start states, env randomness and action-sampling draws: common random numbers), so
+      `eval_after − eval_before` is a paired estimate of J(π_new) − J(π_old);
+    - `eval_before_repeat`: the policy before the update on independent episodes, so
+      `eval_before_repeat − eval_before` is what an update of size 0 would show if the two
+      evaluations did not share their episodes: the evaluation-noise control.
+
+    The three evaluations run as one vmapped episode loop, under `lax.cond` on the update index.
+    `update_eval_every = 0` returns `update_step` itself (no metrics, same program)."""
+    every = config.update_eval_every
+    if not every:
+        return update_step
+    env, env_params = evaluation_env(config, config.eval_episodes)
+    run = make_episode_runner(env, env_params, network, config.eval_episodes, episode_limit(config))
+    three = jax.vmap(run, in_axes=(None, 0, 0, 0))
+
+    def measure(before: Any, after: Any, update_index: jax.Array) -> dict[str, jax.Array]:
+        paired, repeat = update_evaluation_keys(update_index)
+        stack = lambda a, b: jnp.stack([a, b, a])  # noqa: E731  (before, after, before again)
+        params = jax.tree.map(stack, before.params, after.params)
+        stats = jax.tree.map(stack, before.obs_stats, after.obs_stats)
+        returns, finished = three(False, params, stats, jnp.stack([paired, paired, repeat]))
+        means = jax.vmap(mean_finished)(returns, finished)
+        return {name: means[i] for i, name in enumerate(UPDATE_METRICS)}
+
+    def skip(*_: Any) -> dict[str, jax.Array]:
+        return {name: jnp.float32(jnp.nan) for name in UPDATE_METRICS}
+
+    def step(state: Any, key: jax.Array, update_index: jax.Array):
+        new_state, metrics = update_step(state, key, update_index)
+        values = lax.cond(update_index % every == 0, measure, skip, state, new_state, update_index)
+        return new_state, {**metrics, **values}
+
+    return step
+
+
+def with_evaluations(update_step: Callable, config: Any, network: Any) -> Callable:
+    """`update_step` with the evaluations `config` asks for: the update evaluation
+    (`update_eval_every`) and the periodic one (`eval_every`); neither: `update_step` itself."""
+    return with_periodic_evaluation(with_update_evaluation(update_step, config, network), config, network)
 
 
 # ---------------------------------------------------------------- saved policies
@@ -239,6 +317,8 @@ def evaluation_table(saved: Any, episodes: int = 10, seed: int = 0, max_steps: i
 __all__ = [
     "EVAL_KEY",
     "MODES",
+    "UPDATE_EVAL_KEY",
+    "UPDATE_METRICS",
     "act",
     "check_episode_counts",
     "episode_limit",
@@ -250,5 +330,8 @@ __all__ = [
     "make_episode_runner",
     "make_policy_episode_runner",
     "mean_finished",
+    "update_evaluation_keys",
+    "with_evaluations",
     "with_periodic_evaluation",
+    "with_update_evaluation",
 ]
