@@ -51,6 +51,12 @@ def job_names(plan: DictConfig) -> dict[str, tuple[str, str]]:
     return {f"{env}__{method}": (env, method) for env in plan.envs for method in plan.methods}
 
 
+def jobs(plan: DictConfig) -> dict[str, list[str]]:
+    """job -> its purerl-train overrides on top of the preset (the env's, then the method's)."""
+    return {job: [*plan.envs[env].overrides, *plan.methods[method].overrides]
+            for job, (env, method) in job_names(plan).items()}
+
+
 def tuning_seeds(plan: DictConfig) -> list[int]:
     return list(range(int(plan.first_tuning_seed), int(plan.first_tuning_seed) + int(plan.tuning_seeds)))
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import tol
 
 from purerl import sweep
 from purerl.algos import reinforce
@@ -31,23 +32,23 @@ SMALL = dict(num_envs=4, num_steps=20, total_timesteps=80, actor_hidden=(8,), cr
 @pytest.fixture(scope="module")
 def one_update():
     """One REINFORCE update from the same initial parameters and batch (seeds 0 and 1): the
-    value baseline with one critic step, with 8 × 2 critic steps at a larger critic lr, and no
-    baseline."""
+    value baseline with one critic step, and with 8 × 2 critic steps at a larger critic lr."""
 
     def run(baseline, epochs, minibatches, critic_lr):
         config = reinforce.Config(baseline=baseline, critic_epochs=epochs, critic_minibatches=minibatches, **SMALL)
         return sweep.run(reinforce.make_train(config), reinforce.Hyper(critic_lr=critic_lr), seeds=2,
                          return_state=True)
 
-    return {"one": run("value", 1, 1, 2e-3), "fitted": run("value", 8, 2, 5e-2), "none": run("none", 1, 1, 2e-3)}
+    return {"one": run("value", 1, 1, 2e-3), "fitted": run("value", 8, 2, 5e-2)}
 
 
 def test_the_actor_step_does_not_depend_on_how_the_critic_is_fitted(one_update):
     import jax
 
     one, fitted = (one_update[k].final_state.params["params"] for k in ("one", "fitted"))
-    # The weights come from the critic before its fit: the same actor step either way.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one["actor"], fitted["actor"])
+    # The weights come from the critic before its fit: the same actor step either way (two
+    # programs that differ in the critic's part: the tolerance of differently fused kernels).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol(vmapped=True)), one["actor"], fitted["actor"])
     # The critic itself moved differently.
     difference = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), one["critic"], fitted["critic"])
     assert max(jax.tree.leaves(difference)) > 1e-3
@@ -59,4 +60,3 @@ def test_fitting_the_critic_lowers_its_loss_on_the_batch(one_update):
     # minibatch of the last epoch after 15 Adam steps on that same batch.
     assert np.all(metrics["critic_loss"][..., 0] < 0.8 * metrics["value_loss"][..., 0]), metrics
     assert np.all(metrics["explained_variance"][..., 0] <= 1.0)
-    assert "explained_variance" not in one_update["none"].metrics
