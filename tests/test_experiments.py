@@ -242,6 +242,20 @@ def test_baselines_smoke_and_rebuild_from_kept_results(tmp_path):
     assert not (tmp_path / "nothing").exists()  # nothing trained
 
 
+def test_baselines_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    """scale=full is the committed report: rebuilt from the committed kept results, its tables
+    equal the committed report's."""
+    from experiments import baselines
+
+    committed = lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'baselines'}", f"out_dir={tmp_path / 'out'}",
+            f"report_dir={tmp_path}"]
+    assert baselines.main(argv) == 0
+    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "baselines.md", committed / "baselines.md"))
+    assert rebuilt == original and len(original) >= 4
+    assert not (tmp_path / "out").exists()
+
+
 def test_baselines_tuning_and_paired_comparisons_against_hand_computed_values():
     import pandas as pd
 
