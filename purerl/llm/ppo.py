@@ -205,7 +205,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 "sample_reward": jnp.mean(score),
                 "proxy_reward": jnp.mean(reward),
                 "completion_length": jnp.mean(completions.lengths.astype(jnp.float32)),
-                "explained_variance": losses.masked_explained_variance(values, targets, mask),
+                "explained_variance": rl_losses.masked_explained_variance(values, targets, mask),
                 **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
             }
             state = TrainState(params, critic, opt_state, critic_opt_state, state.reference)
