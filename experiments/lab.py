@@ -420,13 +420,16 @@ def kept_results(plan: DictConfig, compute: Callable[[], dict[str, pd.DataFrame]
     from purerl import provenance as purerl_provenance
 
     started = time.perf_counter()
+    # Hashed before computing: inspect reads the source files when asked, so a script edited
+    # while a long run computes would otherwise be recorded as the code that measured.
+    measure_digests = source_digests(measures)
     tables = compute()
     identity = OmegaConf.to_container(plan, resolve=True)
     for key in ("out_dir", "report_dir", "kept_from", "rebuild", "force", "workers"):
         identity.pop(key, None)
     record = {"experiment": plan.experiment, "scale": plan.scale, "command": _command(plan),
               "purerl_source": purerl_provenance.source_digest(), "versions": purerl_provenance.dependency_versions(),
-              "measures": source_digests(measures), "machine": _machine(), "tables": list(tables),
+              "measures": measure_digests, "machine": _machine(), "tables": list(tables),
               "rows": {key: len(table) for key, table in tables.items()}, "plan": identity, "_started": started}
     return Kept(plan, tables, record, rebuilt=False)
 

@@ -96,3 +96,20 @@ def gradient_statistics(grads: jax.Array) -> dict[str, jax.Array]:
     gram = unit @ unit.T
     cosine = (jnp.sum(gram) - jnp.trace(gram)) / (num * (num - 1))
     return {"snr": signal / noise, "cosine": cosine, "relative_sd": jnp.sqrt(noise) / jnp.linalg.norm(mean)}
+
+
+def reference_statistics(grads: jax.Array, reference: jax.Array) -> dict[str, jax.Array]:
+    """Bias and spread of B independent estimates [B, P] against a reference gradient [P]
+    (the mean of an unbiased estimator over many other batches).
+
+    - `ref_cosine`: mean over the B estimates of cos(ĝ_b, reference) (what one batch's step
+      has in common with the true direction: bias and noise together);
+    - `mean_ref_cosine`: cos(mean_b ĝ_b, reference) (the estimator's expectation against
+      the true direction: below the unbiased estimators' value only through bias, up to the
+      noise left in a mean of B)."""
+
+    def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.sum(a * b, axis=-1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b), 1e-30)
+
+    return {"ref_cosine": jnp.mean(cosine(grads, reference)), "mean_ref_cosine": cosine(jnp.mean(grads, axis=0),
+                                                                                          reference)}

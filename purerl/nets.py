@@ -10,6 +10,7 @@ gain √2 in hidden layers, 0.01 on the policy output, 1.0 on the value output, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import distrax
 import flax.linen as nn
@@ -159,6 +160,12 @@ class ActorCritic(nn.Module):
 
     def value(self, obs: jax.Array) -> jax.Array:
         return self.critic(obs)
+
+
+def with_subtree(params: Any, name: str, subtree: Any) -> Any:
+    """ActorCritic variables with the parameters of one network ("actor" or "critic") replaced,
+    for a loss or an optimiser over that network alone."""
+    return {**params, "params": {**params["params"], name: subtree}}
 
 
 # ---------------------------------------------------------------- off-policy agents (DQN, SAC)

@@ -281,22 +281,99 @@ def test_critic_unexplained_against_a_numpy_second_moment():
 
 
 @pytest.mark.slow
-def test_baselines_smoke(tmp_path):
+def test_baselines_smoke_and_rebuild_from_kept_results(tmp_path):
+    import pandas as pd
+
     from experiments import baselines
 
     report = _smoke(baselines, tmp_path)
     plan = lab.load_plan("baselines", ["scale=smoke"])
-    levels = 2  # the smoke PPO grid: lr 1e-7 and 5e-4
-    variance = table_under(report, "Each checkpoint is PPO's final actor")
-    assert len(variance) == levels * 5
-    assert len(table_under(report, "Headline: agreement")) == 5
-    assert {row[2] for row in variance} == set(baselines.LABELS.values())
-    learning = table_under(report, "REINFORCE: one Adam step")
-    lrs = 2  # the preset's grid
-    assert len(learning) == len(plan.jobs) * lrs + 1  # + the PPO-GAE reference
-    assert "python -m experiments.baselines scale=smoke" in report
-    for png in ("gradient_variance", "learning_curves"):
-        assert (tmp_path / "report" / "baselines" / f"{png}.png").stat().st_size > 10_000
+    methods = table_under(report, "Headline: each method at its tuned learning rate")
+    assert [(r[0], r[1]) for r in methods] == [("cartpole", spec.label) for spec in plan.methods.values()]
+    # The critic's explained variance is reported for the critic only.
+    assert [r[5] == "—" for r in methods] == [m != "critic" for m in plan.methods]
+    comparisons = table_under(report, "2 comparisons")
+    assert [r[1] for r in comparisons] == ["critic, 2x2 steps − no baseline", "group G=2 − no baseline"]
+    assert all(r[-1].endswith("higher") or r[-1] == "not resolved at 3 seeds" for r in comparisons)
+    estimators = table_under(report, "Each checkpoint is PPO's final actor")
+    assert len(estimators) == 2 * len(baselines.pg.ESTIMATORS)  # 2 checkpoints (the smoke PPO grid)
+    assert len(table_under(report, "Bias tests")) == 2 * (len(baselines.pg.ESTIMATORS) - 1)
+    assert "python -m experiments.baselines scale=smoke" in report and "**Headline.**" in report
+    assert "## Discussion" in report
+    runs = pd.read_csv(tmp_path / "report" / "baselines" / "results" / "runs.csv")
+    # Every method on the same seeds: 3 tuning seeds from 1000 and 3 fresh ones from 0, per lr.
+    for _, part in runs.groupby("method"):
+        assert sorted(part.seed.unique()) == [0, 1, 2, 1000, 1001, 1002]
+        assert set(part[part.seed >= 1000].role) == {"tuning"} and set(part[part.seed < 1000].role) == {"fresh"}
+    kept = tmp_path / "report" / "baselines"
+    for png in ("learning_curves", "lr_sensitivity", "explained_variance", "group_size", "gradients"):
+        assert (kept / f"{png}.png").stat().st_size > 10_000
+    argv = ["scale=smoke", "rebuild=true", f"kept_from={kept}", f"out_dir={tmp_path / 'nothing'}",
+            f"report_dir={tmp_path / 'rebuilt'}"]
+    assert baselines.main(argv) == 0
+    assert (tmp_path / "rebuilt" / "baselines.md").read_text() == report
+    assert not (tmp_path / "nothing").exists()  # nothing trained
+
+
+def test_baselines_committed_report_rebuilds_from_its_kept_results(tmp_path):
+    """scale=full is the committed report: rebuilt from the committed kept results, its tables
+    equal the committed report's."""
+    from experiments import baselines
+
+    committed = lab.REPO_ROOT / "experiments" / "reports"
+    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'baselines'}", f"out_dir={tmp_path / 'out'}",
+            f"report_dir={tmp_path}"]
+    assert baselines.main(argv) == 0
+    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "baselines.md", committed / "baselines.md"))
+    assert rebuilt == original and len(original) >= 4
+    assert not (tmp_path / "out").exists()
+
+
+def test_baselines_tuning_and_paired_comparisons_against_hand_computed_values():
+    import pandas as pd
+
+    from experiments import baselines
+
+    plan = lab.load_plan("baselines", ["scale=smoke"])
+    rows = []
+    for seed in [*range(1000, 1006), *range(6)]:
+        role = "tuning" if seed >= 1000 else "fresh"
+        for method, lr, auc in (("none", 0.003, 10.0), ("none", 0.03, 20.0), ("critic", 0.003, 30.0),
+                                ("critic", 0.03, 5.0), ("group_2", 0.003, 1.0), ("group_2", 0.03, 2.0)):
+            shift = seed % 6 + (0.5 * (seed % 2) if method == "group_2" else 0.0)
+            rows.append({"env": "cartpole", "method": method, "lr": lr, "seed": seed, "role": role,
+                         "auc": auc + shift, "final_return": auc, "explained_variance": np.nan})
+    runs = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # pairing is by seed, not by row order
+    picks = baselines.tuned(plan, runs).set_index("method")
+    # The lr with the higher IQM AUC on the tuning seeds, and it wins every resample (constant gap).
+    assert picks.lr.to_dict() == {"none": 0.03, "critic": 0.003, "group_2": 0.03}
+    assert (picks.share == 1.0).all()
+    comp = baselines.comparisons(plan, runs, picks.reset_index()).set_index("comparison")
+    np.testing.assert_allclose(comp.loc["critic, 2x2 steps − no baseline", "delta"][0], 10.0)
+    np.testing.assert_allclose(comp.loc["group G=2 − no baseline", "delta"][0], 2.0 - 20.0 + 0.25)
+    assert comp.loc["critic, 2x2 steps − no baseline", "verdict"] == "critic, 2x2 steps higher"
+    assert comp.loc["group G=2 − no baseline", "verdict"] == "no baseline higher"
+    assert (comp.seeds == 6).all()
+
+
+def test_baselines_every_lr_is_picked_as_often_as_it_wins_the_resamples():
+    import pandas as pd
+
+    from analysis.aggregate import iqm
+    from experiments import baselines
+
+    # Two lrs whose tuning seeds interleave: the share is the bootstrap frequency of the argmax,
+    # checked against a NumPy loop with the same resamples.
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(1.0, 1.0, 8), rng.normal(1.2, 1.0, 8)
+    runs = pd.DataFrame([{"lr": lr, "seed": s, "role": "tuning", "auc": v}
+                         for lr, values in ((0.01, a), (0.1, b)) for s, v in enumerate(values)])
+    best, share, score = baselines.pick_lr(runs, resamples=500, seed=7)
+    index = np.random.default_rng(7).integers(0, 8, (500, 8))
+    wins = np.mean([iqm(b[i]) > iqm(a[i]) for i in index])
+    assert best == (0.1 if iqm(b) > iqm(a) else 0.01)
+    np.testing.assert_allclose(share, wins if best == 0.1 else 1 - wins)
+    np.testing.assert_allclose(score.to_numpy(), [iqm(a), iqm(b)])
 
 
 @pytest.mark.slow
@@ -664,7 +741,8 @@ def test_every_scale_of_every_experiment_builds(name):
 
     from purerl.cli.train import build_plan
 
-    with_full = {"exploration_bandits", "stale_ppo", "on_vs_off_policy", "gae_lambda_gamma", "step_size_control"}
+    with_full = {"exploration_bandits", "stale_ppo", "on_vs_off_policy", "gae_lambda_gamma", "step_size_control",
+                 "baselines"}
     assert lab.scales(name) == (["ci", "full", "paper", "smoke"] if name in with_full
                                 else ["ci", "paper", "smoke"])
     module = importlib.import_module(f"experiments.{name}")

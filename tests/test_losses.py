@@ -66,3 +66,15 @@ def test_normalize_and_explained_variance():
     assert float(jnp.std(z)) == pytest.approx(1.0, rel=1e-5)
     assert float(losses.explained_variance(x, x)) == pytest.approx(1.0)
     assert float(losses.explained_variance(jnp.full(4, jnp.mean(x)), x)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_masked_explained_variance_matches_numpy_over_the_valid_entries():
+    rng = np.random.default_rng(0)
+    targets, predictions = rng.normal(3.0, 2.0, (6, 5)), rng.normal(3.0, 2.0, (6, 5))
+    mask = rng.random((6, 5)) < 0.6
+    garbage = np.where(mask, predictions, 1e6)  # masked-out entries must not count
+    valid_t, valid_p = targets[mask], predictions[mask]
+    expected = 1.0 - np.var(valid_t - valid_p) / np.var(valid_t)
+    got = losses.masked_explained_variance(jnp.asarray(garbage, jnp.float32), jnp.asarray(targets, jnp.float32),
+                                           jnp.asarray(mask))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-4)

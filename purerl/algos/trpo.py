@@ -30,7 +30,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from purerl.config import OnPolicyConfig, ValidatedHyper, check_minibatches, check_positive_int, hyper_field
-from purerl.nets import ActorCritic
+from purerl.nets import ActorCritic, with_subtree
 from purerl.rl import evaluation, losses, on_policy
 from purerl.rl import trust_region as tr
 from purerl.rl.agent import build_env_and_network
@@ -82,10 +82,6 @@ class CriticSample:
     target: jax.Array
 
 
-def _with_subtree(params: Any, name: str, subtree: Any) -> Any:
-    return {**params, "params": {**params["params"], name: subtree}}
-
-
 def make_policy_update(
     network: ActorCritic, config: Config
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array, Hyper], tuple[Any, dict[str, jax.Array]]]:
@@ -102,7 +98,7 @@ def make_policy_update(
 
         def policy_at(actor_vector: jax.Array):
             actor = unravel_actor(actor_vector)
-            return network.apply(_with_subtree(params, "actor", actor), obs, method=ActorCritic.policy)
+            return network.apply(with_subtree(params, "actor", actor), obs, method=ActorCritic.policy)
 
         # π_old is a constant from here on: the KL and the ratio are functions of θ only.
         old_policy = policy_at(old_actor_vector)
@@ -127,7 +123,7 @@ def make_policy_update(
             lambda v: (surrogate_improvement(v), mean_kl(v)),
             old_actor_vector, full_step, hyper.max_kl, hyper.backtrack_coef, config.line_search_steps,
         )
-        new_params = _with_subtree(params, "actor", unravel_actor(search.params))
+        new_params = with_subtree(params, "actor", unravel_actor(search.params))
         stats = {
             "kl": search.kl,
             "surrogate_improvement": search.improvement,
@@ -151,7 +147,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
 
     def critic_loss(critic: Any, params: Any, sample: CriticSample) -> jax.Array:
         values = network.apply(
-            _with_subtree(params, "critic", critic), sample.obs, method=ActorCritic.value
+            with_subtree(params, "critic", critic), sample.obs, method=ActorCritic.value
         )
         return losses.value_loss(values, sample.target), ()
 
@@ -192,7 +188,7 @@ def make_train(config: Config, on_update: OnUpdate = None) -> TrainFn:
                 flatten_time(CriticSample(batch.obs, targets)),
                 config.critic_epochs, config.critic_minibatches, critic_step,
             )
-            params = _with_subtree(params, "critic", critic)
+            params = with_subtree(params, "critic", critic)
 
             metrics = {
                 "env_steps_in_update": jnp.int32(config.batch_size),

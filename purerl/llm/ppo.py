@@ -198,7 +198,7 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
                 "sample_reward": jnp.mean(score),
                 "proxy_reward": jnp.mean(reward),
                 "completion_length": jnp.mean(completions.lengths.astype(jnp.float32)),
-                "explained_variance": _masked_explained_variance(values, targets, mask),
+                "explained_variance": rl_losses.masked_explained_variance(values, targets, mask),
                 **jax.tree.map(jnp.mean, stats),  # per-epoch means -> one value per update
             }
             state = TrainState(params, critic, opt_state, critic_opt_state, state.reference)
@@ -208,12 +208,3 @@ def make_train(config: Config, on_update: Callable[[jax.Array], None] | None = N
         return run_updates(update_step, state, key, config.num_updates, hyper, on_update)
 
     return train
-
-
-def _masked_explained_variance(values: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
-    """1 − Var(target − V) / Var(target) over completion tokens."""
-    def variance(x):
-        mean = losses.masked_mean(x, mask)
-        return losses.masked_mean(jnp.square(x - mean), mask)
-
-    return 1.0 - variance(targets - values) / (variance(targets) + 1e-8)

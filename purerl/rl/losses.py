@@ -82,6 +82,16 @@ def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     return 1.0 - jnp.var(targets - predictions) / (jnp.var(targets) + 1e-8)
 
 
+def masked_explained_variance(predictions: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """`explained_variance` over the entries where `mask` is 1 (the valid steps or tokens)."""
+
+    def variance(x: jax.Array) -> jax.Array:
+        mean = masked_mean(x, mask)
+        return masked_mean(jnp.square(x - mean), mask)
+
+    return 1.0 - variance(targets - predictions) / (variance(targets) + 1e-8)
+
+
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of `x` over the entries where `mask` is 1 (0 when the mask is empty). Entries outside
     the mask are replaced before any arithmetic, so inf/NaN there (e.g. log-probs of padding)
