@@ -177,11 +177,12 @@ def learning_curves(
     results: pd.DataFrame,
     by: str | Sequence[str],
     metric: str = "episode_return",
+    *,
+    summary: pd.DataFrame | None = None,
     x: str = "env_steps",
     stat: str = "iqm",
     ci: float = 0.95,
     path: str | Path | None = None,
-    summary: pd.DataFrame | None = None,
     diverged: str = "worst",
     pooled: Sequence[str] = (),
 ):

@@ -16,6 +16,7 @@ definition, the doubling ratio ρ = [R(T) − R(T/2)] / [R(T/2) − R(T/4)] (1 f
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -575,8 +576,7 @@ def run(plan: DictConfig) -> None:
     report.write()
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":

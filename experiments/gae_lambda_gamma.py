@@ -18,6 +18,7 @@ from them without computing anything.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -837,8 +838,7 @@ def run(plan: DictConfig) -> None:
     report.write()
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":

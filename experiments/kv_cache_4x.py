@@ -16,6 +16,7 @@ the report from them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -923,8 +924,7 @@ def plan_lr(plan: DictConfig) -> float:
     return float(build_plan(lab.compose_job(plan, overrides, preset=preset)).hyper.lr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":

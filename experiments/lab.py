@@ -589,8 +589,10 @@ class Report:
         return self.path
 
 
-def main(run: Callable[[DictConfig], Any], name: str, argv: Sequence[str]) -> int:
-    """Command-line entry of an experiment: one-line errors, exit status 2."""
+def main(run: Callable[[DictConfig], Any], name: str, argv: Sequence[str] | None = None) -> int:
+    """Command-line entry of an experiment (`argv`: the command line's arguments by default):
+    one-line errors, exit status 2. Each experiment's `main` is this, with its `run` and name."""
+    argv = sys.argv[1:] if argv is None else argv
     _RUN_STARTED.append(time.perf_counter())
     try:
         plan = load_plan(name, argv)

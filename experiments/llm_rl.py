@@ -13,6 +13,7 @@ per-update numbers are kept beside the report; `rebuild=true` remakes it from th
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -355,8 +356,7 @@ def direction(ci: tuple[float, float, float], n: int) -> str:
     return f"did not change resolvably at {n} seeds"
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ The per-seed numbers are kept beside the report; `rebuild=true` remakes it from 
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -216,8 +217,7 @@ def run(plan: DictConfig) -> None:
     report.write()
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ report, and `rebuild=true` remakes it from them without training.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -569,8 +570,7 @@ def run(plan: DictConfig) -> None:
     report.write()
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":

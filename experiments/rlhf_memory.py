@@ -15,6 +15,7 @@ reward-model set-up) built with `jax.eval_shape`. The numbers are kept beside th
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -631,8 +632,7 @@ def run(plan: DictConfig) -> None:
     report.write()
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":

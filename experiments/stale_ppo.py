@@ -20,6 +20,7 @@ rollouts) and one per (env, K) for the control. Per-seed numbers are kept beside
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from typing import Any
 
@@ -411,8 +412,7 @@ def run(plan: DictConfig) -> None:
     report.write()
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ the report and `rebuild=true` remakes it from them.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -425,8 +426,7 @@ def run(plan: DictConfig) -> None:
     report.write()
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":

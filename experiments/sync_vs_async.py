@@ -18,6 +18,7 @@ run back to back), resumable one by one; the per-seed numbers and per-update cur
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -619,8 +620,7 @@ def run(plan: DictConfig) -> None:
     report.write()
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":
