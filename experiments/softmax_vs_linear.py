@@ -221,19 +221,27 @@ def measuring_code() -> list:
             this.prefill_paths, this.best_time, this.speed]
 
 
-def no_binding_accuracy(pairs: int) -> float:
-    """Accuracy of a model that answers with a value from the context without knowing which key
-    it belongs to, avoiding values already answered: (1/m) Σ_s 1/(m − s) = H_m / m (distinct
-    values; repeated values raise it slightly)."""
-    return float(sum(1 / k for k in range(1, pairs + 1)) / pairs)
-
-
 def compute(plan: DictConfig) -> dict[str, pd.DataFrame]:
     settings = recall_settings(plan)
     recall = pd.concat(lab.in_workers(plan, recall_setting, settings), ignore_index=True)
     identity = {"speed": OmegaConf.to_container(plan.speed, resolve=True)}
     speed_tables = lab.measured(plan, "speed", identity, partial(speed, plan), code=measuring_code()[-3:])
-    return {"recall": recall, "timings": speed_tables["timings"], "machine": speed_tables["machine"]}
+    return {"recall": recall, "timings": speed_tables["timings"], "machine": speed_tables["machine"],
+            "runs": run_times(plan)}
+
+
+def run_times(plan: DictConfig) -> pd.DataFrame:
+    """Wall seconds and finish time of every complete measurement in out_dir, as recorded when it
+    ran (a resumed run keeps the times of the parts it skipped)."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    for status in sorted(Path(plan.out_dir).glob(f"*/{lab.MEASUREMENT_STATUS}")):
+        record = json.loads(status.read_text())
+        if record.get("status") == "complete":
+            rows.append((status.parent.name, record.get("seconds"), record.get("finished")))
+    return pd.DataFrame(rows, columns=["part", "seconds", "finished"])
 
 
 # ---------------------------------------------------------------- speed (prefill on this CPU)
@@ -532,7 +540,7 @@ def mechanism_table(recall: pd.DataFrame, plan: DictConfig) -> pd.DataFrame:
             f = int(part.feature_dim.iloc[0])
             rows.append({"kind": kind_label(plan, kind), "width": str(width),
                          "kernel": f"f = {f}" if f else "exp(q·k/√d)", "pairs": str(pairs),
-                         "mean |cos| between pair keys": lab.fmt_ci(*mean_ci(part.mean_abs_cosine), digits=2),
+                         "mean abs cosine between pair keys": lab.fmt_ci(*mean_ci(part.mean_abs_cosine), digits=2),
                          "weight on the asked pair": lab.fmt_ci(*mean_ci(part.asked_weight), digits=2),
                          "predicted recall": lab.fmt_ci(*mean_ci(part.predicted_accuracy), digits=2),
                          "measured recall": lab.fmt_ci(*mean_ci(part.accuracy), digits=2),
@@ -560,11 +568,11 @@ def plot_recall_vs_bytes(recall: pd.DataFrame, plan: DictConfig):
                             color=COLOURS[kind])
         ax.axhline(1 / plan.recall.num_values, color="grey", linestyle=":", label="chance (1 / values)")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("bytes kept per sequence (state, or KV cache at the trained length)")
         ax.set_title(f"{m} pairs", fontsize="medium")
         ax.set_ylim(0, 1.03)
         ax.grid(alpha=0.3, which="both")
     np.atleast_1d(axes)[0].set_ylabel("recall accuracy (mean over seeds, 95% CI)")
+    fig.supxlabel("bytes kept per sequence (linear state, or KV cache at the trained length; fp32)", fontsize="medium")
     handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize="small")
     return fig
@@ -659,7 +667,7 @@ def plot_flop_share(plan: DictConfig):
     ax.set_ylim(0, 1)
     ax.set_xlabel("sequence length n (tokens)")
     ax.set_ylabel("share of a layer's FLOPs in QKᵀ and PV")
-    ax.set_title("Analytic count (solid: full n²; dashed: causal half); thin lines at n = 6·d_model",
+    ax.set_title("Analytic count. Solid: full n²; dashed: causal half;\nthin vertical lines at n = 6·d_model",
                  fontsize="small")
     ax.grid(alpha=0.3, which="both")
     fig.legend(loc="outside right upper", fontsize="small")
@@ -780,7 +788,7 @@ def speed_bullet(timings: pd.DataFrame, model: pd.DataFrame, plan: DictConfig) -
         "sequence's cost.")
 
 
-def closing_note(recall: pd.DataFrame, kept, plan: DictConfig) -> str:
+def closing_note(recall: pd.DataFrame, kept, plan: DictConfig, command: str) -> str:
     n = recall.seed.nunique()
     width, pairs = headline_setting(recall, plan)
     cells = []
@@ -790,16 +798,18 @@ def closing_note(recall: pd.DataFrame, kept, plan: DictConfig) -> str:
     cell = recall[(recall.width == width) & (recall.pairs == pairs)]
     cos = "; ".join(f"{k} {lab.fmt_ci(*mean_ci(cell[cell.kind == k].mean_abs_cosine), digits=2)}"
                     for k in plan.recall.arms)
-    record = kept.provenance
-    parts = record.get("parts") or []
-    training = [s for p, _, s in parts if p.startswith("recall_") and s]
-    timing = [s for p, _, s in parts if p == "speed" and s]
+    runs = kept.tables["runs"]
+    training = runs[runs.part.str.startswith("recall_")]
+    timing = runs[runs.part == "speed"]
+    span = runs.finished.max() - (runs.finished - runs.seconds).min()
     return (f"## Closing note\n\nHeadline (width {width}, {pairs} pairs, {n} seeds, same seeds and data across "
             f"kinds; recall accuracy differences, paired 95% CI): " + "; ".join(cells) + f". Mean |cosine| between "
-            f"pair keys in the kernel's feature space: {cos}. Wall time of the `{plan.scale}` run: "
-            f"{len(training)} training programs ({sum(training):.0f} s summed, {int(plan.workers)} at a time) and "
-            f"the prefill timing ({sum(timing):.0f} s), on the shared 2-core CPU (load average well above 2 "
-            "throughout); the run's own wall time is in *Run time* below.")
+            f"pair keys in the kernel's feature space: {cos}. Wall time of the `{plan.scale}` run "
+            f"(`{command}`): {len(training)} training programs ({training.seconds.sum():.0f} s summed, "
+            f"up to {int(plan.workers)} at a time) and the prefill timing ({timing.seconds.sum():.0f} s); "
+            f"{span:.0f} s ({span / 60:.0f} min) from the first start to the last finish, on the 2-core CPU shared "
+            f"with other jobs (load average {kept.tables['timings'].load.min():.1f}–"
+            f"{kept.tables['timings'].load.max():.1f} while the prefill was timed).")
 
 
 DISCUSSION = """## Discussion
@@ -832,7 +842,7 @@ def write_report(plan: DictConfig, kept) -> None:
     r = plan.recall
     n = recall.seed.nunique()
     report = lab.Report(plan, "Why exact softmax attention still wins over linear attention", kept=kept)
-    arms = ", ".join(f"{kind_label(plan, k)}" for k in r.arms)
+    arms = "; ".join(f"{kind_label(plan, k)}" for k in r.arms)
     report.add(
         "**Question.** Linear attention promises O(n) time and a constant-size state. Why does exact softmax "
         "attention (with FlashAttention-style kernels) still win in practice — in recall, and in speed at the "
@@ -915,7 +925,7 @@ def write_report(plan: DictConfig, kept) -> None:
                   "Share of a layer's FLOPs in attention's n² term against n, per d_model")
     report.figure(plot_speed(timings, plan), "prefill.png",
                   "Prefill time: measured on this CPU (left), modelled on an H100 (right)")
-    report.add(closing_note(recall, kept, plan))
+    report.add(closing_note(recall, kept, plan, report.command()))
     report.add(DISCUSSION)
     report.write()
 
