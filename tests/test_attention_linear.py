@@ -228,3 +228,28 @@ def test_bad_shapes_raise():
         parallel_eager(phi_q, phi_k, v)
     with pytest.raises(ValueError, match=r"allowed: one \[B, T\] for all three"):
         chunked_eager(phi_q[:, :4], phi_k, v)
+
+
+@pytest.mark.parametrize("form", ["parallel", "chunked", "recurrent"])
+def test_qk_dim_projects_queries_and_keys_before_the_feature_map(form):
+    """Based's layout: q and k projected to qk_dim = 3, Taylor map (f = 1 + 3 + 9), values keep
+    head_dim 4; every form against the float64 loop, and a state of f × head_dim per head."""
+    module = LinearAttention(model_dim=MODEL_DIM, num_heads=4, num_kv_heads=2, head_dim=4, feature_map="taylor",
+                             form=form, chunk_size=4, qk_dim=3)
+    x = normal(8, (2, 9, MODEL_DIM))
+    params = jax.jit(module.init)(jax.random.PRNGKey(9), x)
+    p = params["params"]
+    assert p["q_proj"]["kernel"].shape == (MODEL_DIM, 4, 3) and p["k_proj"]["kernel"].shape == (MODEL_DIM, 2, 3)
+    assert p["v_proj"]["kernel"].shape == (MODEL_DIM, 2, 4)
+    phi = lambda name: apply_feature_map("taylor", np.einsum("btd,dhe->bthe", x, p[name]["kernel"]))
+    v = np.einsum("btd,dhe->bthe", x, p["v_proj"]["kernel"])
+    ref = np.einsum("bthe,hed->btd", linear_reference(phi("q_proj"), phi("k_proj"), v),
+                    np.asarray(p["o_proj"]["kernel"], np.float64))
+    np.testing.assert_allclose(jitted(module)(params, x), ref, **tol())
+    assert module.feature_width == 1 + 3 + 9 == feature_dim("taylor", 3)
+    assert module.init_state(2).kv.shape == (2, 2, 13, 4)
+
+
+def test_bad_qk_dim_raises():
+    with pytest.raises(ValueError, match=r"LinearAttention.qk_dim: got 0; allowed: a positive integer"):
+        LinearAttention(model_dim=MODEL_DIM, num_heads=4, num_kv_heads=2, head_dim=4, qk_dim=0)

@@ -9,9 +9,10 @@ import numpy as np
 
 
 def cost(path: str, n: int, heads: int, d: int, chunk: int, bytes_per: int, query_block: int = 128,
-         fused_linear: bool = False) -> tuple[float, float]:
+         fused_linear: bool = False, qk_dim: int = 16) -> tuple[float, float]:
     """(FLOPs, bytes moved to/from main memory) of one causal prefill of the attention core,
-    batch 1. Feature maps: elu f = d; Taylor f = 1 + d + d².
+    batch 1. Feature maps: elu f = d; Taylor f = 1 + d + d²; based (Taylor on q, k projected to
+    qk_dim = r, as Based does) f = 1 + r + r².
 
     softmax_xla: dense QKᵀ and PV over all n² entries (no causal skipping), logits and
       probabilities written and read once each in fp32 (16 n² H bytes).
@@ -25,7 +26,8 @@ def cost(path: str, n: int, heads: int, d: int, chunk: int, bytes_per: int, quer
     linear_parallel: the masked n×n φ(Q)φ(K)ᵀ (2n²f) and its product with V (2n²d), the n² scores
       written and read.
     """
-    f = {"elu": d, "taylor": 1 + d + d * d}[path.rsplit("_", 1)[-1]] if path.startswith("linear") else d
+    widths = {"elu": d, "taylor": 1 + d + d * d, "based": 1 + qk_dim + qk_dim * qk_dim}
+    f = widths[path.rsplit("_", 1)[-1]] if path.startswith("linear") else d
     io = 4 * n * d * heads * bytes_per  # Q, K, V in, O out
     if path == "softmax_xla":
         return 4 * n * n * d * heads + 5 * n * n * heads, io + 16 * n * n * heads
@@ -65,3 +67,19 @@ def crossover(lengths: np.ndarray, slow: np.ndarray, fast: np.ndarray) -> float:
         return float(lengths[0])
     x0, x1 = np.log(lengths[i - 1]), np.log(lengths[i])
     return float(np.exp(x0 + (x1 - x0) * (0 - ratio[i - 1]) / (ratio[i] - ratio[i - 1])))
+
+
+def layer_flops(n: int, d_model: int, mlp_ratio: int = 4, causal: bool = False) -> dict[str, float]:
+    """Forward FLOPs of one transformer layer over a sequence of n tokens (2 per multiply-add):
+    the Q, K, V, O projections (8 n d²), the MLP (4 r n d²) and the n² term of attention, QKᵀ and
+    PV (4 n² d; half of it with causal blocks skipped, as a fused kernel does). Norms, the
+    softmax and the feature maps are O(n d) and left out."""
+    attention = 4 * n * n * d_model * (0.5 if causal else 1.0)
+    return {"projections": 8.0 * n * d_model**2, "mlp": 4.0 * mlp_ratio * n * d_model**2, "attention_n2": attention}
+
+
+def quadratic_share(n: int, d_model: int, mlp_ratio: int = 4, causal: bool = False) -> float:
+    """Share of a layer's FLOPs in attention's n² term: n / (n + (2 + r) d) counted in full
+    (n / (n + 2 (2 + r) d) causal); with the usual r = 4 it is half at n = 6 d_model."""
+    parts = layer_flops(n, d_model, mlp_ratio, causal)
+    return parts["attention_n2"] / sum(parts.values())

@@ -258,10 +258,13 @@ def init_linear_state(
 def check_linear_config(
     model_dim: Any, num_heads: Any, num_kv_heads: Any, head_dim: Any, feature_map: Any,
     form: Any, chunk_size: Any, num_random_features: Any, owner: str = "LinearAttention",
+    qk_dim: Any = None,
 ) -> None:
     for name, value in [("model_dim", model_dim), ("num_heads", num_heads),
                         ("head_dim", head_dim), ("chunk_size", chunk_size)]:
         check_positive_int(owner, name, value)
+    if qk_dim is not None:
+        check_positive_int(owner, "qk_dim", qk_dim)
     check_kv_heads(owner, num_heads, num_kv_heads)
     check_choice(owner, "feature_map", feature_map, FEATURE_MAPS)
     check_choice(owner, "form", form, FORMS)
@@ -281,6 +284,10 @@ class LinearAttention(nn.Module):
     chunk_size: int = 64
     num_random_features: int | None = None  # performer only; default head_dim
     random_feature_seed: int = 0
+    # Width of the projected queries and keys the feature map reads (default head_dim). Based
+    # (Arora et al. 2024) projects them to a small dimension before its Taylor map, so that the
+    # state (1 + r + r²) × head_dim per head stays small; values keep head_dim.
+    qk_dim: int | None = None
     eps: float = 1e-6
     use_bias: bool = False
     dtype: Any = jnp.float32
@@ -289,21 +296,31 @@ class LinearAttention(nn.Module):
     def __post_init__(self) -> None:
         check_linear_config(
             self.model_dim, self.num_heads, self.num_kv_heads, self.head_dim, self.feature_map,
-            self.form, self.chunk_size, self.num_random_features,
+            self.form, self.chunk_size, self.num_random_features, qk_dim=self.qk_dim,
         )
         super().__post_init__()
 
     def setup(self) -> None:
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = head_projections(self)
+        q_proj, k_proj, self.v_proj, self.o_proj = head_projections(self)
+        if self.qk_dim is not None:
+            dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+            q_proj = nn.DenseGeneral((self.num_heads, self.qk_dim), **dense)
+            k_proj = nn.DenseGeneral((self.num_kv_heads, self.qk_dim), **dense)
+        self.q_proj, self.k_proj = q_proj, k_proj
+
+    @property
+    def feature_input_dim(self) -> int:
+        """Width of the projected queries and keys: qk_dim, or head_dim."""
+        return self.qk_dim or self.head_dim
 
     @property
     def feature_width(self) -> int:
-        return feature_dim(self.feature_map, self.head_dim, self.num_random_features)
+        return feature_dim(self.feature_map, self.feature_input_dim, self.num_random_features)
 
     def _projection(self) -> np.ndarray | None:
         if self.feature_map != "performer":
             return None
-        return performer_projection(self.head_dim, self.feature_width, self.random_feature_seed)
+        return performer_projection(self.feature_input_dim, self.feature_width, self.random_feature_seed)
 
     def init_state(self, batch: int, dtype: Any = jnp.float32) -> LinearState:
         return init_linear_state(batch, self.num_kv_heads, self.feature_width, self.head_dim, dtype)

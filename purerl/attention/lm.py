@@ -56,6 +56,7 @@ class LMConfig:
     mlp_ratio: int = 4
     attention: Literal["softmax", "linear"] = "softmax"
     feature_map: str = "elu"  # linear attention only
+    qk_dim: int | None = None  # linear attention only: project q, k to this width before φ (Based)
     linear_form: str = "chunked"
     chunk_size: int = 64
     use_rope: bool = False  # RoPE on top of the learned embedding (position="learned")
@@ -101,6 +102,11 @@ class LMConfig:
             )
         if self.head_dim is not None:
             check_positive_int("LMConfig", "head_dim", self.head_dim)
+        if self.qk_dim is not None:
+            check_positive_int("LMConfig", "qk_dim", self.qk_dim)
+            if self.attention != "linear":
+                raise ValueError(f"LMConfig.qk_dim: got {self.qk_dim} with attention={self.attention!r}; allowed: "
+                                 "None (qk_dim is the feature map's input width, linear attention only)")
         elif self.d_model % self.num_heads:
             raise ValueError(
                 f"LMConfig.num_heads: got {self.num_heads}; allowed: a divisor of d_model="
@@ -119,7 +125,7 @@ def make_attention(config: LMConfig, name: str | None = None) -> nn.Module:
         use_rope = config.use_rope or config.position == "rope"
         return SoftmaxAttention(use_rope=use_rope, qk_norm=config.qk_norm, **common)
     return LinearAttention(feature_map=config.feature_map, form=config.linear_form,
-                           chunk_size=config.chunk_size, **common)
+                           chunk_size=config.chunk_size, qk_dim=config.qk_dim, **common)
 
 
 class Block(nn.Module):
@@ -266,7 +272,7 @@ class TinyLM(nn.Module):
             return tuple(init_kv_cache(batch, max_len or cfg.max_len, cfg.num_kv_heads,
                                        cfg.resolved_head_dim, group=group)
                          for _ in range(cfg.num_layers))
-        width = feature_dim(cfg.feature_map, cfg.resolved_head_dim)
+        width = feature_dim(cfg.feature_map, cfg.qk_dim or cfg.resolved_head_dim)
         return tuple(init_linear_state(batch, cfg.num_kv_heads, width, cfg.resolved_head_dim)
                      for _ in range(cfg.num_layers))
 
