@@ -21,6 +21,7 @@ Every table and plot is made from the kept results (`experiments/reports/softmax
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -950,8 +951,7 @@ def run(plan: DictConfig) -> None:
     write_report(plan, kept)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return lab.main(run, NAME, sys.argv[1:] if argv is None else argv)
+main = functools.partial(lab.main, run, NAME)
 
 
 if __name__ == "__main__":
