@@ -269,3 +269,22 @@ def test_softmax_lm_learns_mqar():
     assert accuracy > 0.38
     curve = np.asarray(metrics["accuracy"])
     assert curve[-30:].mean() > curve[:30].mean() + 0.15
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(d_model=16, num_heads=3, num_kv_heads=3),
+     r"LMConfig.num_heads: got 3; allowed: a divisor of d_model=16 when head_dim"),
+    (dict(d_model=16, num_heads=3, num_kv_heads=3, qk_dim=4, attention="linear"), r"LMConfig.num_heads: got 3"),
+    (dict(d_model=16, num_heads=2, num_kv_heads=2, qk_dim=4), r"LMConfig.qk_dim: got 4 with attention='softmax'"),
+])
+def test_lm_config_head_layout_errors(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        LMConfig(vocab_size=8, max_len=8, num_layers=1, **kwargs)
+
+
+def test_lm_config_head_dim_frees_num_heads_from_d_model():
+    # 32 heads of dim 2 on d_model 16 (the kv_cache_4x layout), with and without qk_dim.
+    assert LMConfig(vocab_size=8, max_len=8, d_model=16, num_heads=32, num_kv_heads=8,
+                    head_dim=2).resolved_head_dim == 2
+    assert LMConfig(vocab_size=8, max_len=8, d_model=16, num_heads=32, num_kv_heads=8, head_dim=2,
+                    attention="linear", qk_dim=2).resolved_head_dim == 2

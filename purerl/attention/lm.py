@@ -102,16 +102,16 @@ class LMConfig:
             )
         if self.head_dim is not None:
             check_positive_int("LMConfig", "head_dim", self.head_dim)
-        if self.qk_dim is not None:
-            check_positive_int("LMConfig", "qk_dim", self.qk_dim)
-            if self.attention != "linear":
-                raise ValueError(f"LMConfig.qk_dim: got {self.qk_dim} with attention={self.attention!r}; allowed: "
-                                 "None (qk_dim is the feature map's input width, linear attention only)")
         elif self.d_model % self.num_heads:
             raise ValueError(
                 f"LMConfig.num_heads: got {self.num_heads}; allowed: a divisor of d_model="
                 f"{self.d_model} when head_dim is not given"
             )
+        if self.qk_dim is not None:
+            check_positive_int("LMConfig", "qk_dim", self.qk_dim)
+            if self.attention != "linear":
+                raise ValueError(f"LMConfig.qk_dim: got {self.qk_dim} with attention={self.attention!r}; allowed: "
+                                 "None (qk_dim is the feature map's input width, linear attention only)")
 
     @property
     def resolved_head_dim(self) -> int:
