@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import io
 import json
 import os
 import platform
@@ -371,7 +372,7 @@ class Kept:
             if stale.stem not in self.tables:
                 stale.unlink()
         for key, table in self.tables.items():
-            results.atomic_write_text(folder / f"{key}.csv", table.to_csv(index=False, na_rep="NaN"))
+            results.atomic_write_text(folder / f"{key}.csv", _kept_text(table))
         size = sum(path.stat().st_size for path in folder.glob("*.csv"))
         if size > KEPT_LIMIT_BYTES:
             raise ExperimentError(f"kept results {folder}: {size:,} bytes; allowed: at most {KEPT_LIMIT_BYTES:,} "
@@ -412,9 +413,7 @@ def kept_results(plan: DictConfig, compute: Callable[[], dict[str, pd.DataFrame]
         if (provenance.get("experiment"), provenance.get("scale")) != (plan.experiment, plan.scale):
             raise ExperimentError(f"rebuild=true: {folder} keeps {provenance.get('experiment')} "
                                   f"scale={provenance.get('scale')}; asked for {plan.experiment} scale={plan.scale}")
-        tables = {key: pd.read_csv(folder / KEPT_TABLES / f"{key}.csv", keep_default_na=False, na_values=["NaN"],
-                                   float_precision="round_trip")
-                  for key in provenance["tables"]}
+        tables = {key: _read_kept(folder / KEPT_TABLES / f"{key}.csv") for key in provenance["tables"]}
         print(f"[{plan.experiment}] rebuilding from the kept results in {folder}", flush=True)
         return Kept(plan, tables, provenance, rebuilt=True)
     from purerl import provenance as purerl_provenance
@@ -431,7 +430,18 @@ def kept_results(plan: DictConfig, compute: Callable[[], dict[str, pd.DataFrame]
               "purerl_source": purerl_provenance.source_digest(), "versions": purerl_provenance.dependency_versions(),
               "measures": measure_digests, "machine": _machine(), "tables": list(tables),
               "rows": {key: len(table) for key, table in tables.items()}, "plan": identity, "_started": started}
+    # The report is made from the tables as they are kept (float32 columns widen to float64 and
+    # the like), so it equals what `rebuild=true` makes from the kept files, to the last digit.
+    tables = {key: _read_kept(io.StringIO(_kept_text(table))) for key, table in tables.items()}
     return Kept(plan, tables, record, rebuilt=False)
+
+
+def _kept_text(table: pd.DataFrame) -> str:
+    return table.to_csv(index=False, na_rep="NaN")
+
+
+def _read_kept(source: Any) -> pd.DataFrame:
+    return pd.read_csv(source, keep_default_na=False, na_values=["NaN"], float_precision="round_trip")
 
 
 def _command(plan: DictConfig) -> str:
@@ -455,11 +465,14 @@ def bootstrap_ci(
 
 
 def verdict(diff: tuple[float, float, float], lower: str, higher: str, n: int) -> str:
-    """A claim only when the paired CI (estimate, low, high) of a difference excludes 0."""
-    _, low, high = diff
-    if high < 0:
+    """A claim only when the paired CI (estimate, low, high) of a difference excludes 0. A bound
+    within float rounding of 0 (e.g. −7e-18 from averaging differences that are multiples of 1/N)
+    counts as 0."""
+    estimate, low, high = diff
+    rounding = 1e-9 * max(1.0, abs(estimate), abs(low), abs(high))
+    if high < -rounding:
         return lower
-    if low > 0:
+    if low > rounding:
         return higher
     return f"not resolved at {n} seeds"
 

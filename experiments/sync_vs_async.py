@@ -351,7 +351,7 @@ def tail_answer(table: pd.DataFrame, gen: pd.DataFrame, tail: pd.DataFrame, n: i
         rows = table[table.algo == algo]
         sync = rows[rows["mode"] == "sync"].iloc[0]
         g = gen[gen.task == TASK[algo]].iloc[0]
-        arms_text = "; ".join(f"{r.mode}: learner idle {pct(r.learner_idle)}, throughput ×{ci(r.gain, 2)} "
+        arms_text = "; ".join(f"{r.mode}: learner idle {pct(r.learner_idle)}, throughput ×{ci(r.gain)} "
                               f"({r.gain_verdict})" for r in rows[rows["mode"] != "sync"].itertuples())
         lines.append(f"**{TASK[algo]}.** Longest completion per update {g['longest / update']} tokens "
                      f"(sd within a run {g['sd of longest in a run']}), decode waste {g['decode waste']}, "
@@ -422,7 +422,7 @@ def answer(table: pd.DataFrame, corr: pd.DataFrame, n: int) -> str:
         task = label(part.iloc[0])
         faster = part[part.gain_verdict == "faster"]
         slower = part[part.gain_verdict == "slower"]
-        gains = "; ".join(f"{r.mode} ×{ci(r.gain, 2)}" for r in part.itertuples())
+        gains = "; ".join(f"{r.mode} ×{ci(r.gain)}" for r in part.itertuples())
         sentence = f"**{task}.** Throughput vs sync: {gains}"
         sentence += (f" — faster: {', '.join(faster['mode'])}" if len(faster) else "") + (
             f"; slower: {', '.join(slower['mode'])}" if len(slower) else "")
@@ -444,7 +444,7 @@ def closing(table: pd.DataFrame, n: int) -> str:
     lines = []
     for (algo, _), part in table[table["mode"] != "sync"].groupby(["algo", "correction"], sort=False):
         best = part.loc[part.gain.map(lambda g: g[0]).idxmax()]
-        lines.append(f"- {label(best)}: best async arm {best['mode']}, throughput ×{ci(best.gain, 2)} of sync "
+        lines.append(f"- {label(best)}: best async arm {best['mode']}, throughput ×{ci(best.gain)} of sync "
                      f"({best.gain_verdict}), learning cost at equal updates {ci(best.cost)} {LEARNING[algo]} "
                      f"({best.cost_verdict}), at equal wall time {ci(best.cost_wall)} ({best.wall_verdict}).")
     return "\n".join(lines)

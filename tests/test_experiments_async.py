@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
-from test_experiments import table_under, tables
+from test_experiments import table_under
 
 from experiments import lab
 
@@ -88,18 +87,3 @@ def test_sync_vs_async_smoke_and_rebuild_from_kept_results(tmp_path):
     assert sva.main(argv) == 0
     assert (tmp_path / "rebuilt" / "sync_vs_async.md").read_text() == report
     assert not (tmp_path / "nothing").exists()  # nothing measured
-
-
-@pytest.mark.skipif(not (COMMITTED / "sync_vs_async" / "provenance.json").exists(),
-                    reason="the committed scale=full report is made by `python -m experiments.sync_vs_async "
-                           "scale=full` on a quiet machine")
-def test_sync_vs_async_committed_report_rebuilds_from_its_kept_results(tmp_path):
-    from experiments import sync_vs_async as sva
-
-    argv = ["scale=full", "rebuild=true", f"kept_from={COMMITTED / 'sync_vs_async'}",
-            f"out_dir={tmp_path / 'out'}", f"report_dir={tmp_path}"]
-    assert sva.main(argv) == 0
-    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "sync_vs_async.md",
-                                                          COMMITTED / "sync_vs_async.md"))
-    assert rebuilt == original and len(original) >= 4
-    assert not (tmp_path / "out").exists()

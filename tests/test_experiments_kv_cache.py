@@ -130,21 +130,15 @@ def test_kv_cache_4x_smoke_and_rebuild_from_kept_results(tmp_path):
     assert not (tmp_path / "nothing").exists()  # nothing trained or measured
 
 
-def test_kv_cache_4x_committed_report_rebuilds_from_its_kept_results(tmp_path):
-    """scale=full is the committed report: rebuilt from the committed kept results, its tables equal
-    the committed report's, and MHA reaches the 0.95 recall bar at the headline pair count."""
-    from test_experiments import tables
-
-    from experiments import kv_cache_4x, lab
+def test_kv_cache_4x_committed_mha_reaches_the_recall_bar():
+    """The committed report's MHA reaches the issue's 0.95 recall bar at the headline pair count
+    (that the report rebuilds from its kept results: tests/test_reports.py)."""
+    from experiments import lab
 
     committed = lab.REPO_ROOT / "experiments" / "reports"
-    argv = ["scale=full", "rebuild=true", f"kept_from={committed / 'kv_cache_4x'}", f"out_dir={tmp_path / 'out'}",
-            f"report_dir={tmp_path}"]
-    assert kv_cache_4x.main(argv) == 0
-    rebuilt, original = (tables(p.read_text()) for p in (tmp_path / "kv_cache_4x.md", committed / "kv_cache_4x.md"))
-    assert rebuilt == original and len(original) >= 7
-    assert not (tmp_path / "out").exists()
     quality = table_under((committed / "kv_cache_4x.md").read_text(), "Final held-out quality per pair count")
     plan = lab.load_plan("kv_cache_4x", ["scale=full"])
     mha = [row for row in quality if row[0] == str(plan.headline_pairs) and row[1] == "MHA-8"]
     assert float(mha[0][3].split()[0]) >= 0.95
+
+
