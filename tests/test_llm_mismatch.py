@@ -64,6 +64,7 @@ def batch(ffn, seed=0):
 def test_equal_numerics_give_no_mismatch(ffn):
     params, config, tokens, mask = batch(ffn)
     stats = mismatch_diagnostics(params, config, tokens, mask, rollout_dtype="float32")
+    assert np.isnan(stats.pop("flipped_abs_log_ratio"))  # no token flips, so no mean over them
     for name, value in stats.items():
         np.testing.assert_allclose(value, 0.0, atol=1e-12, err_msg=name)
 
@@ -81,8 +82,24 @@ def test_bfloat16_rollout_flips_moe_routing_and_spreads_token_ratios_more_than_s
     np.testing.assert_allclose(stats["token_flip_share"], np.mean(np.any(flips, axis=0)), **tol())
     assert 0 < stats["flip_share"] < 0.5
     assert stats["token_ratio_var"] > stats["sequence_ratio_var"] > 0
+    # |log r| split by whether the token flipped in any layer, from NumPy log-softmaxes of the two passes.
+    def log_probs(p):
+        logits = np.asarray(TinyLM(config).apply(p, tokens), np.float64)[:, :-1]
+        logits = logits - logits.max(-1, keepdims=True)
+        log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return np.take_along_axis(log_softmax, np.asarray(tokens)[:, 1:, None], -1)[..., 0][:, 4:11].reshape(-1)
+
+    abs_log = np.abs(log_probs(params) - log_probs(rollout_params(params, "bfloat16")))
+    # |log r| ~ 1e-3 is a difference of float32 log-probs of size ~1: relative error ~1e-4.
+    small_difference = {"rtol": 1e-3, "atol": tol()["atol"]}
+    any_flip = np.any(flips, axis=0)
+    assert any_flip.any() and not any_flip.all()
+    np.testing.assert_allclose(stats["flipped_abs_log_ratio"], abs_log[any_flip].mean(), **small_difference)
+    np.testing.assert_allclose(stats["unflipped_abs_log_ratio"], abs_log[~any_flip].mean(), **small_difference)
     dense = mismatch_diagnostics(*batch("dense"), rollout_dtype="bfloat16")
     assert dense["flip_share"] == 0 and dense["token_ratio_var"] > 0
+    assert np.isnan(dense["flipped_abs_log_ratio"])
+    np.testing.assert_allclose(dense["unflipped_abs_log_ratio"], dense["mean_abs_log_ratio"], **tol())
 
 
 def test_bad_rollout_dtype_names_the_field():

@@ -15,7 +15,10 @@ gives, over the tokens where `mask` is 1 (completion targets, [B, L-1]):
 - token_ratio_var: variance over tokens of r_t = exp(log π_train − log π_rollout);
 - sequence_ratio_var: variance over sequences of GSPO's s_i = exp(mean_t (log π_train −
   log π_rollout)) (length-normalised);
-- mean_abs_log_ratio: mean |log r_t| over tokens.
+- mean_abs_log_ratio: mean |log r_t| over tokens;
+- flipped_abs_log_ratio / unflipped_abs_log_ratio: mean |log r_t| over the tokens with / without
+  a flip in any MoE layer (NaN where there is no such token, e.g. flipped ones with a dense FFN):
+  how much of the ratio noise the routing flips carry, against the rounding alone.
 """
 
 from __future__ import annotations
@@ -90,7 +93,14 @@ def mismatch_diagnostics(params: Any, config: LMConfig, tokens: jax.Array, mask:
         flips = jnp.stack([routing_flips(a, b)[:, :-1] for a, b in zip(train_ids, roll_ids, strict=True)])
         flips = flips.astype(jnp.float32)
         stats["flip_share"] = losses.masked_mean(jnp.mean(flips, axis=0), mask)
-        stats["token_flip_share"] = losses.masked_mean(jnp.max(flips, axis=0), mask)
+        flipped = jnp.max(flips, axis=0)
+        stats["token_flip_share"] = losses.masked_mean(flipped, mask)
     else:
         stats["flip_share"] = stats["token_flip_share"] = jnp.zeros(())
+        flipped = jnp.zeros_like(mask)
+    abs_log_ratio = jnp.abs(new - old)
+    for name, part in (("flipped", flipped), ("unflipped", 1.0 - flipped)):
+        part = mask * part
+        stats[f"{name}_abs_log_ratio"] = jnp.where(jnp.sum(part) > 0, losses.masked_mean(abs_log_ratio, part),
+                                                   jnp.nan)
     return stats
