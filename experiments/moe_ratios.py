@@ -169,13 +169,13 @@ def start_headline(start: pd.DataFrame) -> list[dict[str, str]]:
     variances of ratios are heavy-tailed, one seed can carry most of a mean of raw variances),
     |log r| as the robust level, the flip share, and the flipped-vs-unflipped split."""
     dense, moe = by_ffn(start)
-    seeds = len(moe)
     rows = []
 
-    def row(label: str, values: np.ndarray, higher: str, lower: str) -> None:
-        ci = lab.bootstrap_ci(values)
+    def row(label: str, values: Any, higher: str, lower: str) -> None:
+        values = np.asarray(values, np.float64)
+        ci = lab.bootstrap_ci(values)  # a seed without a flipped token has no flipped mean: left out
         rows.append({"quantity": label, "estimate [95% CI]": lab.fmt_ci(*ci),
-                     "verdict": verdict(ci, higher, lower, seeds)})
+                     "verdict": verdict(ci, higher, lower, int(np.isfinite(values).sum()))})
 
     row("MoE: log10(token-ratio var / sequence-ratio var)", log10_variance_ratio(moe),
         "token ratios vary more", "sequence ratios vary more")
@@ -218,6 +218,15 @@ def start_tables(start: pd.DataFrame) -> tuple[str, str, str]:
         ci = paired(a, b)
         raw.append({"quantity": label, "estimate [95% CI]": lab.fmt_ci(*ci), "verdict": verdict(ci, higher, lower,
                                                                                                    seeds)})
+    # Derived per seed: the share of all |log r_t| that the flipped tokens carry (0 without flips).
+    flipped_mass = moe.token_flip_share * moe.flipped_abs_log_ratio.fillna(0.0)
+    carried = flipped_mass / (flipped_mass + (1 - moe.token_flip_share) * moe.unflipped_abs_log_ratio)
+    for label, values in (("MoE: share of tokens with a flip", moe.token_flip_share),
+                          ("MoE: share of the summed |log r_t| on those tokens", carried),
+                          ("MoE: that share − the tokens' share", carried - moe.token_flip_share)):
+        ci = lab.bootstrap_ci(values)
+        raw.append({"quantity": label, "estimate [95% CI]": lab.fmt_ci(*ci),
+                    "verdict": verdict(ci, "above 0", "below 0", seeds)})
     return per_ffn, lab.markdown_table(pd.DataFrame(start_headline(start))), lab.markdown_table(pd.DataFrame(raw))
 
 
@@ -302,6 +311,14 @@ def run(plan: DictConfig) -> None:
     c = plan.config
     report = lab.Report(plan, "Ratio noise under mixture-of-experts routing: token vs sequence ratios", kept=kept)
     report.add(
+        "**Question.** When the rollout and the training pass differ in numerics (bf16 vs float32 weights), how "
+        "much noise does that put into token-level importance ratios vs GSPO's sequence-level ratio, how much of "
+        "it comes from tokens whose mixture-of-experts routing flips between the two passes, and does GSPO learn "
+        "more stably than GRPO with and without MoE?",
+        "**Command** (computes what is missing, part by part, then writes this report; `rebuild=true` remakes it "
+        "from the kept per-seed numbers without computing):",
+        f"```bash\n{report.command()}\n{report.command()} rebuild=true\n```")
+    report.add(
         f"`{report.command()}`: {seeds} seeds, the same in every arm (paired: one seed is one SFT policy per FFN, "
         f"one set of problems). Task: {c.task} ({dict(c.task_kwargs)}); d_model={c.d_model}, {c.num_layers} "
         f"layers; MoE: {c.num_experts} experts, top-{c.experts_per_token}, dense dispatch. Rollout: parameters "
@@ -320,7 +337,8 @@ def run(plan: DictConfig) -> None:
                "the robust level of the noise, and the flipped-vs-unflipped split is the mechanism itself, "
                "measured within each MoE policy.")
     report.headline(f"Mismatch at the start: {len(start_headline(start))} quantities, paired by seed", headline)
-    report.add("The raw variance differences (the arithmetic mean of per-seed variances, heavy-tailed):", raw)
+    report.add("The raw variance differences (the arithmetic mean of per-seed variances, heavy-tailed), and how much "
+               "of the noise the flipped tokens carry (derived per seed from the table above):", raw)
     arms, learns, diffs = learning_tables(learn)
     report.add("## 2. GRPO vs GSPO with the bf16 rollout, dense vs MoE",
                f"{c.num_updates} updates of {c.num_prompts} prompts × {c.group_size} completions, "
