@@ -25,7 +25,8 @@ from experiments import lab
 
 NAME = "llm_rl"
 METRICS = ("accuracy", "greedy_accuracy", "kl_to_ref", "sample_reward", "proxy_reward", "zero_std_groups",
-           "clip_frac", "approx_kl", "sft_accuracy", "rm_true_accuracy", "env_steps")
+           "clip_frac", "approx_kl", "sft_accuracy", "sft_greedy_accuracy", "rm_true_accuracy", "env_steps",
+           "token_ratio_var", "sequence_ratio_var", "entropy")
 
 
 # ---------------------------------------------------------------- measurement
@@ -114,10 +115,13 @@ def per_seed(plan: DictConfig, curves: pd.DataFrame) -> pd.DataFrame:
     whole = curves.groupby(["label", "seed"]).mean(numeric_only=True)
     first = curves[curves["update"] == curves["update"].min()].groupby(["label", "seed"]).mean(numeric_only=True)
     out = pd.DataFrame({
-        "start": whole.sft_accuracy, "accuracy": final.accuracy, "greedy_accuracy": final.greedy_accuracy,
+        "start": whole.sft_accuracy, "greedy_start": whole.get("sft_greedy_accuracy", np.nan),
+        "accuracy": final.accuracy, "greedy_accuracy": final.greedy_accuracy,
         "kl_to_ref": final.kl_to_ref, "true_reward": final.sample_reward, "proxy_reward": final.proxy_reward,
         "zero_std_groups": whole.get("zero_std_groups", np.nan), "clip_frac": whole.get("clip_frac", np.nan),
         "rm_true_accuracy": whole.get("rm_true_accuracy", np.nan),
+        "token_ratio_var": whole.get("token_ratio_var", np.nan),
+        "sequence_ratio_var": whole.get("sequence_ratio_var", np.nan),
     }).reset_index()
     out["gain"] = out.accuracy - out.start
     # the training samples' true and proxy rewards, from the first update to the final ones
@@ -141,12 +145,7 @@ def paired(seeds: pd.DataFrame, a: str, b: str, column: str = "gain") -> tuple[f
 
 
 def verdict(ci: tuple[float, float, float, int], a: str, b: str) -> str:
-    estimate, low, high, n = ci
-    if low > 0:
-        return f"{a} higher"
-    if high < 0:
-        return f"{b} higher"
-    return f"not resolved at {n} seeds"
+    return lab.verdict(ci[:3], f"{b} higher", f"{a} higher", ci[3])
 
 
 def summary_table(seeds: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -154,12 +153,34 @@ def summary_table(seeds: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     for label in labels:
         s = seeds[seeds.label == label]
         rows.append({"method": label, "SFT start": ci_cell(s.start), "final accuracy": ci_cell(s.accuracy),
-                     "gain over start": ci_cell(s.gain), "greedy accuracy": ci_cell(s.greedy_accuracy),
+                     "gain over start": ci_cell(s.gain),
+                     "greedy: SFT start": ci_cell(s.greedy_start) if s.greedy_start.notna().any() else "-",
+                     "greedy: final": ci_cell(s.greedy_accuracy),
                      "Δ training-sample reward": ci_cell(s.true_change) if s.true_change.notna().any() else "-",
                      "KL to ref (nats)": ci_cell(s.kl_to_ref, 2),
                      "zero-std groups": ci_cell(s.zero_std_groups, 2) if s.zero_std_groups.notna().any() else "-",
                      "clip fraction": ci_cell(s.clip_frac, 2) if s.clip_frac.notna().any() else "-"})
     return pd.DataFrame(rows)
+
+
+def ratio_table(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Per arm with a group baseline: the run-mean variance of the per-token ratios π/π_old and of
+    GSPO's sequence ratios s_i over the same minibatches, and their quotient per seed."""
+    rows = []
+    for label in dict.fromkeys(seeds.label):
+        s = seeds[seeds.label == label]
+        if not s.token_ratio_var.notna().any():
+            continue
+        rows.append({"method": label, "Var token ratio": ci_cell(s.token_ratio_var, 5),
+                     "Var sequence ratio": ci_cell(s.sequence_ratio_var, 5),
+                     "token / sequence": ci_cell(s.token_ratio_var / s.sequence_ratio_var, 2)})
+    return pd.DataFrame(rows)
+
+
+def run_seconds(curves: pd.DataFrame) -> tuple[float, float]:
+    """(compile, run) seconds summed over the arms, as each arm's measurement recorded them."""
+    per_arm = curves.groupby("arm")[["compile_seconds", "run_seconds"]].first()
+    return float(per_arm.compile_seconds.sum()), float(per_arm.run_seconds.sum())
 
 
 def comparison_rows(plan: DictConfig, seeds: pd.DataFrame) -> pd.DataFrame:
@@ -315,7 +336,19 @@ def run(plan: DictConfig) -> None:
         report.figure(plot_overoptimisation(curves, rm_arm), "overoptimisation.png",
                       "True reward and reward-model score of the training samples against KL to the reference, "
                       "one point per update (mean over seeds), one line per β")
-    report.add("## Discussion", DISCUSSION)
+    ratios = ratio_table(seeds)
+    if len(ratios):
+        report.add("## Token vs sequence importance ratios",
+                   "Variance of the per-token ratios π/π_old over each minibatch's completion tokens, and of GSPO's "
+                   "length-normalised sequence ratio s_i = exp(mean_t log π/π_old) over its completions, measured "
+                   "on the same minibatches whichever ratio the arm optimises (run means per seed, then mean "
+                   "[95% CI] over seeds; the last column is the per-seed quotient):",
+                   lab.markdown_table(ratios))
+    compile_s, run_s = run_seconds(curves)
+    report.add("## Discussion", DISCUSSION,
+               f"**Cost.** The {curves.arm.nunique()} arms' measurements recorded {compile_s:.0f} s of compilation "
+               f"and {run_s:.0f} s of training ({(compile_s + run_s) / 60:.1f} min in all) on "
+               f"{kept.provenance.get('machine', {}).get('cpus', '?')} CPU cores.")
     report.write()
 
 
