@@ -171,8 +171,8 @@ def ratio_table(seeds: pd.DataFrame) -> pd.DataFrame:
         s = seeds[seeds.label == label]
         if not s.token_ratio_var.notna().any():
             continue
-        rows.append({"method": label, "Var token ratio": ci_cell(s.token_ratio_var, 5),
-                     "Var sequence ratio": ci_cell(s.sequence_ratio_var, 5),
+        rows.append({"method": label, "Var token ratio": ci_cell(s.token_ratio_var, 2),
+                     "Var sequence ratio": ci_cell(s.sequence_ratio_var, 2),
                      "token / sequence": ci_cell(s.token_ratio_var / s.sequence_ratio_var, 2)})
     return pd.DataFrame(rows)
 
@@ -255,10 +255,12 @@ def plot_overoptimisation(curves: pd.DataFrame, arm: str):
         colour = cmap(i / max(len(betas) - 1, 1))
         axes[0].plot(mean.kl_to_ref, mean.sample_reward, "o-", ms=3, color=colour, label=f"β = {beta:g}")
         axes[1].plot(mean.kl_to_ref, mean.proxy_reward, "o-", ms=3, color=colour, label=f"β = {beta:g}")
-    axes[0].set(xlabel="KL(π ‖ π_ref) per completion", ylabel="true reward of the samples (task)",
-                title="True reward vs KL")
-    axes[1].set(xlabel="KL(π ‖ π_ref) per completion", ylabel="reward model's score of the samples (proxy)",
-                title="Proxy reward vs KL")
+    # KL spans two decades over the β sweep: a log axis keeps the small-β start and the large-β
+    # runs both readable
+    axes[0].set(xlabel="KL(π ‖ π_ref) per completion (log)", ylabel="true reward of the samples (task)",
+                title="True reward vs KL", xscale="log")
+    axes[1].set(xlabel="KL(π ‖ π_ref) per completion (log)", ylabel="reward model's score of the samples (proxy)",
+                title="Proxy reward vs KL", xscale="log")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(betas), fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))

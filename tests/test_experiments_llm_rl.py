@@ -1,6 +1,7 @@
 """experiments/llm_rl.py: the per-seed summaries and paired comparisons against NumPy, the report
 written from synthetic curves (no training) and rebuilt from its kept results, and (slow) the
-smoke run that trains every arm of the smoke plan."""
+smoke run that trains every arm of the smoke plan. The committed `full` report's rebuild is
+tests/test_reports.py's."""
 
 from __future__ import annotations
 
@@ -107,14 +108,3 @@ def test_llm_rl_smoke_trains_every_arm(tmp_path):
     assert kept[["accuracy", "kl_to_ref", "proxy_reward", "sample_reward"]].notna().all().all()
     assert [r[0] for r in table_under(report, "Headline: final held-out accuracy")] == ["GRPO"]
 
-
-def test_committed_report_rebuilds_from_its_kept_results(tmp_path):
-    """The committed report's tables come back from its kept per-seed curves, computing nothing."""
-    kept = lab.REPO_ROOT / "experiments" / "reports" / "llm_rl"
-    scale = __import__("json").loads((kept / "provenance.json").read_text())["scale"]
-    args = [f"scale={scale}", "rebuild=true", f"kept_from={kept}", f"report_dir={tmp_path}", f"out_dir={tmp_path}"]
-    assert llm_rl.main(args) == 0
-    committed = (kept.parent / "llm_rl.md").read_text()
-    rebuilt = (tmp_path / "llm_rl.md").read_text()
-    for heading in ("Headline: final held-out accuracy", "5 comparisons", "The reward model"):
-        assert table_under(rebuilt, heading) == table_under(committed, heading)
