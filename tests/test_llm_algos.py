@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purerl.llm import dpo, ppo, reward_model
+from purerl.llm import dpo, grpo, ppo, reward_model
 from purerl.rl.loop import host_metrics
 
 TINY = dict(d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, sft_steps=4, num_updates=3,
@@ -51,6 +51,21 @@ def test_ppo_with_a_reward_model_and_the_kl_as_a_loss_term():
     np.testing.assert_array_equal(metrics["sample_reward"] * 8, np.round(metrics["sample_reward"] * 8))
     assert np.all(metrics["kl_loss"] >= 0)  # k3 is non-negative
     assert not np.array_equal(metrics["sft_loss"][0], metrics["sft_loss"][1])  # seeds differ
+
+
+def test_grpo_ratio_variances_vanish_at_the_behaviour_policy_only():
+    """With one epoch of one minibatch the only gradient step is taken at the parameters that
+    sampled the completions, so every ratio π/π_old is 1 up to the sampler's float rounding and
+    both logged variances (token ratio and GSPO sequence ratio) vanish; a second epoch steps from
+    moved parameters and they do not. Partial-credit rewards give the groups a signal to move on."""
+    tiny = TINY | dict(task="reverse", task_kwargs={"num_digits": 2, "partial": True})
+    for epochs, moved in ((1, False), (2, True)):
+        config = grpo.Config(**tiny, num_prompts=4, group_size=2, num_minibatches=1, update_epochs=epochs)
+        _, metrics = run(grpo, config, [0])
+        check_metrics(metrics, config, 1)
+        for name in ("token_ratio_var", "sequence_ratio_var"):
+            assert np.all(metrics[name] >= 0), name
+            assert (metrics[name][0, 0] > 1e-9) == moved, (name, epochs)
 
 
 def test_dpo_learns_from_informative_pairs_only():
