@@ -111,6 +111,12 @@ def test_reverse_answers_match_python_and_rewards_are_exact_or_partial():
     short = completion_tokens([t[:5] for t in truth], task.completion_len)  # EOS too early
     np.testing.assert_allclose(partial.reward(problems, short), 5 / 8)
     np.testing.assert_array_equal(task.reward(problems, short), np.zeros(32))
+    # the split by problem, checked with the reference hash: training draws never land in the
+    # held-out fifth, held-out draws always do
+    held = jax.device_get(jax.jit(lambda k: task.sample_heldout(k, 32))(jax.random.PRNGKey(1)))
+    threshold = round(0.2 * 65536)
+    assert all(_fnv_murmur(p) % 65536 >= threshold for p in problems.prompt)
+    assert all(_fnv_murmur(p) % 65536 < threshold for p in held.prompt)
 
 
 def test_recall_answers_are_the_asked_values_and_reward_is_fraction():
