@@ -54,18 +54,22 @@ def test_ppo_with_a_reward_model_and_the_kl_as_a_loss_term():
 
 
 def test_grpo_ratio_variances_vanish_at_the_behaviour_policy_only():
-    """With one epoch of one minibatch the only gradient step is taken at the parameters that
-    sampled the completions, so every ratio π/π_old is 1 up to the sampler's float rounding and
-    both logged variances (token ratio and GSPO sequence ratio) vanish; a second epoch steps from
-    moved parameters and they do not. Partial-credit rewards give the groups a signal to move on."""
+    """Two epochs of one minibatch: the first step is taken at the parameters that sampled the
+    completions, the second from where the first moved them. With a learning rate of 1e-12 they do
+    not move, every ratio π/π_old stays 1 up to float rounding and both logged variances (token
+    ratio and GSPO sequence ratio) vanish; with 1e-2 they do not. One compiled program, the two
+    learning rates vmapped; partial-credit rewards give the groups a signal to move on."""
     tiny = TINY | dict(task="reverse", task_kwargs={"num_digits": 2, "partial": True})
-    for epochs, moved in ((1, False), (2, True)):
-        config = grpo.Config(**tiny, num_prompts=4, group_size=2, num_minibatches=1, update_epochs=epochs)
-        _, metrics = run(grpo, config, [0])
-        check_metrics(metrics, config, 1)
-        for name in ("token_ratio_var", "sequence_ratio_var"):
-            assert np.all(metrics[name] >= 0), name
-            assert (metrics[name][0, 0] > 1e-9) == moved, (name, epochs)
+    config = grpo.Config(**tiny, num_prompts=4, group_size=2, num_minibatches=1, update_epochs=2)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.zeros(2, jnp.int32))
+    hypers = jax.tree.map(lambda x: jnp.full((2,), x, jnp.float32), grpo.Hyper())
+    hypers = hypers.replace(lr=jnp.array([1e-12, 1e-2], jnp.float32))
+    compiled = jax.jit(jax.vmap(grpo.make_train(config))).lower(keys, hypers).compile(compiler_options=FAST_COMPILE)
+    metrics = host_metrics(jax.device_get(compiled(keys, hypers))[1])
+    check_metrics(metrics, config, 2)
+    for name in ("token_ratio_var", "sequence_ratio_var"):
+        assert np.all(metrics[name] >= 0), name
+        assert np.all(metrics[name][0] < 1e-9) and metrics[name][1, 0] > 1e-9, name
 
 
 def test_dpo_learns_from_informative_pairs_only():
