@@ -25,7 +25,8 @@ from experiments import lab
 
 NAME = "llm_rl"
 METRICS = ("accuracy", "greedy_accuracy", "kl_to_ref", "sample_reward", "proxy_reward", "zero_std_groups",
-           "clip_frac", "approx_kl", "sft_accuracy", "rm_true_accuracy", "env_steps")
+           "clip_frac", "approx_kl", "sft_accuracy", "sft_greedy_accuracy", "rm_true_accuracy", "env_steps",
+           "token_ratio_var", "sequence_ratio_var", "entropy")
 
 
 # ---------------------------------------------------------------- measurement
@@ -114,10 +115,13 @@ def per_seed(plan: DictConfig, curves: pd.DataFrame) -> pd.DataFrame:
     whole = curves.groupby(["label", "seed"]).mean(numeric_only=True)
     first = curves[curves["update"] == curves["update"].min()].groupby(["label", "seed"]).mean(numeric_only=True)
     out = pd.DataFrame({
-        "start": whole.sft_accuracy, "accuracy": final.accuracy, "greedy_accuracy": final.greedy_accuracy,
+        "start": whole.sft_accuracy, "greedy_start": whole.get("sft_greedy_accuracy", np.nan),
+        "accuracy": final.accuracy, "greedy_accuracy": final.greedy_accuracy,
         "kl_to_ref": final.kl_to_ref, "true_reward": final.sample_reward, "proxy_reward": final.proxy_reward,
         "zero_std_groups": whole.get("zero_std_groups", np.nan), "clip_frac": whole.get("clip_frac", np.nan),
         "rm_true_accuracy": whole.get("rm_true_accuracy", np.nan),
+        "token_ratio_var": whole.get("token_ratio_var", np.nan),
+        "sequence_ratio_var": whole.get("sequence_ratio_var", np.nan),
     }).reset_index()
     out["gain"] = out.accuracy - out.start
     # the training samples' true and proxy rewards, from the first update to the final ones
@@ -141,12 +145,7 @@ def paired(seeds: pd.DataFrame, a: str, b: str, column: str = "gain") -> tuple[f
 
 
 def verdict(ci: tuple[float, float, float, int], a: str, b: str) -> str:
-    estimate, low, high, n = ci
-    if low > 0:
-        return f"{a} higher"
-    if high < 0:
-        return f"{b} higher"
-    return f"not resolved at {n} seeds"
+    return lab.verdict(ci[:3], f"{b} higher", f"{a} higher", ci[3])
 
 
 def summary_table(seeds: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -154,12 +153,34 @@ def summary_table(seeds: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     for label in labels:
         s = seeds[seeds.label == label]
         rows.append({"method": label, "SFT start": ci_cell(s.start), "final accuracy": ci_cell(s.accuracy),
-                     "gain over start": ci_cell(s.gain), "greedy accuracy": ci_cell(s.greedy_accuracy),
+                     "gain over start": ci_cell(s.gain),
+                     "greedy: SFT start": ci_cell(s.greedy_start) if s.greedy_start.notna().any() else "-",
+                     "greedy: final": ci_cell(s.greedy_accuracy),
                      "Δ training-sample reward": ci_cell(s.true_change) if s.true_change.notna().any() else "-",
                      "KL to ref (nats)": ci_cell(s.kl_to_ref, 2),
                      "zero-std groups": ci_cell(s.zero_std_groups, 2) if s.zero_std_groups.notna().any() else "-",
                      "clip fraction": ci_cell(s.clip_frac, 2) if s.clip_frac.notna().any() else "-"})
     return pd.DataFrame(rows)
+
+
+def ratio_table(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Per arm with a group baseline: the run-mean variance of the per-token ratios π/π_old and of
+    GSPO's sequence ratios s_i over the same minibatches, and their quotient per seed."""
+    rows = []
+    for label in dict.fromkeys(seeds.label):
+        s = seeds[seeds.label == label]
+        if not s.token_ratio_var.notna().any():
+            continue
+        rows.append({"method": label, "Var token ratio": ci_cell(s.token_ratio_var, 2),
+                     "Var sequence ratio": ci_cell(s.sequence_ratio_var, 2),
+                     "token / sequence": ci_cell(s.token_ratio_var / s.sequence_ratio_var, 2)})
+    return pd.DataFrame(rows)
+
+
+def run_seconds(curves: pd.DataFrame) -> tuple[float, float]:
+    """(compile, run) seconds summed over the arms, as each arm's measurement recorded them."""
+    per_arm = curves.groupby("arm")[["compile_seconds", "run_seconds"]].first()
+    return float(per_arm.compile_seconds.sum()), float(per_arm.run_seconds.sum())
 
 
 def comparison_rows(plan: DictConfig, seeds: pd.DataFrame) -> pd.DataFrame:
@@ -211,9 +232,9 @@ def plot_curves(curves: pd.DataFrame, labels: list[str], n: int):
     axes[0].set(xlabel="completions sampled (DPO: completions of its pairs, from the reference)",
                 ylabel=f"held-out accuracy (mean of {n} seeds, 95% CI)")
     axes[1].set(xlabel="completions sampled", ylabel="KL(π ‖ π_ref) per completion (k3)")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(labels), 7), fontsize=8,
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(labels), 8), fontsize=8,
                frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
@@ -234,10 +255,12 @@ def plot_overoptimisation(curves: pd.DataFrame, arm: str):
         colour = cmap(i / max(len(betas) - 1, 1))
         axes[0].plot(mean.kl_to_ref, mean.sample_reward, "o-", ms=3, color=colour, label=f"β = {beta:g}")
         axes[1].plot(mean.kl_to_ref, mean.proxy_reward, "o-", ms=3, color=colour, label=f"β = {beta:g}")
-    axes[0].set(xlabel="KL(π ‖ π_ref) per completion", ylabel="true reward of the samples (task)",
-                title="True reward vs KL")
-    axes[1].set(xlabel="KL(π ‖ π_ref) per completion", ylabel="reward model's score of the samples (proxy)",
-                title="Proxy reward vs KL")
+    # KL spans two decades over the β sweep: a log axis keeps the small-β start and the large-β
+    # runs both readable
+    axes[0].set(xlabel="KL(π ‖ π_ref) per completion (log)", ylabel="true reward of the samples (task)",
+                title="True reward vs KL", xscale="log")
+    axes[1].set(xlabel="KL(π ‖ π_ref) per completion (log)", ylabel="reward model's score of the samples (proxy)",
+                title="Proxy reward vs KL", xscale="log")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(betas), fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
@@ -246,23 +269,61 @@ def plot_overoptimisation(curves: pd.DataFrame, arm: str):
 
 # ---------------------------------------------------------------- report
 DISCUSSION = """\
-PPO with a learned critic, GRPO's group mean and RLOO's leave-one-out mean are three baselines for the
-same REINFORCE-style gradient (Williams 1992; Shao et al. 2024; Ahmadian et al. 2024). With a group of
-G the group mean contains the sample itself, which shrinks every advantage by (G − 1)/G; RLOO removes
-that shrinkage (`grpo.Config(baseline="leave_one_out")`), and with the std division on top the two
-differ only by that constant factor, which Adam largely absorbs. DPO (Rafailov et al. 2023) learns
-from pairs sampled once from the reference, so on a task whose reward is sparse at the start most
-pairs are ties and carry no signal. Gao et al. (2022) measured the proxy reward model's score rising
-monotonically with KL while the gold reward rises and then falls; the over-optimisation table and
-plot above put the same two curves side by side for PPO on a Bradley-Terry reward model of the
-addition task, over the KL coefficient β. GSPO's clip range (Zheng et al. 2025: 3e-4 / 4e-4 on the
-length-normalised sequence ratio) is two orders of magnitude below PPO's 0.2, because a sequence
-ratio averages the token log-ratios; its clip fraction is reported beside GRPO's. On 1-digit addition
-(100 problems) with a fifth held out, the training-sample reward of PPO, GRPO, RLOO and GSPO rises
-while held-out accuracy does not move: at this scale the tiny model learns the problems it sees
-rather than addition, so what an earlier edition (evaluated on the training problems) reported as
-gains measured memorisation; 2-digit addition (the `paper` preset) is where a generalising gain
-can show."""
+**The task.** Reversing 8 digits (9-token completions, 10^8 problems, a fifth held out by a hash of
+the prompt) is a task the 2-layer model learns as an algorithm, so held-out problems measure the
+policy, not memorised answers: on 1-digit addition (100 problems, the earlier edition) no method
+raised held-out accuracy at all while the training-sample reward rose (docs/llm.md has those
+numbers and how the 80 SFT steps were chosen). After 80 SFT steps the greedy answer is already
+right on almost every held-out prompt while one sample at T = 1 is right about a third of the time:
+the RL gains above are the policy putting its mass on the answer it already ranks first —
+sharpening, the effect Yue et al. (2025) find behind most RL-with-verifiable-reward gains — not a
+capability SFT lacked.
+
+**Critic vs group baseline.** PPO with a learned critic and GRPO's group mean end level (the paired
+difference's CI covers 0): with one terminal reward per completion and 8 completions per prompt,
+the group mean is already a good estimate of V(prompt), which is GRPO's case for dropping the
+critic (Shao et al. 2024). The group mean contains the sample itself, shrinking every advantage by
+(G − 1)/G = 7/8; RLOO's leave-one-out mean undoes exactly that factor (Ahmadian et al. 2024), a
+constant that Adam's per-parameter normalisation all but cancels. The small, resolved edge of GRPO
+over RLOO therefore comes from the other difference between the two arms: GRPO divides by the
+group's reward std and RLOO (as Dr. GRPO, Liu et al. 2025) does not. With 0/1 rewards the std
+division up-weights groups where one or two of eight samples differ from the rest (nearly solved or
+nearly failed prompts); Liu et al. call that weighting a bias, and on this task it helps a little —
+which of the two kinds of group it helps with is not measured here.
+
+**GSPO.** At its paper's clip range (Zheng et al. 2025: 3e-4 / 4e-4 on the length-normalised
+sequence ratio) GSPO gains less than GRPO, and 10× that range recovers over half of the gap. The clip
+fraction says why: about 0.8 of GSPO's completions are clipped (zero gradient) against about 0.02
+of GRPO's tokens. Zheng et al. report GSPO clipping far more than GRPO too (by about two orders of
+magnitude), but not most completions: with the small learning rates of large-model RL a minibatch
+step moves a sequence's mean log-ratio by little, while the 1e-3 learning rate this tiny model needs
+moves most past 3e-4 within the 8 minibatch steps of an update, so the later steps learn from few
+completions. Their clip range is tied to the step size, not a property of the sequence ratio. The measured
+variances do bear out GSPO's premise: over the same minibatches the per-token ratios vary about
+three times as much as the sequence ratios (the table above); at 9 tokens and a dense model that
+variance does not destabilise GRPO, which is where the paper's argument (long responses, MoE
+routing) would bite.
+
+**DPO.** DPO on pairs sampled once from the reference (Rafailov et al. 2023) gains resolvably but
+about a quarter of what the online methods gain, at a quarter of their KL. Its pairs never come
+from the improving policy, and at a start of about 0.34 over half of them are ties (both right or
+both wrong: 0.34² + 0.66² ≈ 0.55), which `drop_ties` leaves out. That online, on-policy samples
+matter more than the loss is what Xu et al. (2024) and Tajwar et al. (2024) find on larger models.
+
+**Over-optimisation.** Gao et al. (2022) found the proxy reward model's score rising with KL while
+the gold reward rises, peaks and falls, the peak coming at smaller KL for smaller reward models
+and less preference data. Here the reward model is small, trained on 150 × 64 pairs, and orders
+pairs of different true reward correctly only about 70 % of the time; its score of the samples
+rises at every β, while without a KL penalty (β = 0) the true reward falls from the first update
+to almost 0 at a KL of about 13 nats: the peak sits at the reference itself, the far end of Gao's
+trend with reward-model size, so the rise of their curve is not seen. With β ≥ 0.1 the runs first
+slide down the same falling curve, then the penalty pulls them back towards the reference (KL falls
+again while the proxy stays high) and their true reward recovers, at β = 0.5 to above the start.
+So the β runs do not trace one gold-vs-KL curve: the late β = 0.5 points sit well above the early
+points at the same KL (the plot; means over seeds, not a tested claim). Gao et al. found a KL
+penalty acting much like early stopping, not moving that frontier; here it does more, plausibly
+because the reward model, trained on the reference's own samples, is most accurate near the
+reference, where the penalty keeps the policy."""
 
 
 def run(plan: DictConfig) -> None:
@@ -315,7 +376,20 @@ def run(plan: DictConfig) -> None:
         report.figure(plot_overoptimisation(curves, rm_arm), "overoptimisation.png",
                       "True reward and reward-model score of the training samples against KL to the reference, "
                       "one point per update (mean over seeds), one line per β")
-    report.add("## Discussion", DISCUSSION)
+    ratios = ratio_table(seeds)
+    if len(ratios):
+        report.add("## Token vs sequence importance ratios",
+                   "Variance of the per-token ratios π/π_old over each minibatch's completion tokens, and of GSPO's "
+                   "length-normalised sequence ratio s_i = exp(mean_t log π/π_old) over its completions, measured "
+                   "on the same minibatches whichever ratio the arm optimises (run means per seed, then mean "
+                   "[95% CI] over seeds; the last column is the per-seed quotient):",
+                   lab.markdown_table(ratios))
+    compile_s, run_s = run_seconds(curves)
+    report.add("## Discussion", DISCUSSION,
+               f"**Cost.** The {curves.arm.nunique()} arms' measurements recorded {compile_s:.0f} s of compilation "
+               f"and {run_s:.0f} s of training ({(compile_s + run_s) / 60:.1f} min in all) on "
+               f"{kept.provenance.get('machine', {}).get('cpus', '?')} CPU cores, as each arm recorded it (on a "
+               "machine shared with other work these are upper bounds).")
     report.write()
 
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purerl.llm import dpo, ppo, reward_model
+from purerl.llm import dpo, grpo, ppo, reward_model
 from purerl.rl.loop import host_metrics
 
 TINY = dict(d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, sft_steps=4, num_updates=3,
@@ -51,6 +51,25 @@ def test_ppo_with_a_reward_model_and_the_kl_as_a_loss_term():
     np.testing.assert_array_equal(metrics["sample_reward"] * 8, np.round(metrics["sample_reward"] * 8))
     assert np.all(metrics["kl_loss"] >= 0)  # k3 is non-negative
     assert not np.array_equal(metrics["sft_loss"][0], metrics["sft_loss"][1])  # seeds differ
+
+
+def test_grpo_ratio_variances_vanish_at_the_behaviour_policy_only():
+    """Two epochs of one minibatch: the first step is taken at the parameters that sampled the
+    completions, the second from where the first moved them. With a learning rate of 1e-12 they do
+    not move, every ratio π/π_old stays 1 up to float rounding and both logged variances (token
+    ratio and GSPO sequence ratio) vanish; with 1e-2 they do not. One compiled program, the two
+    learning rates vmapped; partial-credit rewards give the groups a signal to move on."""
+    tiny = TINY | dict(task="reverse", task_kwargs={"num_digits": 2, "partial": True})
+    config = grpo.Config(**tiny, num_prompts=4, group_size=2, num_minibatches=1, update_epochs=2)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.zeros(2, jnp.int32))
+    hypers = jax.tree.map(lambda x: jnp.full((2,), x, jnp.float32), grpo.Hyper())
+    hypers = hypers.replace(lr=jnp.array([1e-12, 1e-2], jnp.float32))
+    compiled = jax.jit(jax.vmap(grpo.make_train(config))).lower(keys, hypers).compile(compiler_options=FAST_COMPILE)
+    metrics = host_metrics(jax.device_get(compiled(keys, hypers))[1])
+    check_metrics(metrics, config, 2)
+    for name in ("token_ratio_var", "sequence_ratio_var"):
+        assert np.all(metrics[name] >= 0), name
+        assert np.all(metrics[name][0] < 1e-9) and metrics[name][1, 0] > 1e-9, name
 
 
 def test_dpo_learns_from_informative_pairs_only():

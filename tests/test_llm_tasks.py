@@ -17,6 +17,7 @@ from purerl.llm.tasks import (
     Preference,
     Recall,
     Repeat,
+    Reverse,
     Tokenizer,
     completion_mask,
     make_task,
@@ -85,6 +86,37 @@ def test_addition_reward_is_exact_match_up_to_eos():
     np.testing.assert_array_equal(task.reward(problems, no_eos), [0, 0, 0])
     wrong = completion_tokens([str((int(t) + 1) % 199) for t in truth], width)
     np.testing.assert_array_equal(task.reward(problems, wrong), [0, 0, 0])
+
+
+def test_reverse_answers_match_python_and_rewards_are_exact_or_partial():
+    task = Reverse(num_digits=8, heldout=0.2)
+    problems = sample(task, 32)
+    assert problems.prompt.shape == (32, 10) and problems.answer.shape == (32, 9)
+    truth = []
+    for prompt, answer in zip(problems.prompt, problems.answer, strict=True):
+        text = TOKENIZER.decode(prompt)
+        assert prompt[0] == TOKENIZER.bos and len(text) == 9 and text[-1] == "="
+        assert TOKENIZER.decode(answer) == text[:-1][::-1] and answer[-1] == EOS
+        truth.append(text[:-1][::-1])
+    right = completion_tokens(truth, task.completion_len)
+    np.testing.assert_array_equal(task.reward(problems, right), np.ones(32))
+    # the first two digits swapped: 0 under exact match unless they are equal; partial credit
+    # counts the digits still in place
+    swapped = [t[1] + t[0] + t[2:] for t in truth]
+    same = np.array([t[0] == t[1] for t in truth], np.float32)
+    wrong = completion_tokens(swapped, task.completion_len)
+    np.testing.assert_array_equal(task.reward(problems, wrong), same)
+    partial = Reverse(num_digits=8, partial=True, heldout=0.2)
+    np.testing.assert_allclose(partial.reward(problems, wrong), np.where(same > 0, 1.0, 6 / 8))
+    short = completion_tokens([t[:5] for t in truth], task.completion_len)  # EOS too early
+    np.testing.assert_allclose(partial.reward(problems, short), 5 / 8)
+    np.testing.assert_array_equal(task.reward(problems, short), np.zeros(32))
+    # the split by problem, checked with the reference hash: training draws never land in the
+    # held-out fifth, held-out draws always do
+    held = jax.device_get(jax.jit(lambda k: task.sample_heldout(k, 32))(jax.random.PRNGKey(1)))
+    threshold = round(0.2 * 65536)
+    assert all(_fnv_murmur(p) % 65536 >= threshold for p in problems.prompt)
+    assert all(_fnv_murmur(p) % 65536 < threshold for p in held.prompt)
 
 
 def test_recall_answers_are_the_asked_values_and_reward_is_fraction():
@@ -228,6 +260,8 @@ def test_preference_labels_follow_the_score_without_noise_and_bradley_terry_with
         (grpo, dict(task="repeat", task_kwargs={"max_len": 0}), r"Repeat.max_len: got 0"),
         (grpo, dict(task="repeat", task_kwargs={"num_letters": 17}), r"Repeat.num_letters: got 17; allowed: 1..16"),
         (grpo, dict(task="repeat", task_kwargs={"heldout": 1}), r"Repeat.heldout: got 1"),
+        (grpo, dict(task="reverse", task_kwargs={"num_digits": 33}), r"Reverse.num_digits: got 33; allowed: 1..32"),
+        (grpo, dict(task="reverse", task_kwargs={"partial": 1}), r"Reverse.partial: got 1; allowed: true"),
         (ppo, dict(kl_mode="penalty"), r"Config.kl_mode: got 'penalty'; allowed: 'reward', 'loss'"),
         (ppo, dict(kl_estimator="k4"), r"Config.kl_estimator: got 'k4'"),
         (ppo, dict(sft_steps=-1), r"Config.sft_steps: got -1; allowed: an integer ≥ 0"),

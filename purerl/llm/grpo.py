@@ -18,7 +18,9 @@ accuracy on addition — of one completion sampled at T per held-out prompt, aft
 greedy_accuracy, kl_to_ref (mean over those completions of Σ_t k3), sample_reward (mean task
 reward of this update's training samples), proxy_reward (mean of the reward trained on: the
 reward model's score with `reward="model"`, else the task reward again), policy_loss, kl_loss,
-entropy, approx_kl, clip_frac, grad_norm, completion_length (mean) and completion_length_max (the
+entropy, approx_kl, clip_frac, token_ratio_var and sequence_ratio_var (variance of π/π_old over
+the minibatch's tokens, and of GSPO's s_i over its completions, whichever ratio is optimised),
+grad_norm, completion_length (mean) and completion_length_max (the
 update's longest), zero_std_groups (fraction of groups whose rewards are all equal: no learning
 signal), sft_accuracy and sft_greedy_accuracy (the start, repeated), sft_loss.
 """
@@ -36,6 +38,7 @@ from flax import struct
 from purerl.config import check_choice, hyper_field
 from purerl.llm import losses
 from purerl.llm.common import LMHyper, LMSetup, SampledGroupsConfig, Start, TrainState
+from purerl.llm.mismatch import ratio_statistics
 from purerl.llm.rollout import Completions, to_targets
 from purerl.llm.tasks import Problems
 from purerl.rl.group import group_relative_advantages
@@ -142,8 +145,13 @@ def make_learner(config: Config, stop_early: bool = False) -> Learner:
         kl = losses.masked_kl(log_prob, batch.ref_log_prob, batch.mask, config.kl_estimator)
         kl_loss = losses.weighted_sum(kl, weights)
         total = policy_loss + hyper.kl_coef * kl_loss
+        # Both ratios' spread on the same minibatch, whichever one is optimised: GSPO's argument for
+        # the sequence ratio is its lower variance than the per-token ratios.
+        spread = ratio_statistics(log_prob, batch.old_log_prob, batch.mask)
         return total, {"policy_loss": policy_loss, "kl_loss": kl_loss,
-                       "entropy": losses.masked_mean(entropy, batch.mask), **stats}
+                       "entropy": losses.masked_mean(entropy, batch.mask), **stats,
+                       "token_ratio_var": spread["token_ratio_var"],
+                       "sequence_ratio_var": spread["sequence_ratio_var"]}
 
     def begin(key: jax.Array, hyper: Hyper) -> tuple[TrainState, Start, jax.Array]:
         start = setup.begin(key, hyper)

@@ -19,8 +19,9 @@ Every task is a frozen (hashable, static) dataclass with the same interface:
 Tasks: `Addition` ("12+7=" -> "19", reward 1 for the exact answer), `Recall` (multi-query
 associative recall: key-value pairs, then keys asked again; reward = fraction answered correctly),
 `Preference` (letters; the hidden rule prefers completions with more copies of the prompt's
-first letter, labels drawn with Bradley-Terry noise) and `Repeat` ("c5=" -> "ccccc": completion
-lengths drawn from a truncated power law, so a batch's longest completion varies widely).
+first letter, labels drawn with Bradley-Terry noise), `Repeat` ("c5=" -> "ccccc": completion
+lengths drawn from a truncated power law, so a batch's longest completion varies widely) and
+`Reverse` ("12345678=" -> "87654321": 9-token completions over 10^8 problems).
 """
 
 from __future__ import annotations
@@ -421,8 +422,58 @@ class Repeat(_Split):
     score = reward
 
 
-TASKS = {"addition": Addition, "recall": Recall, "preference": Preference, "repeat": Repeat}
-Task = Addition | Recall | Preference | Repeat
+@dataclass(frozen=True)
+class Reverse(_Split):
+    """`<bos> d1 .. dn =` -> the n digits in reverse order, then EOS: completions of n + 1 tokens
+    (9 for the default 8 digits) over 10^n problems, so a held-out split by problem is a real
+    test of the algorithm rather than of memorised answers. Reward 1 for the exact answer
+    (`partial=True`: the fraction of the n digits right, a documented partial-credit variant).
+    A small transformer learns it by attending from answer position i to prompt position n − i."""
+
+    num_digits: int = 8
+    partial: bool = False
+    heldout: float = 0.0
+
+    name = "reverse"
+
+    def __post_init__(self) -> None:
+        check_heldout("Reverse", self.heldout)
+        check_positive_int("Reverse", "num_digits", self.num_digits)
+        if self.num_digits > 32:
+            raise ValueError(f"Reverse.num_digits: got {self.num_digits}; allowed: 1..32")
+        if not isinstance(self.partial, bool):
+            raise ValueError(f"Reverse.partial: got {self.partial!r}; allowed: true (fraction of digits right) or "
+                             "false (1 for the exact answer)")
+
+    @property
+    def prompt_len(self) -> int:
+        return self.num_digits + 2  # BOS digits =
+
+    @property
+    def completion_len(self) -> int:
+        return self.num_digits + 1  # reversed digits + EOS
+
+    @property
+    def _draws(self) -> int:
+        return self.num_digits
+
+    def _one(self, u: jax.Array) -> Problems:
+        digits = DIGIT0 + _uniform_int(u, 0, 10)
+        prompt = jnp.concatenate([_one(BOS), digits, _one(EQUALS)]).astype(jnp.int32)
+        answer = jnp.concatenate([digits[::-1], _one(EOS)]).astype(jnp.int32)
+        return Problems(prompt, answer, answer)
+
+    def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
+        right = clean_completions(completions) == problems.target
+        if self.partial:
+            return jnp.mean(right[:, : self.num_digits].astype(jnp.float32), axis=-1)
+        return jnp.all(right, axis=-1).astype(jnp.float32)
+
+    score = reward
+
+
+TASKS = {"addition": Addition, "recall": Recall, "preference": Preference, "repeat": Repeat, "reverse": Reverse}
+Task = Addition | Recall | Preference | Repeat | Reverse
 
 
 def make_task(name: str, **kwargs: Any) -> Task:
