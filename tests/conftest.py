@@ -46,3 +46,33 @@ def highest_precision():
     """Run the test under full float32 matmul precision (no TF32/bf16 passes on GPU)."""
     with jax.default_matmul_precision("highest"):
         yield
+
+
+# The learning test of PPO's defaults and the trained-policy evaluation share one 8-seed run (a
+# session fixture is built once per worker, so both tests sit in one xdist group: that of
+# tests/test_policies.py, whose module mark the evaluation test carries anyway).
+PPO_CARTPOLE_DEFAULTS_GROUP = "test_policies"
+
+
+@pytest.fixture(scope="session")
+def ppo_cartpole_defaults():
+    """PPO at its defaults (PureJaxRL's CartPole settings, 5e5 steps), seeds 0-7, final states kept."""
+    from purerl import sweep
+    from purerl.algos import ppo
+
+    config = ppo.Config()
+    return config, sweep.run(ppo.make_train(config), ppo.Hyper(), seeds=list(range(8)), return_state=True)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (`--dist loadgroup`)
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a module-scoped fixture joins its module's xdist group, so the fixture
+    (often a compiled training run or a subprocess) is built on one worker, not on each.
+    Explicit `xdist_group` marks are kept: they split a module into groups on purpose."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        fixturedefs = getattr(item, "_fixtureinfo", None)
+        scopes = {defs[-1].scope for defs in fixturedefs.name2fixturedefs.values()} if fixturedefs else set()
+        if scopes & {"module", "class", "package"}:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -5,6 +5,7 @@ A random CartPole policy scores about 22; a random Pendulum policy about −1200
 
 import numpy as np
 import pytest
+from conftest import PPO_CARTPOLE_DEFAULTS_GROUP
 from scipy.stats import trim_mean
 
 from purerl import sweep
@@ -26,10 +27,13 @@ def finals(module, config, hyper, last: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_ppo_solves_cartpole_with_default_settings():
+@pytest.mark.xdist_group(PPO_CARTPOLE_DEFAULTS_GROUP)
+def test_ppo_solves_cartpole_with_default_settings(ppo_cartpole_defaults):
     # PureJaxRL's CartPole settings (the defaults), 5e5 steps. Measured IQM 500.0
     # (seeds 0-7: 478.8 and 7 × 500 over the last 10 updates).
-    final, first = finals(ppo, ppo.Config(), ppo.Hyper(), last=10)
+    _, result = ppo_cartpole_defaults
+    final = result.final("episode_return", last=10)[0]
+    first = np.nanmean(result.metrics["episode_return"][0][:, :5], axis=1)
     assert iqm(final) >= 475, final
     assert iqm(first) < 60, first  # it started from scratch
 
