@@ -74,5 +74,6 @@ def pytest_collection_modifyitems(config, items):
             continue
         fixturedefs = getattr(item, "_fixtureinfo", None)
         scopes = {defs[-1].scope for defs in fixturedefs.name2fixturedefs.values()} if fixturedefs else set()
-        if scopes & {"module", "class", "package"}:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        module = getattr(item, "module", None)
+        if module is not None and scopes & {"module", "class", "package"}:
+            item.add_marker(pytest.mark.xdist_group(module.__name__))

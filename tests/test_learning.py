@@ -20,10 +20,14 @@ def iqm(values: np.ndarray) -> float:
     return float(trim_mean(np.asarray(values, np.float64), 0.25))
 
 
-def finals(module, config, hyper, last: int) -> tuple[np.ndarray, np.ndarray]:
-    result = sweep.run(module.make_train(config), hyper, seeds=SEEDS)
+def final_and_first(result: sweep.SweepResult, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed: the mean return over the last `last` updates and over the first 5."""
     returns = result.metrics["episode_return"][0]
     return result.final("episode_return", last=last)[0], np.nanmean(returns[:, :5], axis=1)
+
+
+def finals(module, config, hyper, last: int) -> tuple[np.ndarray, np.ndarray]:
+    return final_and_first(sweep.run(module.make_train(config), hyper, seeds=SEEDS), last)
 
 
 @pytest.mark.slow
@@ -31,9 +35,7 @@ def finals(module, config, hyper, last: int) -> tuple[np.ndarray, np.ndarray]:
 def test_ppo_solves_cartpole_with_default_settings(ppo_cartpole_defaults):
     # PureJaxRL's CartPole settings (the defaults), 5e5 steps. Measured IQM 500.0
     # (seeds 0-7: 478.8 and 7 × 500 over the last 10 updates).
-    _, result = ppo_cartpole_defaults
-    final = result.final("episode_return", last=10)[0]
-    first = np.nanmean(result.metrics["episode_return"][0][:, :5], axis=1)
+    final, first = final_and_first(ppo_cartpole_defaults[1], last=10)
     assert iqm(final) >= 475, final
     assert iqm(first) < 60, first  # it started from scratch
 
