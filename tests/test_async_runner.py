@@ -75,7 +75,7 @@ COMPARED = ("policy_loss", "value_loss", "entropy", "approx_kl", "update_kl", "e
 
 @pytest.fixture(scope="module")
 def runs():
-    # The session's XLA flags (make test's fast-compile settings) plus two simulated devices.
+    # This test run's XLA flags (make test's fast-compile settings) plus two simulated devices.
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", TWO_DEVICES], env=env, capture_output=True, text=True, timeout=600)

@@ -76,7 +76,7 @@ HANG_REPRODUCER = textwrap.dedent(
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="simulated host devices are a CPU feature")
 def test_sweep_over_two_cpu_devices_finishes_and_matches_one_device():
-    # The session's XLA flags (make test's fast-compile settings) plus two simulated devices.
+    # This test run's XLA flags (make test's fast-compile settings) plus two simulated devices.
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     try:
