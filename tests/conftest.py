@@ -48,9 +48,9 @@ def highest_precision():
         yield
 
 
-# The learning test of PPO's defaults and the trained-policy evaluation share one 8-seed run (a
-# session fixture is built once per worker, so both tests sit in one xdist group: that of
-# tests/test_policies.py, whose module mark the evaluation test carries anyway).
+# The learning test of PPO's defaults and the trained-policy evaluation share one 8-seed run.
+# Each xdist worker builds its own copy of a fixture shared across modules, so both tests sit in
+# one xdist group: that of tests/test_policies.py, whose module mark the evaluation test carries.
 PPO_CARTPOLE_DEFAULTS_GROUP = "test_policies"
 
 
