@@ -244,8 +244,9 @@ def run_chunks(
     signature = (train, tuple((x.shape, str(x.dtype), x.sharding) for x in jax.tree.leaves(example)))
     if signature not in _PROGRAMS:
         seg = Segmented(train)
-        init = jax.jit(jax.vmap(seg.init)).lower(*example).compile()
-        carry_tree = jax.eval_shape(jax.vmap(seg.init), *example)[0]
+        lowered_init = jax.jit(jax.vmap(seg.init)).lower(*example)
+        # The carry's structure from the one trace of `init` (eval_shape would trace train again).
+        init, carry_tree = lowered_init.compile(), lowered_init.out_info[0]
 
         @functools.partial(jax.jit, static_argnums=4)
         def advance(keys, hypers, carry, first, num):

@@ -64,11 +64,21 @@ def ppo_cartpole_defaults():
     return config, sweep.run(ppo.make_train(config), ppo.Hyper(), seeds=list(range(8)), return_state=True)
 
 
+def declared_seconds(item: pytest.Item) -> float:
+    """The seconds a `runtime_bound(seconds=...)` test was measured to take (0 if undeclared)."""
+    marker = item.get_closest_marker("runtime_bound")
+    return float(marker.kwargs.get("seconds", 0)) if marker is not None else 0.0
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (`--dist loadgroup`)
 def pytest_collection_modifyitems(config, items):
     """A test that uses a module-scoped fixture joins its module's xdist group, so the fixture
     (often a compiled training run or a subprocess) is built on one worker, not on each.
-    Explicit `xdist_group` marks are kept: they split a module into groups on purpose."""
+    Explicit `xdist_group` marks are kept: they split a module into groups on purpose.
+
+    The few long `runtime_bound` tests start longest first (their declared seconds): handed out
+    in file order, two long ones could end up last on one worker while the other idles."""
+    items.sort(key=lambda item: -declared_seconds(item))  # stable: the rest keep their order
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:
             continue

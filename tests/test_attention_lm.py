@@ -253,7 +253,6 @@ def test_training_seeds_vmap():
 
 
 @pytest.mark.slow
-@pytest.mark.learning
 def test_softmax_lm_learns_mqar():
     """2-layer softmax LM on MQAR (vocab 32, 16 tokens, 4 pairs), 300 steps, fixed seed.
 

@@ -155,7 +155,6 @@ def test_regret_equals_numpy_from_arm_means_and_pull_counts(strategy, env):
 
 
 @pytest.mark.slow
-@pytest.mark.learning
 @pytest.mark.parametrize("case", [c for c in SUBLINEAR + LINEAR if c[1] != "LinearContextualBandit"], ids=ids)
 def test_long_runs_regret_equals_numpy(case):
     check_regret_against_numpy(run_64_seeds(*case), case[1], 10_000)
@@ -166,7 +165,6 @@ def test_long_runs_regret_equals_numpy(case):
 # pulls before the greedy arm settles add an offset) and 1.95 (contextual). Logarithmic growth
 # would give ln(1e4)/ln(5e3) = 1.08, linear 2.0.
 @pytest.mark.slow
-@pytest.mark.learning
 @pytest.mark.parametrize("case", SUBLINEAR, ids=ids)
 def test_regret_grows_sublinearly(case):
     at_t, at_2t = regret_at_t_and_2t(run_64_seeds(*case))
@@ -175,7 +173,6 @@ def test_regret_grows_sublinearly(case):
 
 
 @pytest.mark.slow
-@pytest.mark.learning
 @pytest.mark.parametrize("case", LINEAR, ids=ids)
 def test_fixed_epsilon_greedy_regret_grows_linearly(case):
     at_t, at_2t = regret_at_t_and_2t(run_64_seeds(*case))

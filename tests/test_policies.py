@@ -392,7 +392,7 @@ def test_purerl_eval_catch_gif_and_errors(tmp_path, capsys):
 
 # ---------------------------------------------------------------- a trained policy
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.runtime_bound(seconds=4)
 @pytest.mark.xdist_group(PPO_CARTPOLE_DEFAULTS_GROUP)
 def test_trained_cartpole_policy_evaluates_at_the_ceiling(ppo_cartpole_defaults, tmp_path):
     # Seed 0 of the PPO-defaults run (PureJaxRL's CartPole settings, 500k steps) that the learning

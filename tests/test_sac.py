@@ -82,7 +82,7 @@ FAST_PENDULUM = dict(total_timesteps=6000, num_steps=200, actor_hidden=(64, 64),
 
 
 @pytest.mark.slow
-@pytest.mark.learning
+@pytest.mark.runtime_bound(seconds=45)
 def test_sac_learns_pendulum():
     """8 vmapped seeds, 6,000 env steps (5,000 gradient steps). Measured finals (mean return
     over the last 10% of updates): [−162, −204, −155, −209, −204, −80, −163, −45], IQM −171;
