@@ -12,7 +12,8 @@ from test_attention_softmax import attention_reference
 
 from purerl.attention import LMConfig, TinyLM, generate, sample_token, token_log_probs
 
-pytestmark = pytest.mark.usefixtures("highest_precision")
+# The tests share cached compiled programs and runs (functools.cache): one worker runs the module.
+pytestmark = [pytest.mark.usefixtures("highest_precision"), pytest.mark.xdist_group(__name__)]
 
 VOCAB, PROMPT, STEPS = 32, 5, 9
 CONFIGS = {

@@ -14,7 +14,8 @@ from purerl.attention.mqar import MQARConfig
 from purerl.attention.mqar import generate_mqar as generate_eager
 
 # Float32 comparisons with references and between forms: full-precision matmuls on GPU too.
-pytestmark = pytest.mark.usefixtures("highest_precision")
+# The tests share cached compiled programs and runs (functools.cache): one worker runs the module.
+pytestmark = [pytest.mark.usefixtures("highest_precision"), pytest.mark.xdist_group(__name__)]
 
 MODEL_DIM = 16
 # One compile per (config, batch) instead of eager dispatch of every op.

@@ -19,7 +19,8 @@ from purerl.attention.moe import (
     update_router_bias,
 )
 
-pytestmark = pytest.mark.usefixtures("highest_precision")
+# The tests share cached compiled programs and runs (functools.cache): one worker runs the module.
+pytestmark = [pytest.mark.usefixtures("highest_precision"), pytest.mark.xdist_group(__name__)]
 
 D, E, K, HIDDEN = 8, 4, 2, 12
 

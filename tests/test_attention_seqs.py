@@ -29,7 +29,8 @@ from purerl.attention import (
 )
 from purerl.attention.packing import pad
 
-pytestmark = pytest.mark.usefixtures("highest_precision")
+# The tests share cached compiled programs and runs (functools.cache): one worker runs the module.
+pytestmark = [pytest.mark.usefixtures("highest_precision"), pytest.mark.xdist_group(__name__)]
 
 VOCAB, ROW = 32, 12
 SMALL = dict(vocab_size=VOCAB, max_len=16, d_model=16, num_layers=2, num_heads=4)

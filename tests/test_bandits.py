@@ -11,6 +11,9 @@ from conftest import ON_CPU, tol
 from purerl import bandit_envs, sweep
 from purerl.algos import bandits
 
+# The tests share cached compiled programs and runs (functools.cache): one worker runs the module.
+pytestmark = pytest.mark.xdist_group(__name__)
+
 HARD_BERNOULLI = dict(env="BernoulliBandit-misc", env_params={"reward_prob": 0.4})  # arms 0.4 / 0.6
 
 

@@ -58,3 +58,33 @@ def test_the_programs_decide_before_jax_starts_and_imports_change_nothing():
     out = _run("-c", code, **CPU, **bad)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["None", "1"]
+
+
+def test_a_deferred_module_is_imported_on_first_use_and_forwards_to_it(monkeypatch):
+    import importlib
+
+    from purerl.cli import DeferredModule, defer_imports
+
+    name = "wave"  # a standard-library module nothing here imports
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    defer_imports((name,))
+    stand_in = sys.modules[name]
+    assert isinstance(stand_in, DeferredModule)
+    import wave  # a second import, as gymnax's, keeps the stand-in (nothing loaded yet)
+
+    assert wave is stand_in and "Wave_read" not in vars(stand_in)
+    assert wave.Wave_read.__module__ == name  # first use: the real module, imported
+    real = sys.modules[name]
+    assert not isinstance(real, DeferredModule) and real is importlib.import_module(name)
+    assert stand_in.open is real.open  # the stand-in forwards
+    defer_imports((name,))  # already imported: left alone
+    assert sys.modules[name] is real
+
+
+def test_the_train_program_does_not_import_gymnaxs_plotting_libraries():
+    out = _run("-X", "importtime", "-m", "purerl.cli.train", "--cfg", "job", **CPU)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "algo:" in out.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time")}
+    assert "gymnax" in imported
+    assert not {"seaborn", "matplotlib.pyplot"} & imported

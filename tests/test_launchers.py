@@ -36,6 +36,8 @@ JOBS = [
     for v in ("0.0", "0.01")
 ]
 TIMEOUT = 600
+# Ray's dashboard is not what these tests check, and costs about 3 CPU-s per Ray start.
+NO_DASHBOARD = "+hydra.launcher.ray.init.include_dashboard=false"
 
 pytestmark = pytest.mark.xdist_group(__name__)
 
@@ -233,7 +235,7 @@ def test_ray_local_init(env, tmp_path, capsys):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
     # A relative sweep directory works with a local ray.init: its workers share this working directory.
     check_ran_skipped_and_analysed(
-        *multirun_twice(env, Path("multirun/t"), "hydra/launcher=ray_cpu", cwd=tmp_path), capsys
+        *multirun_twice(env, Path("multirun/t"), "hydra/launcher=ray_cpu", NO_DASHBOARD, cwd=tmp_path), capsys
     )
 
 
@@ -251,7 +253,7 @@ def ray_cluster(request, tmp_path_factory):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     start = [str(ray_cli), "start", "--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
-             "--disable-usage-stats"]
+             "--disable-usage-stats", "--include-dashboard=false"]
     try:
         started = subprocess.run(start, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]

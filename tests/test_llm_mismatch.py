@@ -17,7 +17,8 @@ from purerl.llm.common import LMSetup
 from purerl.llm.mismatch import mismatch_diagnostics, ratio_statistics, rollout_params, routing_flips
 from purerl.llm.rollout import to_targets
 
-pytestmark = pytest.mark.usefixtures("highest_precision")
+# The tests share cached compiled programs and runs (functools.cache): one worker runs the module.
+pytestmark = [pytest.mark.usefixtures("highest_precision"), pytest.mark.xdist_group(__name__)]
 
 
 def test_ratio_statistics_equal_numpy_on_ragged_rows():

@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from purerl.cli import devices
+from purerl.cli import defer_imports, devices
 
 # The purerl-train program (not an import of this module, e.g. by a test) sets the CPU
 # device count and joins jax.distributed before the imports below start JAX (importing
-# the algorithms imports gymnax, which starts a backend).
+# the algorithms imports gymnax, which starts a backend), and defers gymnax's plotting imports.
 if __name__ == "__main__" or Path(sys.argv[0]).name == "purerl-train":
+    defer_imports()
     try:
         devices.prepare()
     except ValueError as e:
