@@ -87,3 +87,12 @@ def pytest_collection_modifyitems(config, items):
         module = getattr(item, "module", None)
         if module is not None and scopes & {"module", "class", "package"}:
             item.add_marker(pytest.mark.xdist_group(module.__name__))
+
+
+def pytest_ignore_collect(collection_path, config):
+    """`-m runtime_bound` (the second pass of `make test`) skips the test files that mark no test
+    so: importing them would cost every worker seconds for nothing."""
+    if config.getoption("markexpr") == "runtime_bound" and collection_path.name.startswith("test_") \
+            and collection_path.suffix == ".py":
+        return "runtime_bound" not in collection_path.read_text()
+    return None
