@@ -203,9 +203,19 @@ class _Split:
         return self._sample_split(key, n, True)
 
 
+class _ExactAnswer:
+    """Reward (and score) 1 where the completion, cleaned, is the target token for token."""
+
+    def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
+        exact = jnp.all(clean_completions(completions) == problems.target, axis=-1)
+        return exact.astype(jnp.float32)
+
+    score = reward
+
+
 # ------------------------------------------------------------------------------ tasks
 @dataclass(frozen=True)
-class Addition(_Split):
+class Addition(_ExactAnswer, _Split):
     """`a+b=` -> the decimal sum. Each operand has 1..num_digits digits (count uniform, then the
     value uniform among numbers with that many digits). Reward 1 for the exact answer then EOS."""
 
@@ -242,12 +252,6 @@ class Addition(_Split):
         prompt = jnp.roll(prompt, self.prompt_len - length)  # left-pad: the PADs move to the front
         answer, _ = _place([_digits(a + b, self.num_digits + 1), (_one(EOS), 1)], self.completion_len)
         return Problems(prompt, answer, answer)
-
-    def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
-        exact = jnp.all(clean_completions(completions) == problems.target, axis=-1)
-        return exact.astype(jnp.float32)
-
-    score = reward
 
 
 @dataclass(frozen=True)
@@ -354,7 +358,7 @@ class Preference(_Split):
 
 
 @dataclass(frozen=True)
-class Repeat(_Split):
+class Repeat(_ExactAnswer, _Split):
     """`<bos> x n =` -> the letter x written n times, then EOS; reward 1 for the exact answer.
     The count n follows a truncated power law (Zipf) on 1..max_len: P(n) = n^(−tail) / Σ_m m^(−tail),
     so most completions are short and a few are long (`tail=0`: uniform). A batch's generation,
@@ -414,12 +418,6 @@ class Repeat(_Split):
         index = jnp.arange(self.completion_len)
         answer = jnp.where(index < count, letter, jnp.where(index == count, EOS, PAD)).astype(jnp.int32)
         return Problems(prompt, answer, answer)
-
-    def reward(self, problems: Problems, completions: jax.Array) -> jax.Array:
-        exact = jnp.all(clean_completions(completions) == problems.target, axis=-1)
-        return exact.astype(jnp.float32)
-
-    score = reward
 
 
 @dataclass(frozen=True)
