@@ -14,18 +14,14 @@
 
 from __future__ import annotations
 
-import gc
-
 import jax
 import numpy as np
 import pytest
 
-# Tracing a training program makes a few hundred thousand short-lived Python objects, and the
-# cyclic garbage collector's default thresholds walk the long-lived ones (the imported libraries,
-# cached programs) again and again: frozen imports and a higher first threshold trace the
-# contract test's programs about a quarter faster. A test-process setting; the library sets none.
-gc.freeze()
-gc.set_threshold(50_000, 20, 100)
+from purerl.cli import collect_garbage_less_often
+
+# As purerl-train does: a test process traces thousands of programs (the library sets nothing).
+collect_garbage_less_often()
 
 ON_CPU = jax.default_backend() == "cpu"
 

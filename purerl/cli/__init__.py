@@ -2,6 +2,7 @@
 `purerl-analyze` (analyze.py) and `purerl-memory` (memory.py). They sit on top of the library,
 `analysis/` and `conf/`; nothing in `purerl` outside this package imports them."""
 
+import gc
 import importlib
 import importlib.util
 import sys
@@ -36,3 +37,12 @@ def defer_imports(names: tuple[str, ...] = DEFERRED_IMPORTS) -> None:
         module = DeferredModule(name)
         module.__spec__ = spec
         sys.modules[name] = module
+
+
+def collect_garbage_less_often() -> None:
+    """Freeze the objects alive now (the imported libraries: never garbage) and raise the cyclic
+    collector's first threshold. Tracing a training program makes a few hundred thousand
+    short-lived objects, and at the default thresholds the collector walks the libraries again and
+    again: tracing the contract test's GRPO program takes 1.34 s instead of 1.75 s."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
