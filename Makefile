@@ -26,16 +26,12 @@ demo: $(STAMP)
 # Most tests compile small programs and run them for milliseconds: XLA's optimisation level 0
 # halves their compile time, and XLA:CPU's legacy (non-MLIR) fusion emitters halve it again;
 # neither changes a result beyond float32 rounding. Tests marked `runtime_bound` train long enough
-# that the default, optimised kernels are worth their compile time: a second pass. (A learning
-# test whose compile dominates, e.g. GRPO's, is faster in the first pass.)
-# Both passes run even if the first fails, so one report lists every failure.
+# that optimised kernels are worth their compile time: they compile their training program with
+# their own options (tests/conftest.py: RUNTIME_BOUND_COMPILE) and start first.
 TEST_WORKERS ?= 2
-PYTEST := XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 test: $(TEST_STAMP)
-	@status=0; \
-	XLA_FLAGS="--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false $$XLA_FLAGS" $(PYTEST) -m "not runtime_bound" || status=1; \
-	$(PYTEST) -m runtime_bound || status=1; \
-	exit $$status
+	XLA_FLAGS="--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false $$XLA_FLAGS" \
+	XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do [ $$f = benchmarks/gpu_check.py ] && continue; echo "== $$f"; $(PY) $$f || exit 1; done

@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from purerl import results as res
 
@@ -44,7 +43,11 @@ RUN_COLUMNS = ("job", "experiment", "setting", "seed")
 
 def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Interquartile mean: the mean of the middle 50% (25% trimmed from each end)."""
-    return sps.trim_mean(x, 0.25, axis=axis)
+    # Imported here: scipy.stats takes most of a second to import, and every purerl-train
+    # process imports this module (results tables) whether or not it aggregates.
+    from scipy.stats import trim_mean
+
+    return trim_mean(x, 0.25, axis=axis)
 
 
 STATISTICS: dict[str, Callable[..., np.ndarray]] = {

@@ -236,17 +236,21 @@ def run_chunks(
     return_state: bool,
     checkpointing: Checkpointing,
     layout: dict[str, Any],
+    compiler_options: dict | None = None,
 ) -> tuple[list[tuple[Any, dict[str, np.ndarray]]], float, float]:
     """`sweep.run`'s chunks trained in segments with checkpoints: per chunk (final state
-    or None, metrics [run, update]) as host arrays, compile and run seconds."""
+    or None, metrics [run, update]) as host arrays, compile and run seconds. `compiler_options`:
+    XLA options of the init and segment programs (`sweep.run`)."""
     start = time.perf_counter()
     example = chunk_inputs(0)
-    signature = (train, tuple((x.shape, str(x.dtype), x.sharding) for x in jax.tree.leaves(example)))
+    options = dict(compiler_options or {})
+    signature = (train, tuple((x.shape, str(x.dtype), x.sharding) for x in jax.tree.leaves(example)),
+                 tuple(sorted(options.items())))
     if signature not in _PROGRAMS:
         seg = Segmented(train)
         lowered_init = jax.jit(jax.vmap(seg.init)).lower(*example)
         # The carry's structure from the one trace of `init` (eval_shape would trace train again).
-        init, carry_tree = lowered_init.compile(), lowered_init.out_info[0]
+        init, carry_tree = lowered_init.compile(compiler_options=options or None), lowered_init.out_info[0]
 
         @functools.partial(jax.jit, static_argnums=4)
         def advance(keys, hypers, carry, first, num):
@@ -264,7 +268,7 @@ def run_chunks(
         nonlocal compile_seconds
         if num not in programs:
             begin = time.perf_counter()
-            programs[num] = advance.lower(*args, num).compile()
+            programs[num] = advance.lower(*args, num).compile(compiler_options=options or None)
             compile_seconds += time.perf_counter() - begin
         return programs[num]
 

@@ -31,7 +31,7 @@ import os
 import pickle
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +302,7 @@ def run(
     export_cache: str | os.PathLike | None = None,
     program_key: str | None = None,
     checkpoint: Any | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> SweepResult:
     """Train every setting × seed in one compiled `jit(vmap(train))`.
 
@@ -332,6 +333,11 @@ def run(
     `checkpoint` (a `purerl.checkpoint.Checkpointing`) trains each chunk in segments,
     saving checkpoints and resuming from the latest one of the same job; the numbers are
     those of the run without it (purerl.checkpoint). The program caches are not used then.
+
+    `compiler_options` are XLA options for this sweep's programs (`jax.stages.Lowered.compile`);
+    they take precedence over `XLA_FLAGS`. E.g. `{"xla_backend_optimization_level": 1}`: on a
+    CPU, the learning tests' training programs compile faster than at XLA's default level and
+    run about as fast (docs/benchmarks.md).
     """
     if not isinstance(sweep, Sweep):
         sweep = from_settings(sweep, [{}])
@@ -370,10 +376,11 @@ def run(
         state, metrics = jax.vmap(train)(keys, jax.tree.unflatten(hyper_tree, hypers))
         return (state if return_state else None), metrics
 
+    options = dict(compiler_options or {})
     if checkpoint is not None:
         outputs, compile_seconds, run_seconds = _run_checkpointed(
             _on_hyper_leaves(train, hyper_tree), chunk_inputs, num_chunks, return_state, checkpoint, seed_values,
-            sweep, chunk, total)
+            sweep, chunk, total, options)
         return _result(outputs, sweep, seed_values, total, return_state, compile_seconds, run_seconds)
 
     start = time.perf_counter()
@@ -383,13 +390,15 @@ def run(
         return_state,
         tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(example)),
         tuple(devices),
+        tuple(sorted(options.items())),
     )
     compiled = _EXECUTABLES.get(signature)
     if compiled is None:
         if export_cache is not None and program_key is not None and jax.process_count() == 1:
-            compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key, return_state)
+            compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key, return_state,
+                                                 options)
         if compiled is None:
-            compiled = jax.jit(batched).lower(*example).compile()
+            compiled = jax.jit(batched).lower(*example).compile(compiler_options=options or None)
         _EXECUTABLES.remember(signature, compiled)
     compile_seconds = time.perf_counter() - start
 
@@ -468,7 +477,7 @@ def _on_hyper_leaves(train: Callable, hyper_tree: Any) -> Callable:
 
 
 def _run_checkpointed(train, chunk_inputs, num_chunks: int, return_state: bool, checkpoint: Any,
-                      seed_values: np.ndarray, sweep: Sweep, chunk: int, total: int):
+                      seed_values: np.ndarray, sweep: Sweep, chunk: int, total: int, compiler_options: dict):
     """`run` in segments with checkpoints (purerl.checkpoint); a checkpoint is resumed
     only by a job with the same runs in the same chunks."""
     from purerl import checkpoint as checkpoints
@@ -478,7 +487,8 @@ def _run_checkpointed(train, chunk_inputs, num_chunks: int, return_state: bool, 
         "runs": total, "chunk": chunk, "chunks": num_chunks, "seeds": [int(s) for s in seed_values],
         "hypers": hashlib.sha256(b"".join(np.ascontiguousarray(h).tobytes() for h in hypers)).hexdigest()[:16],
     }
-    return checkpoints.run_chunks(train, chunk_inputs, num_chunks, return_state, checkpoint, layout)
+    return checkpoints.run_chunks(train, chunk_inputs, num_chunks, return_state, checkpoint, layout,
+                                  compiler_options)
 
 
 # Compiled executables of this process, keyed by program (program_key, or the train
@@ -488,7 +498,8 @@ _EXECUTABLES = BoundedCache(maxsize=16)
 
 
 # ---------------------------------------------------------------- exported-program cache
-def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: str, return_state: bool = False):
+def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: str, return_state: bool = False,
+                              compiler_options: dict | None = None):
     """Compile `batched` through a serialised `jax.export` artefact; None if that fails.
 
     Export needs builtin containers (custom pytrees such as Hyper or a TrainState have no
@@ -541,7 +552,7 @@ def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: st
         except OSError as e:  # an unwritable cache still trains: the program is in memory
             log.warning("export cache: cannot write %s (%s); the program is not cached", cache_dir, e)
     try:
-        executable = jax.jit(exported.call).lower(*leaves).compile()
+        executable = jax.jit(exported.call).lower(*leaves).compile(compiler_options=compiler_options or None)
     except Exception as e:  # noqa: BLE001 - an artefact this JAX cannot compile: compile directly
         log.warning("export cache: %s does not compile here (%s: %s); compiling the program directly",
                     path, type(e).__name__, " ".join(str(e).split())[:300])

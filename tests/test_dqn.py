@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ON_CPU, tol
+from conftest import ON_CPU, RUNTIME_BOUND_COMPILE, tol
 from scipy.stats import trim_mean
 
 from purerl import sweep
@@ -126,10 +126,11 @@ def test_vmapped_equals_alone_and_hyper_sweeps_in_one_call():
 @pytest.mark.runtime_bound(seconds=45)
 def test_dqn_solves_cartpole():
     """8 vmapped seeds at the default settings (250k env steps, 24k gradient steps).
-    Measured (final = mean training return, ε = 0.05, over the last 10% of updates):
-    [240, 158, 500, 500, 433, 476, 340, 500], IQM 437."""
+    Measured (final = mean training return, ε = 0.05, over the last 10% of updates), as the test
+    compiles it (RUNTIME_BOUND_COMPILE): [495, 443, 499, 208, 247, 494, 236, 500], IQM 420; at
+    XLA's defaults [240, 158, 500, 500, 433, 476, 340, 500], IQM 437."""
     config = dqn.Config()
-    result = sweep.run(dqn.make_train(config), dqn.Hyper(), seeds=8)
+    result = sweep.run(dqn.make_train(config), dqn.Hyper(), seeds=8, compiler_options=RUNTIME_BOUND_COMPILE)
     finals = result.final("episode_return", last=config.num_updates // 10)[0]
     print("DQN CartPole finals", np.round(finals, 1), "IQM", trim_mean(finals, 0.25))
     assert trim_mean(finals, 0.25) >= 350, finals

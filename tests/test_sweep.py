@@ -11,6 +11,7 @@ from conftest import ON_CPU, tol
 
 from purerl import sweep
 from purerl.algos import ppo
+from purerl.checkpoint import Checkpointing
 
 
 def test_grid_is_cartesian_last_axis_fastest():
@@ -58,6 +59,24 @@ def test_second_run_of_a_program_reuses_its_executable():
     again = sweep.run(train, ppo.Hyper(), seeds=2)
     for name in first.metrics:
         np.testing.assert_array_equal(again.metrics[name], first.metrics[name], err_msg=name)
+
+
+def test_compiler_options_reach_every_program_and_key_its_executable(tmp_path):
+    """An option XLA does not know is refused on each path that compiles (plain, exported-program
+    cache, checkpointed segments), although the same program without options is already compiled
+    in this process: the options are part of the executable's cache key."""
+    train = ppo.make_train(ppo.Config(num_envs=2, num_steps=8, num_minibatches=1, total_timesteps=32))
+    sweep.run(train, ppo.Hyper(), seeds=2)
+    unknown = {"xla_no_such_option": 1}
+    refused = pytest.raises(Exception, match="No such compile option: 'xla_no_such_option'")
+    with refused:
+        sweep.run(train, ppo.Hyper(), seeds=2, compiler_options=unknown)
+    with refused:
+        sweep.run(train, ppo.Hyper(), seeds=2, compiler_options=unknown, export_cache=tmp_path / "export",
+                  program_key="ppo-options-test")
+    with refused:
+        sweep.run(train, ppo.Hyper(), seeds=2, compiler_options=unknown,
+                  checkpoint=Checkpointing(tmp_path / "ckpt", "job", segment_updates=1))
 
 
 def test_table_prints_every_column():
