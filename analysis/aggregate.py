@@ -44,7 +44,7 @@ RUN_COLUMNS = ("job", "experiment", "setting", "seed")
 def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Interquartile mean: the mean of the middle 50% (25% trimmed from each end)."""
     # Imported here: scipy.stats takes most of a second to import, and every purerl-train
-    # process imports this module (results tables) whether or not it aggregates.
+    # process imports the analysis package (to check its command line) without aggregating.
     from scipy.stats import trim_mean
 
     return trim_mean(x, 0.25, axis=axis)
