@@ -250,7 +250,7 @@ def run_chunks(
         seg = Segmented(train)
         lowered_init = jax.jit(jax.vmap(seg.init)).lower(*example)
         # The carry's structure from the one trace of `init` (eval_shape would trace train again).
-        init, carry_tree = lowered_init.compile(compiler_options=options or None), lowered_init.out_info[0]
+        init, carry_tree = lowered_init.compile(compiler_options=options), lowered_init.out_info[0]
 
         @functools.partial(jax.jit, static_argnums=4)
         def advance(keys, hypers, carry, first, num):
@@ -268,7 +268,7 @@ def run_chunks(
         nonlocal compile_seconds
         if num not in programs:
             begin = time.perf_counter()
-            programs[num] = advance.lower(*args, num).compile(compiler_options=options or None)
+            programs[num] = advance.lower(*args, num).compile(compiler_options=options)
             compile_seconds += time.perf_counter() - begin
         return programs[num]
 

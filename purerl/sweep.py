@@ -398,7 +398,7 @@ def run(
             compiled = _compile_via_export_cache(batched, example, Path(export_cache), program_key, return_state,
                                                  options)
         if compiled is None:
-            compiled = jax.jit(batched).lower(*example).compile(compiler_options=options or None)
+            compiled = jax.jit(batched).lower(*example).compile(compiler_options=options)
         _EXECUTABLES.remember(signature, compiled)
     compile_seconds = time.perf_counter() - start
 
@@ -552,7 +552,7 @@ def _compile_via_export_cache(batched, example, cache_dir: Path, program_key: st
         except OSError as e:  # an unwritable cache still trains: the program is in memory
             log.warning("export cache: cannot write %s (%s); the program is not cached", cache_dir, e)
     try:
-        executable = jax.jit(exported.call).lower(*leaves).compile(compiler_options=compiler_options or None)
+        executable = jax.jit(exported.call).lower(*leaves).compile(compiler_options=compiler_options)
     except Exception as e:  # noqa: BLE001 - an artefact this JAX cannot compile: compile directly
         log.warning("export cache: %s does not compile here (%s: %s); compiling the program directly",
                     path, type(e).__name__, " ".join(str(e).split())[:300])
