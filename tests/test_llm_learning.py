@@ -4,11 +4,13 @@
 that answers ~30% of held-out prompts correctly when sampled at T = 1; then 30 GRPO updates of
 16 prompts × 8 completions (4 minibatches, 3 epochs, lr 1e-3, β 0.04).
 
-Measured (seeds 0-7): sampled accuracy on 64 held-out prompts, SFT start IQM 0.305 → mean of
-the last 5 updates IQM 0.451; per-seed gain IQM +0.145 (range −0.01 … +0.23).
+Measured (seeds 0-7) as the test compiles it (RUNTIME_BOUND_COMPILE): sampled accuracy on 64
+held-out prompts, SFT start IQM 0.293 → mean of the last 5 updates IQM 0.436; per-seed gain IQM
++0.116. At XLA's defaults (other float rounding, other samples): 0.293 → 0.470, gain +0.152.
 """
 
 import pytest
+from conftest import RUNTIME_BOUND_COMPILE
 from scipy.stats import trim_mean
 
 from purerl import sweep
@@ -19,8 +21,9 @@ CONFIG = grpo.Config(task_kwargs={"num_digits": 1}, sft_steps=100, num_updates=3
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_bound(seconds=20)
 def test_grpo_raises_addition_accuracy_above_the_sft_start():
-    result = sweep.run(grpo.make_train(CONFIG), grpo.Hyper(lr=1e-3), seeds=8)
+    result = sweep.run(grpo.make_train(CONFIG), grpo.Hyper(lr=1e-3), seeds=8, compiler_options=RUNTIME_BOUND_COMPILE)
     start = result.metrics["sft_accuracy"][0, :, 0]
     final = result.final(grpo.RETURN_METRIC, last=5)[0]
     iqm = lambda x: trim_mean(x, 0.25)  # noqa: E731
