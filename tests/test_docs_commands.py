@@ -11,6 +11,7 @@ flags; `make` targets exist; `pip install -e '.[extras]'` names extras that exis
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import subprocess
@@ -124,12 +125,19 @@ def test_experiment_commands_load_their_plan(page, command):
     assert plan.experiment == name
 
 
+@functools.cache
+def script_help(script: Path) -> subprocess.CompletedProcess:
+    """`python <script> --help`, once per script however many documented commands run it."""
+    return subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.xdist_group("docs-scripts")  # one worker, so each script's --help runs once
 @pytest.mark.parametrize("page,command", _python_commands("script"))
 def test_script_commands_parse_their_flags(page, command):
     words = _words(command)
     script = ROOT / words[1]
     assert script.is_file(), f"{page}: {command}: no {words[1]}"
-    done = subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True, text=True)
+    done = script_help(script)
     assert done.returncode == 0, done.stderr[-2000:]
     flags = {a.split("=")[0] for a in words[2:] if a.startswith("--")}
     assert all(f in done.stdout for f in flags), f"{page}: {command}: unknown flag in {flags}"
