@@ -123,7 +123,7 @@ def test_vmapped_equals_alone_and_hyper_sweeps_in_one_call():
 
 
 @pytest.mark.slow
-@pytest.mark.runtime_bound(seconds=45)
+@pytest.mark.runtime_bound(seconds=30)
 def test_dqn_solves_cartpole():
     """8 vmapped seeds at the default settings (250k env steps, 24k gradient steps).
     Measured (final = mean training return, ε = 0.05, over the last 10% of updates), as the test

@@ -32,7 +32,7 @@ def finals(module, config, hyper, last: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.slow
-@pytest.mark.runtime_bound(seconds=50)
+@pytest.mark.runtime_bound(seconds=34)
 @pytest.mark.xdist_group(PPO_CARTPOLE_DEFAULTS_GROUP)
 def test_ppo_solves_cartpole_with_default_settings(ppo_cartpole_defaults):
     # PureJaxRL's CartPole settings (the defaults), 5e5 steps. Measured IQM 500.0 (seeds 0-7:
@@ -55,7 +55,7 @@ PENDULUM_THRESHOLD = -350
 
 
 @pytest.mark.slow
-@pytest.mark.runtime_bound(seconds=28)
+@pytest.mark.runtime_bound(seconds=29)
 def test_continuous_ppo_learns_pendulum():
     final, first = finals(ppo, ppo.Config(**PENDULUM_CONFIG), ppo.Hyper(**PENDULUM_HYPER), last=10)
     assert iqm(first) < -900, first
@@ -63,7 +63,7 @@ def test_continuous_ppo_learns_pendulum():
 
 
 @pytest.mark.slow
-@pytest.mark.runtime_bound(seconds=23)
+@pytest.mark.runtime_bound(seconds=14)
 def test_a2c_learns_cartpole():
     # Defaults: 16 envs × 8 steps, one Adam step per rollout, 3e5 steps; few episodes end per
     # 128-step update near 500, so the window is the last 100 updates. Measured IQM 453.0
@@ -75,7 +75,7 @@ def test_a2c_learns_cartpole():
 
 
 @pytest.mark.slow
-@pytest.mark.runtime_bound(seconds=30)
+@pytest.mark.runtime_bound(seconds=20)
 def test_trpo_learns_cartpole():
     # Defaults: 8 envs × 128 steps, δ = 0.01, λ = 0.98, 80 updates (81,920 steps). TRPO anneals
     # nothing, so a longer run passes through the same updates: in a 195-update run the IQM over
@@ -97,7 +97,7 @@ REINFORCE_THRESHOLD = {"value": 400, "group": 380}
 
 
 @pytest.mark.slow
-@pytest.mark.runtime_bound(seconds=20)
+@pytest.mark.runtime_bound(seconds=18)
 @pytest.mark.parametrize("baseline", ["value", "group"])
 def test_reinforce_learns_cartpole(baseline):
     # 16 complete episodes (horizon 500) per update, one Adam step each; 60 updates.
