@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 
@@ -33,16 +34,16 @@ def _start_jax_with_one_intra_op_thread() -> None:
 
     XLA:CPU sizes its intra-op thread pool by the cores the process may use, and runs a program's
     kernels on it. Each pytest worker already keeps one core busy, so a second pool thread finds
-    no idle core: measured on a 2-core machine, an 8-seed PPO run took the same 7.6 s of wall time
-    with two pool threads as with one, but 11.5 against 7.8 CPU-seconds, the difference spent
-    waiting for work. The pool threads are created with the client and keep the one-core mask;
-    the test's own thread and the processes it starts (CLI jobs, Ray, SLURM) get every core back.
-    Each worker's pool takes its own core. Only where JAX has no accelerator to start."""
+    no idle core: it costs CPU waiting for work and does not shorten the run (measured in
+    docs/benchmarks.md, "Test suite (fifth measurement)"). The pool threads are created with the
+    client and keep the one-core mask; the test's own thread and the processes it starts (CLI
+    jobs, Ray, SLURM) get every core back. Each worker's pool takes its own core. Only where JAX
+    has no accelerator to start: no PJRT plugin (found as JAX finds them) and no libtpu."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    accelerators = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if (worker is None or len(cores) < 2 or os.environ.get("JAX_PLATFORMS", "cpu") != "cpu"
-            or any(importlib.util.find_spec(name) for name in accelerators)):
+    accelerator = (any(importlib.metadata.entry_points(group="jax_plugins"))
+                   or importlib.util.find_spec("jax_plugins") or importlib.util.find_spec("libtpu"))
+    if worker is None or len(cores) < 2 or os.environ.get("JAX_PLATFORMS", "cpu") != "cpu" or accelerator:
         return
     os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
     try:
